@@ -1,0 +1,97 @@
+"""The exception hierarchy; each class carries the process exit code the CLI maps it to.
+
+Exit codes follow the win-automation seed and are shared by every domain:
+0 ok, 1 operational failure, 2 usage/config error, 3 dependency unavailable, 4 timeout.
+Only CLI code turns these into ``sys.exit``; everything below raises.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Process exit codes used by every homeops command."""
+
+    OK = 0
+    FAILURE = 1
+    USAGE = 2
+    UNAVAILABLE = 3
+    TIMEOUT = 4
+
+
+class HomeopsError(Exception):
+    """Base of every error homeops raises on purpose; ``exit_code`` says how the CLI exits."""
+
+    exit_code: ExitCode = ExitCode.FAILURE
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class OperationalError(HomeopsError):
+    """Something was tried and failed (a remote command, a build, a backup): exit 1."""
+
+    exit_code = ExitCode.FAILURE
+
+
+class UsageError(HomeopsError):
+    """Bad flags, arguments or identifiers given by the user: exit 2."""
+
+    exit_code = ExitCode.USAGE
+
+
+class ConfigError(UsageError):
+    """A config file, value or environment variable is wrong: exit 2.
+
+    ``source`` is the file path or variable name, ``field`` the dotted field path.
+    """
+
+    def __init__(self, source: str, field: str, reason: str) -> None:
+        self.source = source
+        self.field = field
+        self.reason = reason
+        parts = [p for p in (source, field) if p]
+        super().__init__("config error: " + ": ".join([*parts, reason]))
+
+
+class DependencyUnavailable(HomeopsError):
+    """A peer (a host, a tool, a server) cannot be reached or used: exit 3."""
+
+    exit_code = ExitCode.UNAVAILABLE
+
+
+class ToolMissing(DependencyUnavailable):
+    """An executable is not on PATH."""
+
+
+class SshUnavailable(DependencyUnavailable):
+    """SSH connection could not be established (refused, unreachable, reset, connect timeout)."""
+
+
+class SshAuthError(DependencyUnavailable):
+    """The server refused our credentials. Never retried."""
+
+
+class HostKeyError(DependencyUnavailable):
+    """The server's host key is unknown or does not match known_hosts. Never retried."""
+
+
+class HttpUnavailable(DependencyUnavailable):
+    """An HTTP peer could not be reached or kept answering 502/503/504."""
+
+
+class HomeopsTimeout(HomeopsError):
+    """An operation ran past its deadline (and was killed): exit 4."""
+
+    exit_code = ExitCode.TIMEOUT
+
+
+class JobCancelled(HomeopsError):
+    """A job was cancelled while running."""
+
+    exit_code = ExitCode.FAILURE

@@ -1,0 +1,175 @@
+"""The only place homeops spawns local processes.
+
+argv lists only (never a shell), a timeout on every call, output captured and optionally
+streamed line by line, and the whole process group killed on timeout or cancellation so
+no grandchild (``nix build``'s builders, a shell's pipeline) outlives the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from homeops.core.errors import HomeopsTimeout, OperationalError, ToolMissing
+from homeops.core.logging import get_logger, mask
+
+_log = get_logger("core.process")
+
+LineCallback = Callable[[str], None]
+# After SIGTERM a process group gets this long to exit before SIGKILL.
+KILL_GRACE_S = 2.0
+_CHUNK = 65536
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    """What a finished process left: exit code, captured output, and how long it ran."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+    duration_ms: float
+
+    @property
+    def ok(self) -> bool:
+        """Exit status 0."""
+        return self.returncode == 0
+
+
+def display_argv(argv: Sequence[str]) -> str:
+    """The argv as one string for logs and errors, registered secrets masked."""
+    return mask(" ".join(_quote(a) for a in argv))
+
+
+def _quote(arg: str) -> str:
+    return arg if arg and all(c.isalnum() or c in "-_./:=@%+," for c in arg) else repr(arg)
+
+
+def which(name: str) -> str:
+    """Absolute path of executable ``name``, or :class:`ToolMissing` (exit 3)."""
+    if os.sep in name:
+        if os.access(name, os.X_OK):
+            return name
+        raise ToolMissing(f"{name}: not an executable file")
+    found = shutil.which(name)
+    if found is None:
+        raise ToolMissing(f"{name}: not found on PATH")
+    return found
+
+
+async def _pump(
+    stream: asyncio.StreamReader | None, sink: list[bytes], on_line: LineCallback | None
+) -> None:
+    # Bytes are kept whole and decoded once at the end so a multi-byte character split
+    # across two reads is not mangled; lines are decoded only for the callback.
+    if stream is None:
+        return
+    pending = b""
+    while chunk := await stream.read(_CHUNK):
+        sink.append(chunk)
+        if on_line is not None:
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for raw in lines:
+                on_line(raw.decode("utf-8", "replace"))
+    if on_line is not None and pending:
+        on_line(pending.decode("utf-8", "replace"))
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+async def _terminate(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM the group, then SIGKILL whatever is left after the grace period."""
+    _signal_group(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(proc.wait(), KILL_GRACE_S)
+    # Children may ignore SIGTERM even after the leader is gone: always finish with SIGKILL.
+    _signal_group(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        await proc.wait()
+
+
+async def run(
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    stdin: bytes | str | None = None,
+    on_stdout_line: LineCallback | None = None,
+    on_stderr_line: LineCallback | None = None,
+    check: bool = False,
+) -> ProcessResult:
+    """Run ``argv`` to completion within ``timeout`` seconds.
+
+    ``env`` replaces the environment when given (pass ``{**os.environ, ...}`` to extend).
+    Raises :class:`ToolMissing` (3) if the program is absent, :class:`HomeopsTimeout` (4)
+    after killing the process group, and with ``check`` :class:`OperationalError` (1) on
+    a non-zero exit.
+    """
+    if not argv:
+        raise ValueError("argv must not be empty")
+    exe = which(argv[0])
+    shown = display_argv(argv)
+    _log.debug("spawn", "starting process", argv=shown, timeout_s=timeout)
+    start = time.monotonic()
+    data = stdin.encode() if isinstance(stdin, str) else stdin
+    proc = await asyncio.create_subprocess_exec(
+        exe,
+        *argv[1:],
+        stdin=asyncio.subprocess.PIPE if data is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=cwd,
+        env=dict(env) if env is not None else None,
+        start_new_session=True,
+    )
+    out: list[bytes] = []
+    err: list[bytes] = []
+
+    async def communicate() -> int:
+        if data is not None and proc.stdin is not None:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                proc.stdin.write(data)
+                await proc.stdin.drain()
+            proc.stdin.close()
+        await asyncio.gather(
+            _pump(proc.stdout, out, on_stdout_line), _pump(proc.stderr, err, on_stderr_line)
+        )
+        return await proc.wait()
+
+    try:
+        async with asyncio.timeout(timeout):
+            rc = await communicate()
+    except TimeoutError:
+        await _terminate(proc)
+        elapsed = (time.monotonic() - start) * 1000
+        _log.warn("spawn", "process timed out, killed", argv=shown, duration_ms=elapsed)
+        raise HomeopsTimeout(f"{shown}: timed out after {timeout:g}s (killed)") from None
+    except BaseException:
+        # Cancellation (or anything else) must not leave the group running.
+        await asyncio.shield(_terminate(proc))
+        raise
+    elapsed = (time.monotonic() - start) * 1000
+    result = ProcessResult(
+        tuple(argv),
+        rc,
+        b"".join(out).decode("utf-8", "replace"),
+        b"".join(err).decode("utf-8", "replace"),
+        elapsed,
+    )
+    _log.debug("spawn", "process exited", argv=shown, rc=rc, duration_ms=elapsed)
+    if check and rc != 0:
+        tail = result.stderr.strip().splitlines()[-1:] or ["no stderr"]
+        raise OperationalError(f"{shown}: exit {rc}: {mask(tail[0])}")
+    return result
