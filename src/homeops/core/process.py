@@ -49,7 +49,7 @@ def display_argv(argv: Sequence[str]) -> str:
 
 
 def _quote(arg: str) -> str:
-    return arg if arg and all(c.isalnum() or c in "-_./:=@%+," for c in arg) else repr(arg)
+    return arg if arg and all(c.isalnum() or c in "-_./:=@%+,#" for c in arg) else repr(arg)
 
 
 def which(name: str) -> str:

@@ -1,0 +1,575 @@
+"""Per-job artifact store: files under ``<root>/<job_id>/`` plus a ``manifest.json``.
+
+Seed 001: every job keeps its artifacts (``ssh``: stdout.txt, stderr.txt, exit_code.txt;
+``aloha``: response.json; ``playwright``: screenshot.png, trace.zip) in its own directory
+with a manifest of ``job_id``, ``trace_id``, ``created_at`` and ``artifacts[]`` (type, path,
+size_bytes, sha256). Retention defaults to 7 days.
+
+Every file lands by write-to-temp, fsync, ``os.replace`` so a reader never sees half a file
+or half a manifest. Manifest updates are read-modify-write under a per-job thread lock and an
+``flock`` on ``.manifest.lock`` so concurrent writers (tasks, threads, processes) never lose
+an entry. Job ids and artifact paths come from users and remote hosts, so both are validated
+before they touch the filesystem and symlinks are never followed out of the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Final
+
+from homeops.core.errors import OperationalError, UsageError
+from homeops.core.logging import format_ts, get_logger
+
+_log = get_logger("core.artifacts")
+
+_JOB_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_TYPE_RE: Final = re.compile(r"[a-z][a-z0-9_-]*")
+_SHA256_RE: Final = re.compile(r"[0-9a-f]{64}")
+MANIFEST: Final = "manifest.json"
+LOCK_FILE: Final = ".manifest.lock"
+# Names the store itself uses inside a job dir; an artifact must never overwrite them.
+_RESERVED: Final = frozenset({MANIFEST, LOCK_FILE})
+_TMP_PREFIX: Final = ".tmp-"
+DIR_MODE: Final = 0o700
+FILE_MODE: Final = 0o600
+_CHUNK: Final = 1024 * 1024
+DAY_S: Final = 86400.0
+
+
+def validate_job_id(job_id: str) -> str:
+    """Return ``job_id`` if it is safe as a directory name, else :class:`UsageError` (exit 2)."""
+    # fullmatch, not ^...$: "$" would accept a trailing newline.
+    if not isinstance(job_id, str) or _JOB_ID_RE.fullmatch(job_id) is None or ".." in job_id:
+        raise UsageError(
+            f"invalid job id {job_id!r}: use 1-128 of A-Z a-z 0-9 . _ -, "
+            "starting with a letter or digit, without '..'"
+        )
+    return job_id
+
+
+def validate_artifact_type(kind: str) -> str:
+    """Return ``kind`` if it matches ``[a-z][a-z0-9_-]*``, else :class:`UsageError`."""
+    if not isinstance(kind, str) or _TYPE_RE.fullmatch(kind) is None:
+        raise UsageError(f"invalid artifact type {kind!r}: must match [a-z][a-z0-9_-]*")
+    return kind
+
+
+def validate_artifact_path(rel_path: str) -> str:
+    """Return ``rel_path`` if it is a safe relative posix path inside a job dir."""
+
+    def bad(reason: str) -> UsageError:
+        return UsageError(f"invalid artifact path {rel_path!r}: {reason}")
+
+    if not isinstance(rel_path, str) or not rel_path:
+        raise bad("empty")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in rel_path):
+        raise bad("control character")
+    if "\\" in rel_path:
+        raise bad("backslash")
+    if rel_path.startswith("/"):
+        raise bad("absolute")
+    parts = rel_path.split("/")
+    if any(p == "" for p in parts):
+        raise bad("empty segment")
+    if any(p in (".", "..") for p in parts):
+        raise bad("'.' or '..' segment")
+    if parts[0] in _RESERVED or any(p.startswith(_TMP_PREFIX) for p in parts):
+        raise bad("reserved name")
+    return rel_path
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One stored file: its type, posix path relative to the job dir, size and sha256."""
+
+    type: str
+    path: str
+    size_bytes: int
+    sha256: str
+
+    def to_json(self) -> dict[str, object]:
+        """The manifest entry, keys in the seed's order."""
+        return {
+            "type": self.type,
+            "path": self.path,
+            "size_bytes": self.size_bytes,
+            "sha256": self.sha256,
+        }
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A job's ``manifest.json``."""
+
+    job_id: str
+    trace_id: str
+    created_at: str
+    artifacts: tuple[Artifact, ...] = ()
+
+    def to_json(self) -> dict[str, object]:
+        """The manifest as written to disk."""
+        return {
+            "job_id": self.job_id,
+            "trace_id": self.trace_id,
+            "created_at": self.created_at,
+            "artifacts": [a.to_json() for a in self.artifacts],
+        }
+
+    def created_epoch(self) -> float:
+        """``created_at`` as seconds since the epoch."""
+        return parse_rfc3339(self.created_at)
+
+
+def parse_rfc3339(text: str) -> float:
+    """Seconds since the epoch of an RFC3339 timestamp carrying a zone; ValueError otherwise."""
+    dt = datetime.fromisoformat(text)
+    if dt.tzinfo is None:
+        raise ValueError(f"timestamp {text!r} has no time zone")
+    return dt.timestamp()
+
+
+def parse_manifest(raw: bytes, *, source: str) -> Manifest:
+    """Parse and validate manifest bytes; :class:`OperationalError` naming ``source``."""
+
+    def corrupt(reason: str) -> OperationalError:
+        return OperationalError(f"{source}: corrupt manifest: {reason}")
+
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise corrupt(f"not JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise corrupt("top level is not an object")
+    for key in ("job_id", "trace_id", "created_at"):
+        if not isinstance(doc.get(key), str):
+            raise corrupt(f"{key!r} missing or not a string")
+    entries = doc.get("artifacts")
+    if not isinstance(entries, list):
+        raise corrupt("'artifacts' missing or not a list")
+    try:
+        validate_job_id(doc["job_id"])
+        parse_rfc3339(doc["created_at"])
+        artifacts = tuple(_parse_entry(e) for e in entries)
+    except (UsageError, ValueError, TypeError) as exc:
+        raise corrupt(str(exc)) from None
+    return Manifest(doc["job_id"], doc["trace_id"], doc["created_at"], artifacts)
+
+
+def _parse_entry(entry: object) -> Artifact:
+    if not isinstance(entry, dict):
+        raise TypeError("artifact entry is not an object")
+    size = entry.get("size_bytes")
+    digest = entry.get("sha256")
+    # bool is an int subclass; true as a size is corruption, not 1 byte.
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise TypeError(f"bad size_bytes {size!r}")
+    if not isinstance(digest, str) or _SHA256_RE.fullmatch(digest) is None:
+        raise TypeError(f"bad sha256 {digest!r}")
+    kind = entry.get("type")
+    path = entry.get("path")
+    if not isinstance(kind, str) or not isinstance(path, str):
+        raise TypeError("artifact type or path is not a string")
+    return Artifact(
+        type=validate_artifact_type(kind),
+        path=validate_artifact_path(path),
+        size_bytes=size,
+        sha256=digest,
+    )
+
+
+def _fsync_dir(path: Path) -> None:
+    # The rename itself is only durable once the directory entry is flushed.
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(final: Path, data: bytes, mode: int = FILE_MODE) -> None:
+    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=_TMP_PREFIX)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(final.parent)
+
+
+class _TempArtifact:
+    """A temp file next to an artifact's final name that hashes what is written into it."""
+
+    def __init__(self, directory: Path) -> None:
+        fd, name = tempfile.mkstemp(dir=directory, prefix=_TMP_PREFIX)
+        self.path = Path(name)
+        self.fh: IO[bytes] = os.fdopen(fd, "wb")
+        self.hasher = hashlib.sha256()
+        self.size = 0
+        self.moved = False
+
+    def write(self, chunk: bytes) -> None:
+        self.hasher.update(chunk)
+        self.fh.write(chunk)
+        self.size += len(chunk)
+
+    def finish(self) -> None:
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+
+    def move_to(self, final: Path) -> None:
+        os.chmod(self.path, FILE_MODE)
+        os.replace(self.path, final)
+        self.moved = True
+
+    def discard(self) -> None:
+        """Close and remove the temp file unless it already became the real one."""
+        self.fh.close()
+        if not self.moved:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+
+class ArtifactStore:
+    """Artifacts of many jobs under one root directory."""
+
+    def __init__(self, root: Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.root = Path(root)
+        self._clock = clock
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    # -- paths -----------------------------------------------------------------------
+
+    def job_dir(self, job_id: str) -> Path:
+        """The directory of ``job_id`` (validated; not created)."""
+        return self.root / validate_job_id(job_id)
+
+    def _existing_job_dir(self, job_id: str) -> Path:
+        path = self.job_dir(job_id)
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            raise UsageError(f"no artifacts for job {job_id!r} under {self.root}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise OperationalError(f"{path}: not a directory (symlink or file); refusing to use")
+        return path
+
+    def _make_job_dir(self, job_id: str) -> Path:
+        path = self.job_dir(job_id)
+        self.root.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=DIR_MODE)
+        if not stat.S_ISDIR(path.lstat().st_mode):
+            raise OperationalError(f"{path}: not a directory (symlink or file); refusing to use")
+        return path
+
+    def _parent_for(self, job_dir: Path, rel_path: str, *, create: bool) -> Path:
+        """The real directory that will hold ``rel_path``; no segment may be a symlink."""
+        current = job_dir
+        for part in rel_path.split("/")[:-1]:
+            current = current / part
+            try:
+                st = current.lstat()
+            except FileNotFoundError:
+                if not create:
+                    raise
+                with contextlib.suppress(FileExistsError):
+                    current.mkdir(mode=DIR_MODE)
+                st = current.lstat()
+            if not stat.S_ISDIR(st.st_mode):
+                raise OperationalError(
+                    f"{current}: not a directory (symlink or file); refusing to follow"
+                )
+        return current
+
+    # -- manifest --------------------------------------------------------------------
+
+    def _thread_lock(self, job_id: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(job_id, threading.Lock())
+
+    @contextlib.contextmanager
+    def _locked(self, job_id: str, job_dir: Path) -> Iterator[None]:
+        # The thread lock orders commits inside this process (asyncio tasks run them in
+        # worker threads); flock covers other processes sharing the root.
+        with self._thread_lock(job_id):
+            fd = os.open(job_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
+
+    def _read_manifest(self, job_dir: Path) -> Manifest | None:
+        path = job_dir / MANIFEST
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise OperationalError(f"{path}: cannot read manifest: {exc.strerror}") from exc
+        with os.fdopen(fd, "rb") as fh:
+            raw = fh.read()
+        manifest = parse_manifest(raw, source=str(path))
+        if manifest.job_id != job_dir.name:
+            raise OperationalError(
+                f"{path}: corrupt manifest: job_id {manifest.job_id!r} "
+                f"does not match directory {job_dir.name!r}"
+            )
+        return manifest
+
+    def _write_manifest(self, job_dir: Path, manifest: Manifest) -> None:
+        data = json.dumps(manifest.to_json(), indent=2).encode("utf-8") + b"\n"
+        _write_atomic(job_dir / MANIFEST, data)
+
+    def _new_manifest(self, job_id: str, trace_id: str) -> Manifest:
+        return Manifest(job_id, trace_id, format_ts(self._clock()), ())
+
+    def _ensure_job_sync(self, job_id: str, trace_id: str) -> Manifest:
+        job_dir = self._make_job_dir(job_id)
+        with self._locked(job_id, job_dir):
+            manifest = self._read_manifest(job_dir)
+            if manifest is None:
+                manifest = self._new_manifest(job_id, trace_id)
+                self._write_manifest(job_dir, manifest)
+                _log.debug("ensure_job", "job artifact dir created", job_id=job_id)
+            elif trace_id and manifest.trace_id != trace_id:
+                # The first trace id wins: a retry of the job keeps the original trace.
+                _log.debug(
+                    "ensure_job",
+                    "trace id already recorded",
+                    job_id=job_id,
+                    trace_id=manifest.trace_id,
+                    ignored=trace_id,
+                )
+            return manifest
+
+    def ensure_job(self, job_id: str, trace_id: str) -> Manifest:
+        """Create the job dir and its manifest if absent; the first ``trace_id`` is kept."""
+        return self._ensure_job_sync(job_id, trace_id)
+
+    def manifest(self, job_id: str) -> Manifest:
+        """The parsed manifest of ``job_id``; a corrupt one raises naming the file."""
+        job_dir = self._existing_job_dir(job_id)
+        manifest = self._read_manifest(job_dir)
+        if manifest is None:
+            raise OperationalError(f"{job_dir / MANIFEST}: missing")
+        return manifest
+
+    def list_jobs(self) -> list[str]:
+        """Ids of every job directory under the root, sorted (symlinks are ignored)."""
+        try:
+            entries = list(os.scandir(self.root))
+        except FileNotFoundError:
+            return []
+        jobs = []
+        for entry in entries:
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            with contextlib.suppress(UsageError):
+                jobs.append(validate_job_id(entry.name))
+        return sorted(jobs)
+
+    # -- adding ----------------------------------------------------------------------
+
+    def _commit(self, job_id: str, rel_path: str, tmp: _TempArtifact, kind: str) -> Artifact:
+        """Move the finished temp file to its name and record it in the manifest."""
+        job_dir = self._make_job_dir(job_id)
+        artifact = Artifact(kind, rel_path, tmp.size, tmp.hasher.hexdigest())
+        with self._locked(job_id, job_dir):
+            # Re-check under the lock: a concurrent writer may have swapped a dir for a symlink.
+            parent = self._parent_for(job_dir, rel_path, create=False)
+            # Read first: an unreadable manifest must stop us before the file lands unlisted.
+            manifest = self._read_manifest(job_dir) or self._new_manifest(job_id, "")
+            final = parent / rel_path.rsplit("/", 1)[-1]
+            tmp.move_to(final)
+            _fsync_dir(parent)
+            # Re-adding a path replaces its entry: the manifest describes what is on disk.
+            kept = tuple(a for a in manifest.artifacts if a.path != rel_path)
+            updated = Manifest(
+                manifest.job_id, manifest.trace_id, manifest.created_at, (*kept, artifact)
+            )
+            self._write_manifest(job_dir, updated)
+        _log.debug(
+            "add",
+            "artifact stored",
+            job_id=job_id,
+            path=rel_path,
+            type=kind,
+            size_bytes=artifact.size_bytes,
+        )
+        return artifact
+
+    def _store_error(self, job_id: str, rel_path: str, exc: OSError) -> OperationalError:
+        where = self.job_dir(job_id) / rel_path
+        return OperationalError(f"{where}: cannot store artifact: {exc.strerror or exc}")
+
+    def _start(self, job_id: str, rel_path: str, kind: str) -> _TempArtifact:
+        validate_artifact_type(kind)
+        validate_artifact_path(rel_path)
+        try:
+            job_dir = self._make_job_dir(job_id)
+            return _TempArtifact(self._parent_for(job_dir, rel_path, create=True))
+        except OSError as exc:
+            raise self._store_error(job_id, rel_path, exc) from exc
+
+    def _add_chunks_sync(
+        self, job_id: str, rel_path: str, chunks: Iterable[bytes], kind: str
+    ) -> Artifact:
+        tmp = self._start(job_id, rel_path, kind)
+        try:
+            for chunk in chunks:
+                tmp.write(chunk)
+            tmp.finish()
+            return self._commit(job_id, rel_path, tmp, kind)
+        except OSError as exc:
+            raise self._store_error(job_id, rel_path, exc) from exc
+        finally:
+            tmp.discard()
+
+    async def add_bytes(self, job_id: str, rel_path: str, data: bytes, *, type: str) -> Artifact:
+        """Store ``data`` as ``rel_path`` of ``job_id``."""
+        return await asyncio.to_thread(self._add_chunks_sync, job_id, rel_path, (data,), type)
+
+    async def add_file(self, job_id: str, rel_path: str, src: Path, *, type: str) -> Artifact:
+        """Copy the file ``src`` into the store as ``rel_path`` of ``job_id``."""
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                with open(src, "rb") as fh:
+                    while chunk := fh.read(_CHUNK):
+                        yield chunk
+            except OSError as exc:
+                raise OperationalError(f"{src}: cannot read: {exc.strerror}") from exc
+
+        return await asyncio.to_thread(self._add_chunks_sync, job_id, rel_path, chunks(), type)
+
+    async def add_stream(
+        self,
+        job_id: str,
+        rel_path: str,
+        chunks: Iterable[bytes] | AsyncIterable[bytes],
+        *,
+        type: str,
+    ) -> Artifact:
+        """Store chunks as they arrive, hashing on the way: memory stays constant."""
+        if not isinstance(chunks, AsyncIterable):
+            return await asyncio.to_thread(self._add_chunks_sync, job_id, rel_path, chunks, type)
+        tmp = await asyncio.to_thread(self._start, job_id, rel_path, type)
+        try:
+            async for chunk in chunks:
+                tmp.write(chunk)
+            await asyncio.to_thread(tmp.finish)
+            return await asyncio.to_thread(self._commit, job_id, rel_path, tmp, type)
+        except OSError as exc:
+            raise self._store_error(job_id, rel_path, exc) from exc
+        finally:
+            tmp.discard()
+
+    # -- reading ---------------------------------------------------------------------
+
+    def fetch(self, job_id: str, out_dir: Path) -> list[Path]:
+        """Copy every artifact to ``out_dir/<path>``, verifying size and sha256 on the way.
+
+        A file that does not match its manifest entry is never left under its final name.
+        """
+        manifest = self.manifest(job_id)
+        job_dir = self.job_dir(job_id)
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        delivered = [self._fetch_one(job_dir, a, out_dir) for a in manifest.artifacts]
+        _log.debug("fetch", "artifacts fetched", job_id=job_id, count=len(delivered), out=out_dir)
+        return delivered
+
+    def _fetch_one(self, job_dir: Path, artifact: Artifact, out_dir: Path) -> Path:
+        try:
+            src_parent = self._parent_for(job_dir, artifact.path, create=False)
+        except FileNotFoundError:
+            raise OperationalError(f"{job_dir / artifact.path}: missing") from None
+        src = src_parent / artifact.path.rsplit("/", 1)[-1]
+        dest_parent = out_dir.joinpath(*artifact.path.split("/")[:-1])
+        dest_parent.mkdir(parents=True, exist_ok=True)
+        dest = dest_parent / src.name
+        try:
+            fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            raise OperationalError(f"{src}: missing") from None
+        except OSError as exc:
+            raise OperationalError(f"{src}: cannot read: {exc.strerror}") from exc
+        tmp = _TempArtifact(dest_parent)
+        try:
+            with os.fdopen(fd, "rb") as fh:
+                while chunk := fh.read(_CHUNK):
+                    tmp.write(chunk)
+                    if tmp.size > artifact.size_bytes:
+                        break
+            tmp.finish()
+            if tmp.size != artifact.size_bytes or tmp.hasher.hexdigest() != artifact.sha256:
+                raise OperationalError(
+                    f"{src}: does not match manifest (size/sha256 mismatch); not delivered"
+                )
+            tmp.move_to(dest)
+        except OSError as exc:
+            raise OperationalError(f"{dest}: cannot write: {exc.strerror or exc}") from exc
+        finally:
+            tmp.discard()
+        return dest
+
+    # -- retention -------------------------------------------------------------------
+
+    def _job_age_epoch(self, job_dir: Path) -> float:
+        try:
+            manifest = self._read_manifest(job_dir)
+            if manifest is not None:
+                return manifest.created_epoch()
+        except OperationalError as exc:
+            _log.warn("sweep", "manifest unreadable, using dir mtime", err=exc)
+        return job_dir.lstat().st_mtime
+
+    def sweep(self, retention_days: float) -> list[str]:
+        """Delete job dirs created more than ``retention_days`` ago; returns their ids.
+
+        Entries that are not real directories with a valid job id (symlinks included)
+        are left alone, so nothing outside the root is ever touched.
+        """
+        if retention_days < 0:
+            raise UsageError(f"retention must be >= 0 days, got {retention_days:g}")
+        cutoff = self._clock() - retention_days * DAY_S
+        removed = []
+        for job_id in self.list_jobs():
+            job_dir = self.root / job_id
+            try:
+                created = self._job_age_epoch(job_dir)
+                if created >= cutoff:
+                    continue
+                # rmtree never follows symlinks inside the tree (fd-based on Linux).
+                shutil.rmtree(job_dir)
+            except OSError as exc:
+                _log.warn("sweep", "job dir not removed", err=exc, job_id=job_id)
+                continue
+            removed.append(job_id)
+        if removed:
+            _log.info("sweep", "expired artifacts removed", count=len(removed))
+        return removed

@@ -1,0 +1,363 @@
+"""Layered settings: built-in defaults -> one JSON file -> environment variables.
+
+Each domain declares one pydantic model (sections are nested models) and a
+:class:`SettingsSpec` naming its env prefix and its ``*_CONFIG`` variable. Environment names
+are derived from the field path (``windows`` prefix ``WIN_AUTOMATION`` + ``playwright.host``
+-> ``WIN_AUTOMATION_PLAYWRIGHT_HOST``), and a field may list extra names with
+:func:`env_names` for the seeds' historical spellings.
+
+Secrets are :class:`pydantic.SecretStr` fields. Besides the value itself they can be read
+from a file: ``<VAR>_FILE`` in the environment, or ``"<field>_file": "/path"`` in the JSON file
+(what a NixOS module renders from ``tokenFile``). Secret values are registered with the logger
+so they are masked in every line.
+
+pydantic-settings was considered: its env source cannot say which layer a value came from
+(``config show`` must) and its nested delimiter cannot express the seeds' names, where ``_``
+both nests and appears inside field names. So the layering is this small module, and
+pydantic does the validation.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Generic, TypeVar
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    SecretStr,
+    ValidationError,
+)
+
+from homeops.core.durations import format_duration, parse_duration
+from homeops.core.errors import ConfigError
+from homeops.core.logging import get_logger, register_secret
+
+_log = get_logger("core.config")
+
+DEFAULT = "default"
+FILE_SUFFIX = "_file"
+
+
+def _to_seconds(value: object) -> object:
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        return parse_duration(value)
+    return value
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(_to_seconds),
+    Field(ge=0),
+    PlainSerializer(format_duration, return_type=str, when_used="json"),
+]
+"""Seconds, written as ``30s``/``10m``/``1h30m`` in files and env, shown the same way."""
+
+PositiveDuration = Annotated[Duration, Field(gt=0)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Section(BaseModel):
+    """Base of every settings model and section: unknown keys are errors, values frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def env_names(*names: str) -> dict[str, Any]:
+    """``json_schema_extra`` listing extra environment names for a field, e.g. a seed's."""
+    return {"env": list(names)}
+
+
+M = TypeVar("M", bound=Section)
+
+
+@dataclass(frozen=True)
+class SettingsSpec(Generic[M]):
+    """How one domain's settings are found: model, env prefix, config-file variable."""
+
+    model: type[M]
+    env_prefix: str
+    config_env: str
+    # Defaults that depend on the environment (XDG paths): environ -> partial data.
+    dynamic_defaults: Callable[[Mapping[str, str]], dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True)
+class Loaded(Generic[M]):
+    """Validated settings plus where each leaf value came from."""
+
+    settings: M
+    sources: Mapping[str, str]
+    config_path: Path | None = None
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class _Leaf:
+    path: tuple[str, ...]
+    annotation: Any
+    env: tuple[str, ...]
+
+    @property
+    def dotted(self) -> str:
+        return ".".join(self.path)
+
+
+def _is_model(annotation: Any) -> bool:  # noqa: ANN401
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _union_args(annotation: Any) -> tuple[Any, ...]:  # noqa: ANN401
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or origin is types.UnionType:
+        return typing.get_args(annotation)
+    if origin is Annotated:
+        return _union_args(typing.get_args(annotation)[0])
+    return (annotation,)
+
+
+def is_secret(annotation: Any) -> bool:  # noqa: ANN401
+    """Whether a field annotation is a secret string (optionally ``| None``)."""
+    return any(arg is SecretStr for arg in _union_args(annotation))
+
+
+def _is_structured(annotation: Any) -> bool:  # noqa: ANN401
+    return any(typing.get_origin(a) in (list, dict, tuple, set) for a in _union_args(annotation))
+
+
+def _leaves(model: type[BaseModel], prefix: str, path: tuple[str, ...] = ()) -> Iterator[_Leaf]:
+    for name, info in model.model_fields.items():
+        here = (*path, name)
+        if _is_model(info.annotation):
+            yield from _leaves(typing.cast(type[BaseModel], info.annotation), prefix, here)
+            continue
+        primary = "_".join((prefix, *here)).upper()
+        extra = info.json_schema_extra
+        aliases = extra.get("env", []) if isinstance(extra, dict) else []
+        names = (primary, *(str(a) for a in typing.cast(list[object], aliases)))
+        yield _Leaf(here, info.annotation, names)
+
+
+def leaves(spec: SettingsSpec[Any]) -> list[tuple[str, tuple[str, ...], bool]]:
+    """(dotted path, env names, is secret) of every leaf field: for docs and ``--help``."""
+    return [
+        (leaf.dotted, leaf.env, is_secret(leaf.annotation))
+        for leaf in _leaves(spec.model, spec.env_prefix)
+    ]
+
+
+def _set(data: dict[str, Any], path: tuple[str, ...], value: object) -> None:
+    node = data
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    node[path[-1]] = value
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_secret_file(path_text: str, source: str, where: str) -> str:
+    try:
+        return Path(path_text).expanduser().read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        message = f"cannot read secret file {path_text!r}: {reason}"
+        raise ConfigError(source, where, message) from exc
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    label = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(label, "", f"cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(label, "", f"not UTF-8 text (byte {exc.start})") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            label, "", f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from exc
+    if not isinstance(data, dict):
+        raise ConfigError(label, "", f"top level must be a JSON object, not {type(data).__name__}")
+    return data
+
+
+def _check_file_keys(
+    model: type[BaseModel],
+    data: Mapping[str, Any],
+    label: str,
+    path: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Refuse unknown keys (with a suggestion) and resolve ``<secret>_file`` keys."""
+    out: dict[str, Any] = {}
+    fields = model.model_fields
+    for key, value in data.items():
+        here = ".".join((*path, key))
+        if key in fields:
+            annotation = fields[key].annotation
+            if _is_model(annotation):
+                if not isinstance(value, Mapping):
+                    kind = type(value).__name__
+                    raise ConfigError(label, here, f"expected an object (section), got {kind}")
+                sub = typing.cast(type[BaseModel], annotation)
+                out[key] = _check_file_keys(sub, value, label, (*path, key))
+            else:
+                out[key] = value
+            continue
+        base = key.removesuffix(FILE_SUFFIX)
+        if key.endswith(FILE_SUFFIX) and base in fields and is_secret(fields[base].annotation):
+            if not isinstance(value, str):
+                raise ConfigError(label, here, "expected a file path string")
+            if base in data:
+                raise ConfigError(label, here, f"give either {base!r} or {key!r}, not both")
+            out[base] = _read_secret_file(value, label, here)
+            continue
+        secrets = [f + FILE_SUFFIX for f in fields if is_secret(fields[f].annotation)]
+        candidates = [*fields, *secrets]
+        close = difflib.get_close_matches(key, candidates, n=1)
+        hint = f' (did you mean "{close[0]}"?)' if close else ""
+        raise ConfigError(label, here, f"unknown key{hint}")
+    return out
+
+
+def _reason(error: Mapping[str, Any]) -> str:
+    msg = str(error.get("msg", "invalid value"))
+    for noise in ("Value error, ", "Assertion failed, "):
+        msg = msg.removeprefix(noise)
+    if error.get("type") == "missing":
+        return "required value missing"
+    value = error.get("input")
+    if error.get("type") != "extra_forbidden" and isinstance(value, str | int | float):
+        shown = value if len(str(value)) <= 60 else str(value)[:57] + "..."
+        return f"{msg} (got {shown!r})"
+    return msg
+
+
+def load_settings(
+    spec: SettingsSpec[M],
+    *,
+    environ: Mapping[str, str],
+    config_path: Path | None = None,
+) -> Loaded[M]:
+    """Build the effective settings; any bad input raises :class:`ConfigError` (exit 2)."""
+    path = config_path
+    if path is None and environ.get(spec.config_env):
+        path = Path(environ[spec.config_env])
+    data: dict[str, Any] = spec.dynamic_defaults(environ) if spec.dynamic_defaults else {}
+    sources: dict[str, str] = {}
+    file_label = ""
+    if path is not None:
+        file_label = str(path)
+        file_data = _check_file_keys(spec.model, _read_json(path), file_label)
+        data = _merge(data, file_data)
+        for leaf in _leaves(spec.model, spec.env_prefix):
+            node: Any = file_data
+            for key in leaf.path:
+                node = node.get(key, _MISSING) if isinstance(node, Mapping) else _MISSING
+            if node is not _MISSING:
+                sources[leaf.dotted] = f"file:{file_label}"
+    env_data: dict[str, Any] = {}
+    known_env = {spec.config_env}
+    for leaf in _leaves(spec.model, spec.env_prefix):
+        secret = is_secret(leaf.annotation)
+        known_env.update(leaf.env)
+        if secret:
+            known_env.update(n + "_FILE" for n in leaf.env)
+        for name in leaf.env:
+            if name in environ:
+                raw: object = environ[name]
+                if _is_structured(leaf.annotation):
+                    try:
+                        raw = json.loads(environ[name])
+                    except json.JSONDecodeError as exc:
+                        raise ConfigError(name, leaf.dotted, f"expected JSON: {exc.msg}") from exc
+                _set(env_data, leaf.path, raw)
+                sources[leaf.dotted] = f"env:{name}"
+                break
+            if secret and (name + "_FILE") in environ:
+                file_var = name + "_FILE"
+                value = _read_secret_file(environ[file_var], file_var, leaf.dotted)
+                _set(env_data, leaf.path, value)
+                sources[leaf.dotted] = f"env:{file_var}"
+                break
+    warnings = _stray_env(environ, spec.env_prefix, known_env)
+    for text in warnings:
+        _log.warn("load", text)
+    data = _merge(data, env_data)
+    try:
+        settings = spec.model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        origin = sources.get(loc, "")
+        label = origin.split(":", 1)[1] if origin else (file_label or "defaults")
+        more = exc.error_count() - 1
+        reason = _reason(first) + (f" (and {more} more error{'s' * (more > 1)})" if more else "")
+        raise ConfigError(label, loc, reason) from None
+    for leaf in _leaves(spec.model, spec.env_prefix):
+        sources.setdefault(leaf.dotted, DEFAULT)
+        if is_secret(leaf.annotation):
+            secret_value = _get(settings, leaf.path)
+            if isinstance(secret_value, SecretStr):
+                register_secret(secret_value.get_secret_value())
+    return Loaded(settings, sources, path, tuple(warnings))
+
+
+_MISSING = object()
+
+
+def _get(obj: object, path: tuple[str, ...]) -> object:
+    for key in path:
+        obj = getattr(obj, key)
+    return obj
+
+
+def _stray_env(environ: Mapping[str, str], prefix: str, known: set[str]) -> list[str]:
+    """Variables under our prefix that match no field are probably typos: warn, don't fail."""
+    stray = []
+    for name in sorted(environ):
+        if name.startswith(prefix + "_") and name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            stray.append(f"environment variable {name} matches no setting{hint}")
+    return stray
+
+
+def flatten(loaded: Loaded[Any]) -> list[tuple[str, object, str]]:
+    """(dotted path, display value, source) rows; a set secret shows as ``***``."""
+    dumped = loaded.settings.model_dump(mode="json")
+    model = type(loaded.settings)
+    secret_paths = {path for path, _, secret in leaves(_spec_of(model)) if secret}
+    rows: list[tuple[str, object, str]] = []
+    order = {path: i for i, (path, _, _) in enumerate(leaves(_spec_of(model)))}
+    for dotted, source in sorted(loaded.sources.items(), key=lambda kv: order.get(kv[0], 0)):
+        value: object = dumped
+        for key in dotted.split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        if dotted in secret_paths and value is not None:
+            value = "***"
+        rows.append((dotted, value, source))
+    return rows
+
+
+def _spec_of(model: type[Section]) -> SettingsSpec[Any]:
+    # Only the field structure matters for listing leaves; the prefix is irrelevant here.
+    return SettingsSpec(model, "X", "X_CONFIG")

@@ -1,0 +1,44 @@
+"""Human durations (``500ms``, ``30s``, ``10m``, ``1h30m``, ``2d``) to seconds and back."""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_PART: Final = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_WHOLE: Final = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+")
+
+
+def parse_duration(value: str | float) -> float:
+    """Seconds in ``value``; a bare number is seconds. Raises ValueError with a hint."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"invalid duration {value!r} (use e.g. 30s, 10m, 1h)")  # noqa: TRY004
+    text = value.strip().lower()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    if not _WHOLE.fullmatch(text):
+        raise ValueError(f"invalid duration {value!r} (use e.g. 500ms, 30s, 10m, 1h30m)")
+    return sum(float(num) * _UNITS[unit] for num, unit in _PART.findall(text))
+
+
+def format_duration(seconds: float) -> str:
+    """Shortest exact human form: 0.5 -> ``500ms``, 90 -> ``1m30s``, 3600 -> ``1h``."""
+    if seconds < 1 and seconds != 0:
+        ms = seconds * 1000
+        return f"{ms:g}ms"
+    whole = int(seconds)
+    frac = seconds - whole
+    parts: list[str] = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if whole >= size:
+            parts.append(f"{whole // size}{unit}")
+            whole %= size
+    rest = whole + frac
+    if rest or not parts:
+        parts.append(f"{rest:g}s")
+    return "".join(parts)

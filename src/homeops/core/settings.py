@@ -1,0 +1,115 @@
+"""Settings of the shared core: where state lives, the job store, artifacts, metrics, health."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from homeops.core.config import Duration, PositiveDuration, Section, SettingsSpec
+
+
+def default_state_dir(environ: Mapping[str, str]) -> Path:
+    """``$HOMEOPS_STATE_DIR``, else ``$XDG_STATE_HOME/homeops``, else ``~/.local/state/homeops``."""
+    explicit = environ.get("HOMEOPS_STATE_DIR")
+    if explicit:
+        return Path(explicit)
+    xdg = environ.get("XDG_STATE_HOME")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "homeops"
+    home = environ.get("HOME") or str(Path.home())
+    return Path(home) / ".local" / "state" / "homeops"
+
+
+class JobsSettings(Section):
+    """The job queue and its workers."""
+
+    # Only the embedded store exists so far; the Hatchet backend arrives with its issue.
+    backend: Literal["sqlite"] = Field(
+        default="sqlite", description="Job store backend: sqlite (embedded, under the state dir)"
+    )
+    db_path: Path | None = Field(
+        default=None, description="SQLite job store file (default <state_dir>/jobs.sqlite3)"
+    )
+    slots: int = Field(default=10, ge=1, le=1024, description="Concurrent jobs per worker")
+    lease: PositiveDuration = Field(
+        default=30.0, description="How long a claimed job stays owned without a heartbeat"
+    )
+    poll_interval: PositiveDuration = Field(
+        default=0.01, description="Idle worker's polling interval for new jobs"
+    )
+    grace: Duration = Field(
+        default=10.0, description="On SIGTERM, how long running jobs may finish before requeue"
+    )
+    max_attempts: int = Field(default=3, ge=1, le=100, description="Attempts per job")
+
+
+class ArtifactsSettings(Section):
+    """Per-job artifact directories with a manifest."""
+
+    root: Path | None = Field(
+        default=None, description="Artifact root (default <state_dir>/artifacts)"
+    )
+    retention_days: float = Field(
+        default=7.0, ge=0, description="Sweep removes job artifacts older than this"
+    )
+
+
+class MetricsSettings(Section):
+    """In-memory counters emitted as logfmt lines and Prometheus text."""
+
+    enabled: bool = Field(default=False, description="Emit metrics lines from long runners")
+    interval: PositiveDuration = Field(default=30.0, description="Emission interval")
+    path: Path | None = Field(default=None, description="Append metric lines here, not stdout")
+
+
+class HealthSettings(Section):
+    """Checks run by doctor and supervisors."""
+
+    check_timeout: PositiveDuration = Field(default=5.0, description="Timeout of each check")
+
+
+class LogSettings(Section):
+    """stderr logging."""
+
+    level: Literal["debug", "info", "warn", "error"] = Field(
+        default="info", description="Lowest level written; --debug forces debug"
+    )
+
+
+class CoreSettings(Section):
+    """Everything the shared core needs; domains add their own models."""
+
+    state_dir: Path = Field(
+        description="Job store, artifacts and logs live here (HOMEOPS_STATE_DIR, else XDG state)"
+    )
+    log: LogSettings = Field(default_factory=LogSettings)
+    jobs: JobsSettings = Field(default_factory=JobsSettings)
+    artifacts: ArtifactsSettings = Field(default_factory=ArtifactsSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
+
+    @property
+    def jobs_db(self) -> Path:
+        """Effective SQLite job store path."""
+        return self.jobs.db_path or self.state_dir / "jobs.sqlite3"
+
+    @property
+    def artifacts_root(self) -> Path:
+        """Effective artifact root."""
+        return self.artifacts.root or self.state_dir / "artifacts"
+
+
+def _dynamic_defaults(environ: Mapping[str, str]) -> dict[str, Any]:
+    return {"state_dir": str(default_state_dir(environ))}
+
+
+CORE_SPEC: SettingsSpec[CoreSettings] = SettingsSpec(
+    model=CoreSettings,
+    env_prefix="HOMEOPS",
+    config_env="HOMEOPS_CONFIG",
+    dynamic_defaults=_dynamic_defaults,
+)

@@ -1,0 +1,547 @@
+"""Artifact store: id and path validation, manifest, streaming, fetch verification, sweep."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import stat
+import threading
+import tracemalloc
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from homeops.core.artifacts import (
+    DAY_S,
+    Artifact,
+    ArtifactStore,
+    validate_artifact_path,
+    validate_artifact_type,
+    validate_job_id,
+)
+from homeops.core.errors import ExitCode, OperationalError, UsageError
+
+# 2026-11-22T00:00:00Z
+T0 = 1795305600.0
+
+
+class Clock:
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: Clock) -> ArtifactStore:
+    return ArtifactStore(tmp_path / "artifacts", clock=clock)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def leftovers(path: Path) -> list[str]:
+    return sorted(p.name for p in path.rglob(".tmp-*"))
+
+
+# -- validation ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "job_id",
+    [
+        pytest.param("", id="empty"),
+        pytest.param("../x", id="parent-traversal"),
+        pytest.param("..", id="dotdot"),
+        pytest.param("a..b", id="inner-dotdot"),
+        pytest.param("/abs", id="absolute"),
+        pytest.param("a/b", id="slash"),
+        pytest.param("a\\b", id="backslash"),
+        pytest.param(".hidden", id="leading-dot"),
+        pytest.param("-flag", id="leading-dash"),
+        pytest.param("a b", id="space"),
+        pytest.param("a\x00b", id="nul"),
+        pytest.param("abc\n", id="trailing-newline"),
+        pytest.param("a\tb", id="tab"),
+        pytest.param("jöb", id="non-ascii"),
+        pytest.param("\uff41bc", id="fullwidth-letter"),
+        pytest.param("\u0661\u0662", id="arabic-indic-digits"),
+        pytest.param("a\u200bb", id="zero-width-space"),
+        pytest.param("x" * 129, id="too-long"),
+    ],
+)
+def test_bad_job_ids_refused(job_id: str) -> None:
+    with pytest.raises(UsageError) as info:
+        validate_job_id(job_id)
+    assert info.value.exit_code == ExitCode.USAGE
+    message = str(info.value)
+    assert repr(job_id) in message
+    assert "\n" not in message
+    assert "\x00" not in message
+
+
+@pytest.mark.parametrize(
+    "job_id",
+    ["a", "0", "job-1.2_x", "x" * 128, "01JD3M6Z6H1V5W9Q8X7Y2A3B4C", "a.b.c"],
+)
+def test_good_job_ids_accepted(job_id: str) -> None:
+    assert validate_job_id(job_id) == job_id
+
+
+@pytest.mark.parametrize(
+    "rel_path",
+    [
+        pytest.param("", id="empty"),
+        pytest.param("/etc/passwd", id="absolute"),
+        pytest.param("../x", id="parent"),
+        pytest.param("a/../../b", id="inner-parent"),
+        pytest.param("./a", id="dot-segment"),
+        pytest.param("a//b", id="empty-segment"),
+        pytest.param("a/", id="trailing-slash"),
+        pytest.param("a\\b", id="backslash"),
+        pytest.param("..\\x", id="windows-traversal"),
+        pytest.param("a\x00b", id="nul"),
+        pytest.param("a\nb", id="newline"),
+        pytest.param("manifest.json", id="reserved-manifest"),
+        pytest.param(".manifest.lock", id="reserved-lock"),
+        pytest.param("sub/.tmp-x", id="reserved-temp-prefix"),
+    ],
+)
+def test_bad_artifact_paths_refused(rel_path: str) -> None:
+    with pytest.raises(UsageError, match="invalid artifact path"):
+        validate_artifact_path(rel_path)
+
+
+@pytest.mark.parametrize(
+    "rel_path", ["stdout.txt", "screens/shot 1.png", "a/b/c.zip", "sub/manifest.json", "..x"]
+)
+def test_good_artifact_paths_accepted(rel_path: str) -> None:
+    assert validate_artifact_path(rel_path) == rel_path
+
+
+@pytest.mark.parametrize(
+    ("kind", "ok"),
+    [
+        pytest.param("ssh", True, id="ssh"),
+        pytest.param("playwright", True, id="playwright"),
+        pytest.param("my_type-2", True, id="underscore-dash"),
+        pytest.param("SSH", False, id="upper"),
+        pytest.param("2fa", False, id="leading-digit"),
+        pytest.param("", False, id="empty"),
+        pytest.param("a b", False, id="space"),
+    ],
+)
+def test_artifact_type(kind: str, ok: bool) -> None:
+    if ok:
+        assert validate_artifact_type(kind) == kind
+    else:
+        with pytest.raises(UsageError, match="invalid artifact type"):
+            validate_artifact_type(kind)
+
+
+async def test_add_refuses_traversal_before_touching_disk(store: ArtifactStore) -> None:
+    with pytest.raises(UsageError):
+        await store.add_bytes("../escape", "x.txt", b"x", type="ssh")
+    with pytest.raises(UsageError):
+        await store.add_bytes("job1", "../x.txt", b"x", type="ssh")
+    with pytest.raises(UsageError):
+        await store.add_bytes("job1", "x.txt", b"x", type="Bad Type")
+    assert not store.root.joinpath("job1", "x.txt").exists()
+    assert not store.root.parent.joinpath("x.txt").exists()
+
+
+# -- manifest -----------------------------------------------------------------------------
+
+
+async def test_manifest_written_exactly(store: ArtifactStore, clock: Clock) -> None:
+    clock.now = T0 + 0.25
+    store.ensure_job("job1", "trace-abc")
+    clock.now = T0 + 99
+    out = await store.add_bytes("job1", "stdout.txt", b"hello\n", type="ssh")
+    err = await store.add_bytes("job1", "stderr.txt", b"", type="ssh")
+    code = await store.add_bytes("job1", "exit_code.txt", b"0\n", type="ssh")
+    assert out == Artifact("ssh", "stdout.txt", 6, sha(b"hello\n"))
+    doc = json.loads((store.root / "job1" / "manifest.json").read_text())
+    assert doc == {
+        "job_id": "job1",
+        "trace_id": "trace-abc",
+        "created_at": "2026-11-22T00:00:00.250Z",
+        "artifacts": [
+            {"type": "ssh", "path": "stdout.txt", "size_bytes": 6, "sha256": sha(b"hello\n")},
+            {"type": "ssh", "path": "stderr.txt", "size_bytes": 0, "sha256": sha(b"")},
+            {"type": "ssh", "path": "exit_code.txt", "size_bytes": 2, "sha256": sha(b"0\n")},
+        ],
+    }
+    assert list(doc) == ["job_id", "trace_id", "created_at", "artifacts"]
+    assert store.manifest("job1").artifacts == (out, err, code)
+    assert (store.root / "job1" / "stdout.txt").read_bytes() == b"hello\n"
+    assert leftovers(store.root) == []
+
+
+async def test_trace_id_recorded_once(store: ArtifactStore) -> None:
+    first = store.ensure_job("job1", "trace-1")
+    again = store.ensure_job("job1", "trace-2")
+    assert first == again
+    assert store.manifest("job1").trace_id == "trace-1"
+
+
+async def test_add_without_ensure_creates_manifest(store: ArtifactStore) -> None:
+    await store.add_bytes("job2", "response.json", b"{}", type="aloha")
+    manifest = store.manifest("job2")
+    assert manifest.trace_id == ""
+    assert [a.path for a in manifest.artifacts] == ["response.json"]
+
+
+async def test_re_adding_a_path_replaces_its_entry(store: ArtifactStore) -> None:
+    await store.add_bytes("job1", "stdout.txt", b"one", type="ssh")
+    await store.add_bytes("job1", "stdout.txt", b"second", type="ssh")
+    artifacts = store.manifest("job1").artifacts
+    assert artifacts == (Artifact("ssh", "stdout.txt", 6, sha(b"second")),)
+
+
+async def test_nested_paths_and_permissions(store: ArtifactStore) -> None:
+    await store.add_bytes("job1", "shots/a/screenshot.png", b"\x89PNG", type="playwright")
+    job_dir = store.root / "job1"
+    assert (job_dir / "shots" / "a" / "screenshot.png").read_bytes() == b"\x89PNG"
+    assert stat.S_IMODE(job_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((job_dir / "manifest.json").stat().st_mode) == 0o600
+    assert stat.S_IMODE((job_dir / "shots/a/screenshot.png").stat().st_mode) == 0o600
+
+
+async def test_add_file_copies(store: ArtifactStore, tmp_path: Path) -> None:
+    src = tmp_path / "trace.zip"
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    src.write_bytes(data)
+    art = await store.add_file("job1", "trace.zip", src, type="playwright")
+    assert art == Artifact("playwright", "trace.zip", len(data), sha(data))
+    assert src.read_bytes() == data
+    assert (store.root / "job1" / "trace.zip").read_bytes() == data
+
+
+async def test_add_file_missing_source(store: ArtifactStore, tmp_path: Path) -> None:
+    with pytest.raises(OperationalError, match="cannot read"):
+        await store.add_file("job1", "x.bin", tmp_path / "nope", type="ssh")
+    assert leftovers(store.root) == []
+    assert not (store.root / "job1" / "x.bin").exists()
+
+
+async def test_add_stream_large_in_constant_memory(store: ArtifactStore) -> None:
+    chunk = b"0123456789abcdef" * 65536  # 1 MiB
+    count = 50
+    expected = hashlib.sha256()
+    for _ in range(count):
+        expected.update(chunk)
+
+    def gen() -> Iterator[bytes]:
+        for _ in range(count):
+            # A fresh object per chunk, as a network read would produce.
+            yield bytes(bytearray(chunk))
+
+    tracemalloc.start()
+    try:
+        art = await store.add_stream("job1", "big.bin", gen(), type="ssh")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert art.size_bytes == count * len(chunk)
+    assert art.sha256 == expected.hexdigest()
+    assert (store.root / "job1" / "big.bin").stat().st_size == count * len(chunk)
+    # Buffering the whole stream would peak at 50 MiB or more.
+    assert peak < 8 * 1024 * 1024
+
+
+async def test_add_stream_async_iterable(store: ArtifactStore) -> None:
+    async def gen() -> AsyncIterator[bytes]:
+        for part in (b"a" * 10, b"b" * 5, b""):
+            await asyncio.sleep(0)
+            yield part
+
+    art = await store.add_stream("job1", "out.txt", gen(), type="ssh")
+    assert art == Artifact("ssh", "out.txt", 15, sha(b"a" * 10 + b"b" * 5))
+
+
+async def test_add_stream_failure_leaves_nothing(store: ArtifactStore) -> None:
+    async def gen() -> AsyncIterator[bytes]:
+        yield b"partial"
+        raise RuntimeError("peer went away")
+
+    with pytest.raises(RuntimeError, match="peer went away"):
+        await store.add_stream("job1", "out.txt", gen(), type="ssh")
+    assert not (store.root / "job1" / "out.txt").exists()
+    assert leftovers(store.root) == []
+
+
+async def test_concurrent_tasks_lose_no_entry(store: ArtifactStore) -> None:
+    store.ensure_job("job1", "t")
+    await asyncio.gather(
+        *(store.add_bytes("job1", f"f{i}.txt", str(i).encode(), type="ssh") for i in range(30))
+    )
+    paths = sorted(a.path for a in store.manifest("job1").artifacts)
+    assert paths == sorted(f"f{i}.txt" for i in range(30))
+
+
+def test_concurrent_stores_lose_no_entry(tmp_path: Path) -> None:
+    """Two stores share nothing in memory, as two processes would: only flock orders them."""
+    root = tmp_path / "artifacts"
+    ArtifactStore(root).ensure_job("job1", "t")
+    errors: list[BaseException] = []
+
+    def worker(prefix: str) -> None:
+        store = ArtifactStore(root)
+
+        async def go() -> None:
+            for i in range(25):
+                await store.add_bytes("job1", f"{prefix}{i}.txt", b"x", type="ssh")
+
+        try:
+            asyncio.run(go())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(p,)) for p in ("a", "b", "c")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(ArtifactStore(root).manifest("job1").artifacts) == 75
+
+
+# -- reading ------------------------------------------------------------------------------
+
+
+async def test_list_jobs(store: ArtifactStore, tmp_path: Path) -> None:
+    assert store.list_jobs() == []
+    store.ensure_job("b-job", "t")
+    store.ensure_job("a-job", "t")
+    (store.root / "stray-file").write_text("x")
+    (store.root / ".hidden").mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (store.root / "linked").symlink_to(outside)
+    assert store.list_jobs() == ["a-job", "b-job"]
+
+
+def test_manifest_of_unknown_job(store: ArtifactStore) -> None:
+    with pytest.raises(UsageError, match="no artifacts for job 'nope'"):
+        store.manifest("nope")
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        pytest.param(b"{not json", "not JSON", id="not-json"),
+        pytest.param(b"[]", "not an object", id="list"),
+        pytest.param(b"\xff\xfe", "not JSON", id="binary"),
+        pytest.param(
+            json.dumps(
+                {"job_id": "job1", "trace_id": "", "created_at": "2026-11-22T00:00:00Z"}
+            ).encode(),
+            "'artifacts'",
+            id="no-artifacts",
+        ),
+        pytest.param(
+            json.dumps(
+                {
+                    "job_id": "job1",
+                    "trace_id": "",
+                    "created_at": "2026-11-22T00:00:00Z",
+                    "artifacts": [
+                        {"type": "ssh", "path": "../../x", "size_bytes": 1, "sha256": "0" * 64}
+                    ],
+                }
+            ).encode(),
+            "invalid artifact path",
+            id="traversal-entry",
+        ),
+        pytest.param(
+            json.dumps(
+                {"job_id": "job1", "trace_id": "", "created_at": "yesterday", "artifacts": []}
+            ).encode(),
+            "yesterday",
+            id="bad-created-at",
+        ),
+        pytest.param(
+            json.dumps(
+                {
+                    "job_id": "other",
+                    "trace_id": "",
+                    "created_at": "2026-11-22T00:00:00Z",
+                    "artifacts": [],
+                }
+            ).encode(),
+            "does not match directory",
+            id="wrong-job-id",
+        ),
+    ],
+)
+async def test_corrupt_manifest_names_file(
+    store: ArtifactStore, content: bytes, reason: str
+) -> None:
+    store.ensure_job("job1", "t")
+    path = store.root / "job1" / "manifest.json"
+    path.write_bytes(content)
+    with pytest.raises(OperationalError) as info:
+        store.manifest("job1")
+    message = str(info.value)
+    assert message.startswith(f"{path}: corrupt manifest")
+    assert reason in message
+    assert "\n" not in message
+    # An add must not overwrite a manifest it cannot read: that would drop the old entries.
+    with pytest.raises(OperationalError, match="corrupt manifest"):
+        await store.add_bytes("job1", "x.txt", b"x", type="ssh")
+    assert path.read_bytes() == content
+    assert not (store.root / "job1" / "x.txt").exists()
+    assert leftovers(store.root) == []
+
+
+async def test_fetch_copies_and_verifies(store: ArtifactStore, tmp_path: Path) -> None:
+    await store.add_bytes("job1", "stdout.txt", b"out", type="ssh")
+    await store.add_bytes("job1", "shots/screenshot.png", b"png", type="playwright")
+    out = tmp_path / "out"
+    got = store.fetch("job1", out)
+    assert got == [out / "stdout.txt", out / "shots" / "screenshot.png"]
+    assert (out / "stdout.txt").read_bytes() == b"out"
+    assert (out / "shots" / "screenshot.png").read_bytes() == b"png"
+    # The store's own bookkeeping files are not artifacts.
+    assert sorted(p.name for p in out.rglob("*")) == ["screenshot.png", "shots", "stdout.txt"]
+
+
+@pytest.mark.parametrize(
+    "tampered",
+    [
+        pytest.param(b"OUT", id="same-size"),
+        pytest.param(b"out plus more", id="longer"),
+        pytest.param(b"ou", id="shorter"),
+    ],
+)
+async def test_fetch_refuses_tampered_file(
+    store: ArtifactStore, tmp_path: Path, tampered: bytes
+) -> None:
+    await store.add_bytes("job1", "a.txt", b"fine", type="ssh")
+    await store.add_bytes("job1", "stdout.txt", b"out", type="ssh")
+    (store.root / "job1" / "stdout.txt").write_bytes(tampered)
+    out = tmp_path / "out"
+    with pytest.raises(OperationalError) as info:
+        store.fetch("job1", out)
+    assert str(store.root / "job1" / "stdout.txt") in str(info.value)
+    assert "mismatch" in str(info.value)
+    assert not (out / "stdout.txt").exists()
+    assert leftovers(out) == []
+
+
+async def test_fetch_missing_file(store: ArtifactStore, tmp_path: Path) -> None:
+    await store.add_bytes("job1", "sub/stdout.txt", b"out", type="ssh")
+    (store.root / "job1" / "sub" / "stdout.txt").unlink()
+    with pytest.raises(OperationalError, match=r"stdout\.txt: missing"):
+        store.fetch("job1", tmp_path / "out")
+
+
+async def test_fetch_refuses_symlinked_artifact(store: ArtifactStore, tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"out")
+    await store.add_bytes("job1", "stdout.txt", b"out", type="ssh")
+    target = store.root / "job1" / "stdout.txt"
+    target.unlink()
+    target.symlink_to(secret)
+    with pytest.raises(OperationalError):
+        store.fetch("job1", tmp_path / "out")
+    assert not (tmp_path / "out" / "stdout.txt").exists()
+
+
+# -- symlink safety on write --------------------------------------------------------------
+
+
+async def test_add_refuses_symlinked_subdir(store: ArtifactStore, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    store.ensure_job("job1", "t")
+    (store.root / "job1" / "sub").symlink_to(outside)
+    with pytest.raises(OperationalError, match="refusing to follow"):
+        await store.add_bytes("job1", "sub/x.txt", b"x", type="ssh")
+    assert list(outside.iterdir()) == []
+
+
+async def test_refuses_symlinked_job_dir(store: ArtifactStore, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    store.root.mkdir(parents=True)
+    (store.root / "job1").symlink_to(outside)
+    with pytest.raises(OperationalError, match="refusing"):
+        store.ensure_job("job1", "t")
+    with pytest.raises(OperationalError, match="refusing"):
+        store.manifest("job1")
+    assert list(outside.iterdir()) == []
+
+
+# -- retention ----------------------------------------------------------------------------
+
+
+async def test_sweep_by_manifest_age(store: ArtifactStore, clock: Clock) -> None:
+    clock.now = T0
+    store.ensure_job("old", "t")
+    await store.add_bytes("old", "stdout.txt", b"x", type="ssh")
+    clock.now = T0 + 5 * DAY_S
+    store.ensure_job("young", "t")
+    clock.now = T0 + 7 * DAY_S + 1
+    assert store.sweep(7) == ["old"]
+    assert store.list_jobs() == ["young"]
+    clock.now = T0 + 12 * DAY_S + 1
+    assert store.sweep(7) == ["young"]
+    assert store.list_jobs() == []
+
+
+async def test_sweep_exact_boundary_keeps(store: ArtifactStore, clock: Clock) -> None:
+    store.ensure_job("job1", "t")
+    clock.now = T0 + 7 * DAY_S
+    assert store.sweep(7) == []
+
+
+@pytest.mark.parametrize("manifest", [None, b"garbage"], ids=["no-manifest", "corrupt"])
+def test_sweep_falls_back_to_dir_mtime(
+    store: ArtifactStore, clock: Clock, manifest: bytes | None
+) -> None:
+    for name, mtime in (("stale", T0 - 10 * DAY_S), ("fresh", T0 - 1 * DAY_S)):
+        job_dir = store.root / name
+        job_dir.mkdir(parents=True)
+        if manifest is not None:
+            (job_dir / "manifest.json").write_bytes(manifest)
+        os.utime(job_dir, (mtime, mtime))
+    assert store.sweep(7) == ["stale"]
+    assert store.list_jobs() == ["fresh"]
+
+
+def test_sweep_rejects_negative_retention(store: ArtifactStore) -> None:
+    with pytest.raises(UsageError):
+        store.sweep(-1)
+
+
+def test_sweep_on_missing_root(store: ArtifactStore) -> None:
+    assert store.sweep(7) == []
+
+
+async def test_sweep_never_leaves_root(store: ArtifactStore, clock: Clock, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious.txt").write_text("keep me")
+    old = T0 - 30 * DAY_S
+    os.utime(outside, (old, old))
+    store.ensure_job("job1", "t")
+    # A symlink in root that looks like an old job dir.
+    store.root.joinpath("evil").symlink_to(outside)
+    # A symlink inside a real (expiring) job dir that points outside.
+    store.root.joinpath("job1", "escape").symlink_to(outside)
+    clock.now = T0 + 100 * DAY_S
+    assert store.sweep(7) == ["job1"]
+    assert (outside / "precious.txt").read_text() == "keep me"
+    assert store.root.joinpath("evil").is_symlink()

@@ -1,0 +1,276 @@
+import json
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import Field, SecretStr
+
+from homeops.core import logging as hlog
+from homeops.core.config import (
+    Duration,
+    Port,
+    PositiveDuration,
+    Section,
+    SettingsSpec,
+    env_names,
+    flatten,
+    load_settings,
+)
+from homeops.core.durations import format_duration, parse_duration
+from homeops.core.errors import ConfigError, ExitCode
+from homeops.core.settings import CORE_SPEC, default_state_dir
+
+
+class Ssh(Section):
+    host: str = Field(default="localhost", description="host")
+    port: Port = Field(default=22555, description="port")
+    connect_timeout: PositiveDuration = Field(default=10.0, description="t")
+
+
+class Playwright(Section):
+    host: str = Field(default="127.0.0.1", description="h")
+    ws_path: SecretStr | None = Field(default=None, description="secret ws path")
+
+
+class Artifacts(Section):
+    out_dir: Path = Field(
+        default=Path("artifacts"), description="o", json_schema_extra=env_names("DEMO_ARTIFACT_OUT")
+    )
+    retention: Duration = Field(default=7 * 86400.0, description="r")
+
+
+class Demo(Section):
+    ssh: Ssh = Field(default_factory=Ssh)
+    playwright: Playwright = Field(default_factory=Playwright)
+    artifacts: Artifacts = Field(default_factory=Artifacts)
+    tags: list[str] = Field(default_factory=list, description="tags")
+
+
+SPEC = SettingsSpec(Demo, "DEMO", "DEMO_CONFIG")
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.json"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_only():
+    loaded = load_settings(SPEC, environ={})
+    assert loaded.settings.ssh.port == 22555
+    assert set(loaded.sources.values()) == {"default"}
+
+
+def test_layers_file_then_env(tmp_path):
+    path = write(
+        tmp_path, json.dumps({"ssh": {"host": "vm", "port": 2222, "connect_timeout": "30s"}})
+    )
+    loaded = load_settings(SPEC, environ={"DEMO_SSH_PORT": "2200"}, config_path=path)
+    s = loaded.settings
+    assert (s.ssh.host, s.ssh.port, s.ssh.connect_timeout) == ("vm", 2200, 30.0)
+    assert loaded.sources["ssh.host"] == f"file:{path}"
+    assert loaded.sources["ssh.port"] == "env:DEMO_SSH_PORT"
+    assert loaded.sources["playwright.host"] == "default"
+
+
+def test_config_env_var_names_the_file(tmp_path):
+    path = write(tmp_path, '{"ssh": {"host": "from-env-file"}}')
+    loaded = load_settings(SPEC, environ={"DEMO_CONFIG": str(path)})
+    assert loaded.settings.ssh.host == "from-env-file"
+    assert loaded.config_path == path
+
+
+def test_explicit_path_beats_config_env(tmp_path):
+    a = write(tmp_path, '{"ssh": {"host": "a"}}')
+    b = tmp_path / "b.json"
+    b.write_text('{"ssh": {"host": "b"}}')
+    loaded = load_settings(SPEC, environ={"DEMO_CONFIG": str(b)}, config_path=a)
+    assert loaded.settings.ssh.host == "a"
+
+
+def test_env_alias_from_seed():
+    loaded = load_settings(SPEC, environ={"DEMO_ARTIFACT_OUT": "/srv/a"})
+    assert loaded.settings.artifacts.out_dir == Path("/srv/a")
+    assert loaded.sources["artifacts.out_dir"] == "env:DEMO_ARTIFACT_OUT"
+
+
+def test_structured_env_is_json():
+    loaded = load_settings(SPEC, environ={"DEMO_TAGS": '["a", "b"]'})
+    assert loaded.settings.tags == ["a", "b"]
+    with pytest.raises(ConfigError, match=r"^config error: DEMO_TAGS: tags: expected JSON"):
+        load_settings(SPEC, environ={"DEMO_TAGS": "a,b"})
+
+
+def test_secret_from_env_file_is_masked(tmp_path, log_stream):
+    secret_file = tmp_path / "ws"
+    secret_file.write_text("sup3r-s3cret-path\n")
+    loaded = load_settings(SPEC, environ={"DEMO_PLAYWRIGHT_WS_PATH_FILE": str(secret_file)})
+    assert loaded.settings.playwright.ws_path is not None
+    assert loaded.settings.playwright.ws_path.get_secret_value() == "sup3r-s3cret-path"
+    assert loaded.sources["playwright.ws_path"] == "env:DEMO_PLAYWRIGHT_WS_PATH_FILE"
+    rows = {k: v for k, v, _ in flatten(loaded)}
+    assert rows["playwright.ws_path"] == "***"
+    hlog.get_logger("t").info("op", "url ws://h:1/sup3r-s3cret-path")
+    assert "sup3r" not in log_stream.getvalue()
+
+
+def test_secret_file_key_in_json(tmp_path):
+    secret_file = tmp_path / "ws"
+    secret_file.write_text("from-json-file")
+    path = write(tmp_path, json.dumps({"playwright": {"ws_path_file": str(secret_file)}}))
+    loaded = load_settings(SPEC, environ={}, config_path=path)
+    assert loaded.settings.playwright.ws_path is not None
+    assert loaded.settings.playwright.ws_path.get_secret_value() == "from-json-file"
+
+
+def test_unset_secret_shows_null():
+    rows = {k: v for k, v, _ in flatten(load_settings(SPEC, environ={}))}
+    assert rows["playwright.ws_path"] is None
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "expected"),
+    [
+        pytest.param(
+            '{"ssh": {"port": 2222,}}',
+            {},
+            r"^config error: {path}: invalid JSON at line 1 column 23: ",
+            id="malformed-json-line-col",
+        ),
+        pytest.param(
+            '{\n  "ssh": {\n    "port": "x"\n  }\n}',
+            {},
+            r"^config error: {path}: ssh\.port: Input should be a valid integer.*'x'",
+            id="wrong-type",
+        ),
+        pytest.param(
+            '{"ssh": {"port": 70000}}',
+            {},
+            r"^config error: {path}: ssh\.port: Input should be less than or equal to 65535",
+            id="port-out-of-range",
+        ),
+        pytest.param(
+            '{"ssh": {"connect_timeout": "soon"}}',
+            {},
+            r"^config error: {path}: ssh\.connect_timeout: invalid duration 'soon'",
+            id="bad-duration",
+        ),
+        pytest.param(
+            '{"ssh": {"connect_timeout": "0s"}}',
+            {},
+            r"^config error: {path}: ssh\.connect_timeout: Input should be greater than 0",
+            id="zero-duration",
+        ),
+        pytest.param(
+            '{"ssh": {"hots": "x"}}',
+            {},
+            r'^config error: {path}: ssh\.hots: unknown key \(did you mean "host"\?\)$',
+            id="unknown-key-suggestion",
+        ),
+        pytest.param(
+            '{"sshh": {}}',
+            {},
+            r'^config error: {path}: sshh: unknown key \(did you mean "ssh"\?\)$',
+            id="unknown-section",
+        ),
+        pytest.param(
+            '{"ssh": 5}',
+            {},
+            r"^config error: {path}: ssh: expected an object \(section\), got int$",
+            id="section-not-object",
+        ),
+        pytest.param(
+            "[1, 2]",
+            {},
+            r"^config error: {path}: top level must be a JSON object, not list$",
+            id="top-level-list",
+        ),
+        pytest.param(
+            "{}",
+            {"DEMO_SSH_PORT": "0"},
+            r"^config error: DEMO_SSH_PORT: ssh\.port: Input should be greater than or equal to 1",
+            id="env-value-names-variable",
+        ),
+        pytest.param(
+            '{"playwright": {"ws_path_file": "/nonexistent/ws"}}',
+            {},
+            r"^config error: {path}: playwright\.ws_path_file: cannot read secret file",
+            id="missing-secret-file",
+        ),
+    ],
+)
+def test_config_errors(tmp_path, text, environ, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(SPEC, environ=environ, config_path=path)
+    assert info.value.exit_code == ExitCode.USAGE
+    message = str(info.value)
+    assert "\n" not in message
+    assert re.match(expected.replace("{path}", re.escape(str(path))), message), message
+
+
+def test_missing_file(tmp_path):
+    missing = tmp_path / "nope.json"
+    with pytest.raises(ConfigError, match=r"cannot read: No such file or directory"):
+        load_settings(SPEC, environ={}, config_path=missing)
+
+
+def test_env_secret_file_unreadable():
+    with pytest.raises(ConfigError, match=r"^config error: DEMO_PLAYWRIGHT_WS_PATH_FILE: "):
+        load_settings(SPEC, environ={"DEMO_PLAYWRIGHT_WS_PATH_FILE": "/nonexistent"})
+
+
+def test_stray_env_var_warns(log_stream):
+    loaded = load_settings(SPEC, environ={"DEMO_SSH_HOTS": "x"})
+    assert loaded.warnings == (
+        "environment variable DEMO_SSH_HOTS matches no setting (did you mean DEMO_SSH_HOST?)",
+    )
+    assert "DEMO_SSH_HOTS" in log_stream.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        pytest.param("500ms", 0.5, id="ms"),
+        pytest.param("30s", 30, id="s"),
+        pytest.param("10m", 600, id="m"),
+        pytest.param("1h30m", 5400, id="compound"),
+        pytest.param("2d", 172800, id="d"),
+        pytest.param("45", 45, id="bare-number"),
+        pytest.param(" 1.5s ", 1.5, id="fraction-trimmed"),
+    ],
+)
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+    assert parse_duration(format_duration(seconds)) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "s", "10x", "1h 30m", "-5s", "ten"])
+def test_parse_duration_rejects(text):
+    with pytest.raises(ValueError, match="invalid duration"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("environ", "want"),
+    [
+        pytest.param({"HOMEOPS_STATE_DIR": "/srv/st", "HOME": "/h"}, "/srv/st", id="explicit"),
+        pytest.param({"XDG_STATE_HOME": "/x", "HOME": "/h"}, "/x/homeops", id="xdg"),
+        pytest.param(
+            {"XDG_STATE_HOME": "rel", "HOME": "/h"},
+            "/h/.local/state/homeops",
+            id="xdg-relative-ignored",
+        ),
+        pytest.param({"HOME": "/h"}, "/h/.local/state/homeops", id="home"),
+    ],
+)
+def test_state_dir_resolution(environ, want):
+    assert default_state_dir(environ) == Path(want)
+    assert load_settings(CORE_SPEC, environ=environ).settings.state_dir == Path(want)
+
+
+def test_core_derived_paths(tmp_path):
+    loaded = load_settings(CORE_SPEC, environ={"HOMEOPS_STATE_DIR": str(tmp_path)})
+    assert loaded.settings.jobs_db == tmp_path / "jobs.sqlite3"
+    assert loaded.settings.artifacts_root == tmp_path / "artifacts"
+    assert loaded.sources["state_dir"] == "env:HOMEOPS_STATE_DIR"

@@ -1,0 +1,134 @@
+import asyncio
+import os
+import sys
+import time
+
+import pytest
+
+from homeops.core import logging as hlog
+from homeops.core import process
+from homeops.core.errors import ExitCode, HomeopsTimeout, OperationalError, ToolMissing
+
+
+async def test_captures_output_and_exit_code():
+    result = await process.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; print('out'); print('err', file=sys.stderr); sys.exit(3)",
+        ],
+        timeout=10,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (3, "out\n", "err\n")
+    assert not result.ok
+    assert result.argv[0] == sys.executable
+
+
+async def test_stdin_and_env(tmp_path):
+    result = await process.run(
+        [sys.executable, "-c", "import os,sys; print(sys.stdin.read() + os.environ['X'])"],
+        timeout=10,
+        stdin="hello ",
+        env={**os.environ, "X": "world"},
+        cwd=tmp_path,
+    )
+    assert result.stdout == "hello world\n"
+
+
+async def test_line_streaming_and_utf8_split_across_reads():
+    lines: list[str] = []
+    code = "import sys\nfor i in range(3): print(f'l{i} é', flush=True)\nsys.stdout.write('tail')"
+    result = await process.run(
+        [sys.executable, "-c", code], timeout=10, on_stdout_line=lines.append
+    )
+    assert lines == ["l0 é", "l1 é", "l2 é", "tail"]
+    assert result.stdout == "l0 é\nl1 é\nl2 é\ntail"
+
+
+async def test_long_line_is_not_a_problem():
+    result = await process.run([sys.executable, "-c", "print('x' * 300000)"], timeout=10)
+    assert len(result.stdout) == 300001
+
+
+async def test_missing_tool_is_dependency_unavailable():
+    with pytest.raises(ToolMissing) as info:
+        await process.run(["definitely-not-a-tool-xyz"], timeout=5)
+    assert info.value.exit_code == ExitCode.UNAVAILABLE
+
+
+async def test_check_raises_with_stderr_tail():
+    with pytest.raises(OperationalError, match=r"exit 2: boom$"):
+        await process.run(
+            ["sh", "-c", "echo first >&2; echo boom >&2; exit 2"], timeout=5, check=True
+        )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0): read its state.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def _wait_gone(pid: int, within: float = 5.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_timeout_kills_whole_group(tmp_path):
+    pidfile = tmp_path / "grandchild.pid"
+    # The shell starts a background grandchild that ignores SIGTERM, then waits.
+    script = f"(trap '' TERM; sleep 300) & echo $! > {pidfile}; wait"
+    start = time.monotonic()
+    with pytest.raises(HomeopsTimeout) as info:
+        await process.run(["sh", "-c", script], timeout=0.5)
+    assert info.value.exit_code == ExitCode.TIMEOUT
+    assert time.monotonic() - start < 5
+    grandchild = int(pidfile.read_text())
+    assert await _wait_gone(grandchild), "grandchild survived the timeout"
+
+
+async def test_cancel_kills_group(tmp_path):
+    pidfile = tmp_path / "child.pid"
+    task = asyncio.create_task(
+        process.run(["sh", "-c", f"sleep 300 & echo $! > {pidfile}; wait"], timeout=60)
+    )
+    for _ in range(100):
+        if pidfile.exists() and pidfile.read_text().strip():
+            break
+        await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await _wait_gone(int(pidfile.read_text()))
+
+
+async def test_argv_logged_with_secrets_masked(log_stream):
+    hlog.register_secret("tok-123456")
+    await process.run(["echo", "--token", "tok-123456"], timeout=5)
+    out = log_stream.getvalue()
+    assert "op=spawn" in out
+    assert "tok-123456" not in out
+    assert "***" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "want"),
+    [
+        pytest.param(["nix", "build", ".#x"], "nix build .#x", id="plain"),
+        pytest.param(["sh", "-c", "a b"], "sh -c 'a b'", id="quoted"),
+        pytest.param(["x", ""], "x ''", id="empty-arg"),
+    ],
+)
+def test_display_argv(argv, want):
+    assert process.display_argv(argv) == want
