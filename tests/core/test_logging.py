@@ -89,3 +89,9 @@ def test_foreign_records_use_logfmt(log_stream):
 def test_keys_sanitised(log_stream):
     hlog.get_logger("core.test").info("op", "m", **{"bad key=": 1})
     assert "bad_key_=1" in log_stream.getvalue()
+
+
+def test_none_context_values_are_omitted(log_stream):
+    hlog.get_logger("core.test").info("op", "m", present=1, absent=None)
+    line = log_stream.getvalue().strip()
+    assert line.endswith("msg=m present=1")

@@ -33,11 +33,13 @@ from pathlib import Path
 from typing import IO, Final
 
 from homeops.core.errors import OperationalError, UsageError
+
+# One id rule for the queue and the artifact dirs: a job id is also a directory name.
+from homeops.core.jobs.model import validate_job_id
 from homeops.core.logging import format_ts, get_logger
 
 _log = get_logger("core.artifacts")
 
-_JOB_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _TYPE_RE: Final = re.compile(r"[a-z][a-z0-9_-]*")
 _SHA256_RE: Final = re.compile(r"[0-9a-f]{64}")
 MANIFEST: Final = "manifest.json"
@@ -49,17 +51,6 @@ DIR_MODE: Final = 0o700
 FILE_MODE: Final = 0o600
 _CHUNK: Final = 1024 * 1024
 DAY_S: Final = 86400.0
-
-
-def validate_job_id(job_id: str) -> str:
-    """Return ``job_id`` if it is safe as a directory name, else :class:`UsageError` (exit 2)."""
-    # fullmatch, not ^...$: "$" would accept a trailing newline.
-    if not isinstance(job_id, str) or _JOB_ID_RE.fullmatch(job_id) is None or ".." in job_id:
-        raise UsageError(
-            f"invalid job id {job_id!r}: use 1-128 of A-Z a-z 0-9 . _ -, "
-            "starting with a letter or digit, without '..'"
-        )
-    return job_id
 
 
 def validate_artifact_type(kind: str) -> str:

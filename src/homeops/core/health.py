@@ -20,13 +20,13 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Final, assert_never
 
+from homeops.core.asyncutil import Sleep, sleep_or_stop
 from homeops.core.errors import ExitCode, HomeopsError, UsageError
 from homeops.core.logging import get_logger
 
 _log = get_logger("core.health")
 
 Clock = Callable[[], float]
-Sleep = Callable[[float], Awaitable[None]]
 Remediation = Callable[[], Awaitable[None]]
 
 FAILPOINT_DETAIL: Final = "failpoint"
@@ -323,24 +323,6 @@ def pass_to_json(report: PassReport) -> dict[str, object]:
     }
 
 
-async def _sleep_or_stop(sleep: Sleep, delay: float, stop: asyncio.Event) -> bool:
-    """Sleep ``delay`` seconds unless ``stop`` is set first; True when stopped."""
-    if stop.is_set():
-        return True
-    sleeper = asyncio.ensure_future(sleep(delay))
-    waiter = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (sleeper, waiter):
-            if not task.done():
-                task.cancel()
-        for task in (sleeper, waiter):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    return stop.is_set()
-
-
 class Supervisor:
     """Runs checks every ``interval_s``, remediates failures, and stops when told."""
 
@@ -479,6 +461,6 @@ class Supervisor:
             exc = one_pass.exception()
             if exc is not None:
                 _log.error("run", "supervisor pass crashed; continuing", err=repr(exc))
-            if await _sleep_or_stop(self._sleep, self.interval_s, stop):
+            if await sleep_or_stop(self._sleep, self.interval_s, stop):
                 break
         _log.info("run", "supervisor stopped")

@@ -201,7 +201,8 @@ class Logger:
             fields.append(("err", err))
         if duration_ms is not None:
             fields.append(("duration_ms", round(duration_ms, 1)))
-        fields.extend({**self._context, **context}.items())
+        # An absent context value is left out rather than written as an empty string.
+        fields.extend((k, v) for k, v in {**self._context, **context}.items() if v is not None)
         event = {"component": self.component, "op": op, "fields": fields}
         self._std.log(std_level, "%s", msg, extra={"homeops": event}, stacklevel=3)
 

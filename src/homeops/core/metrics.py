@@ -9,19 +9,19 @@ Prometheus text rendering exists so a scrape endpoint can be added without a cli
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import os
 import re
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Final, Protocol
 
+from homeops.core.asyncutil import Sleep, sleep_or_stop
 from homeops.core.errors import OperationalError, UsageError
 from homeops.core.logging import format_ts, get_logger
 
@@ -31,8 +31,6 @@ _NAME_RE: Final = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 # Integers above 2**53 are not exact in a float; print those in float notation instead.
 _EXACT_INT_LIMIT: Final = 2.0**53
 FILE_MODE: Final = 0o640
-
-Sleep = Callable[[float], Awaitable[None]]
 
 
 class MetricKind(StrEnum):
@@ -185,24 +183,6 @@ def prometheus_text(registry: MetricsRegistry) -> str:
     return "".join(line + "\n" for line in lines)
 
 
-async def _sleep_or_stop(sleep: Sleep, delay: float, stop: asyncio.Event) -> bool:
-    """Sleep ``delay`` seconds unless ``stop`` is set first; True when stopped."""
-    if stop.is_set():
-        return True
-    sleeper = asyncio.ensure_future(sleep(delay))
-    waiter = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (sleeper, waiter):
-            if not task.done():
-                task.cancel()
-        for task in (sleeper, waiter):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    return stop.is_set()
-
-
 class MetricsEmitter:
     """Writes one block of logfmt metric lines per interval, and a last one on stop.
 
@@ -257,7 +237,7 @@ class MetricsEmitter:
         """Emit every ``interval_s`` until ``stop`` is set, then emit a final block."""
         _log.debug("run", "metrics emitter started", interval_s=self.interval_s, path=self.path)
         while True:
-            stopped = await _sleep_or_stop(self._sleep, self.interval_s, stop)
+            stopped = await sleep_or_stop(self._sleep, self.interval_s, stop)
             try:
                 self.emit_once()
             except OperationalError as exc:

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
+from homeops.core.asyncutil import Sleep as Sleep  # re-exported: seams take `sleep=`
 from homeops.core.logging import get_logger
 
 T = TypeVar("T")
@@ -47,9 +48,6 @@ NO_RETRY: Final = RetryPolicy(attempts=1)
 def is_retryable_http_status(status: int) -> bool:
     """502/503/504 are transient (a proxy or the app restarting); every 4xx and 2xx is final."""
     return status in RETRYABLE_HTTP_STATUS
-
-
-Sleep = Callable[[float], Awaitable[None]]
 
 
 async def retry_async(

@@ -72,6 +72,24 @@ class HealthSettings(Section):
     check_timeout: PositiveDuration = Field(default=5.0, description="Timeout of each check")
 
 
+class SupervisorSettings(Section):
+    """The self-repair loop: checks every interval, remediations behind a circuit breaker."""
+
+    interval: PositiveDuration = Field(default=30.0, description="Time between passes")
+    breaker_threshold: int = Field(
+        default=3, ge=1, le=100, description="Consecutive failed passes that open the breaker"
+    )
+    breaker_cooldown: PositiveDuration = Field(
+        default=60.0, description="How long an open breaker skips remediation"
+    )
+    remediation_timeout: PositiveDuration = Field(
+        default=120.0, description="Longest a single remediation may run"
+    )
+    failpoint: str | None = Field(
+        default=None, description="Force this check to fail (testing the repair path)"
+    )
+
+
 class LogSettings(Section):
     """stderr logging."""
 
@@ -91,6 +109,7 @@ class CoreSettings(Section):
     artifacts: ArtifactsSettings = Field(default_factory=ArtifactsSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
+    supervisor: SupervisorSettings = Field(default_factory=SupervisorSettings)
 
     @property
     def jobs_db(self) -> Path:

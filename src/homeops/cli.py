@@ -1,0 +1,161 @@
+"""The umbrella command: ``homeops <group> ...``.
+
+Only typer and the standard library are imported at start-up; each command imports what it
+needs. ``homeops version`` skips typer altogether (it is what scripts call in loops).
+"""
+
+# No `from __future__ import annotations` here: Typer evaluates the nested commands'
+# annotations in this module's globals, where `typer` is only a local of build_app.
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from homeops import __version__
+
+if TYPE_CHECKING:
+    import typer
+
+    from homeops.core.health import Check
+    from homeops.core.registry import DoctorContext
+
+HELP = """One tool for a NixOS homelab: fleet deploys, builds and binary cache, service
+backups, a Windows VM; with shared config, logging, jobs and health checks.
+
+Exit codes: 0 ok, 1 operational failure, 2 usage/config error, 3 dependency unavailable,
+4 timeout. Logs go to stderr as logfmt; stdout carries only the result (--json for JSON)."""
+
+
+def _version_payload(as_json: bool) -> str:
+    if as_json:
+        import json
+        import platform
+
+        return json.dumps({"version": __version__, "python": platform.python_version()})
+    return f"homeops {__version__}"
+
+
+def build_app() -> "typer.Typer":
+    """The Typer app with every command group mounted."""
+    import typer
+
+    from homeops.core.cli import artifacts_cmd, config_cmd, jobs_cmd
+    from homeops.core.cli.common import JSON_HELP
+    from homeops.core.registry import Registry
+
+    app = typer.Typer(
+        name="homeops",
+        help=HELP,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        # Rich-formatted help costs ~250 ms of imports on every --help; plain help is instant.
+        rich_markup_mode=None,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+
+    @app.callback()
+    def _root(
+        config: str = typer.Option(
+            None,
+            "--config",
+            metavar="PATH",
+            help="JSON config file (also accepted after the subcommand).",
+        ),
+        debug: bool = typer.Option(False, "--debug", help="Write debug log lines to stderr."),
+    ) -> None:
+        # Both are consumed by main() before Typer parses; declared here for --help.
+        del config, debug
+
+    @app.command("version")
+    def version(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+        """Print the homeops version."""
+        sys.stdout.write(_version_payload(as_json) + "\n")
+
+    registry = Registry()
+
+    def _core_checks(ctx: "DoctorContext") -> "Sequence[Check]":
+        from homeops.core.doctor import core_checks
+
+        return core_checks(ctx)
+
+    registry.add_checks("core", _core_checks)
+
+    @app.command("doctor")
+    def doctor(
+        ctx: typer.Context,
+        as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+        only: list[str] = typer.Option(None, "--only", help="Only this domain's checks."),
+    ) -> None:
+        """Check the state dir, job store, tools and every domain's peers (exit 3 on failure)."""
+        from homeops.core.cli.doctor_cmd import run_doctor
+
+        code = run_doctor(ctx, registry, as_json, only)
+        raise typer.Exit(code)
+
+    @app.command("supervise")
+    def supervise(
+        ctx: typer.Context,
+        once: bool = typer.Option(False, "--once", help="One pass, then exit (3 if unhealthy)."),
+        interval: str = typer.Option(
+            None, "--interval", metavar="DURATION", help="Between passes (default 30s)."
+        ),
+        failpoint: str = typer.Option(
+            None, "--failpoint", metavar="CHECK", help="Force this check to fail."
+        ),
+        only: list[str] = typer.Option(None, "--only", help="Only this domain's checks."),
+        as_json: bool = typer.Option(False, "--json", help="One JSON line per pass."),
+    ) -> None:
+        """Check every interval and repair what fails, behind a circuit breaker."""
+        from homeops.core.cli.supervise_cmd import run_supervise
+
+        code = run_supervise(
+            ctx,
+            registry,
+            once=once,
+            interval=interval,
+            failpoint=failpoint,
+            only=only,
+            as_json=as_json,
+        )
+        raise typer.Exit(code)
+
+    app.add_typer(config_cmd.app, name="config")
+    app.add_typer(jobs_cmd.app, name="jobs")
+    app.add_typer(artifacts_cmd.app, name="artifacts")
+    return app
+
+
+def _report(exc: BaseException) -> int:
+    from homeops.core.errors import ConfigError, HomeopsError
+
+    if isinstance(exc, ConfigError):
+        sys.stderr.write(f"{exc}\n")
+    elif isinstance(exc, HomeopsError):
+        sys.stderr.write(f"error: {exc}\n")
+    return int(getattr(exc, "exit_code", 1))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``homeops`` console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args in (["version"], ["version", "--json"], ["--version"]):
+        sys.stdout.write(_version_payload("--json" in args) + "\n")
+        return
+    from homeops.core import logging as hlog
+    from homeops.core.cli.common import split_global_options
+    from homeops.core.errors import HomeopsError
+
+    opts, rest = split_global_options(args)
+    hlog.configure(debug=opts.debug)
+    app = build_app()
+    try:
+        app(args=rest, prog_name="homeops", obj=opts)
+    except HomeopsError as exc:
+        sys.exit(_report(exc))
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""``homeops artifacts list|fetch|sweep``: per-job artifact directories and their manifests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from homeops.core.cli.common import JSON_HELP, load_core, print_json, print_text, table
+
+if TYPE_CHECKING:
+    from homeops.core.artifacts import ArtifactStore
+
+app = typer.Typer(help="List, fetch (sha256-verified) and sweep job artifacts.")
+
+
+def _store(ctx: typer.Context) -> tuple[ArtifactStore, float]:
+    from homeops.core.artifacts import ArtifactStore
+
+    settings = load_core(ctx).settings
+    return ArtifactStore(settings.artifacts_root), settings.artifacts.retention_days
+
+
+@app.command("list")
+def list_artifacts(
+    ctx: typer.Context,
+    job: str = typer.Option(None, "--job", metavar="JOB_ID", help="One job's artifacts."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """List the jobs that have artifacts, or with --job the artifacts of one job."""
+    store, _ = _store(ctx)
+    if job is None:
+        jobs = store.list_jobs()
+        if as_json:
+            print_json(jobs)
+        else:
+            print_text("\n".join(jobs) if jobs else "no artifacts")
+        return
+    manifest = store.manifest(job)
+    if as_json:
+        print_json(manifest.to_json())
+        return
+    rows = [(a.type, a.path, a.size_bytes, a.sha256[:16]) for a in manifest.artifacts]
+    print_text(table(("type", "path", "bytes", "sha256"), rows))
+
+
+@app.command("fetch")
+def fetch(
+    ctx: typer.Context,
+    job: str = typer.Option(..., "--job", metavar="JOB_ID", help="Whose artifacts."),
+    out: Path = typer.Option(..., "--out", help="Directory to copy them into."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Copy a job's artifacts to --out, verifying every sha256 on the way."""
+    store, _ = _store(ctx)
+    paths = store.fetch(job, out)
+    if as_json:
+        print_json([str(p) for p in paths])
+    else:
+        print_text("\n".join(str(p) for p in paths) if paths else "no artifacts")
+
+
+@app.command("sweep")
+def sweep(
+    ctx: typer.Context,
+    retention_days: float = typer.Option(
+        None, "--retention-days", min=0, help="Override artifacts.retention_days."
+    ),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Delete job artifact directories older than the retention period."""
+    store, configured = _store(ctx)
+    removed = store.sweep(configured if retention_days is None else retention_days)
+    if as_json:
+        print_json({"removed": removed})
+    else:
+        print_text(f"removed {len(removed)} job artifact dir(s)")

@@ -1,0 +1,40 @@
+"""``homeops doctor``: run every registered domain's checks and report them in a fixed order."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import TYPE_CHECKING
+
+import typer
+
+from homeops.core.cli.common import load_core, options, print_json, print_text
+
+if TYPE_CHECKING:
+    from homeops.core.registry import Registry
+
+
+def run_doctor(
+    ctx: typer.Context, registry: Registry, as_json: bool, only: list[str] | None
+) -> int:
+    """Run the checks and print the report; returns the exit code (0 ok, 3 a check failed)."""
+    from homeops.core.errors import UsageError
+    from homeops.core.health import exit_code_for, render_table, results_to_json, run_checks
+    from homeops.core.registry import DoctorContext
+
+    loaded = load_core(ctx)
+    unknown = sorted(set(only or ()) - set(registry.domains()))
+    if unknown:
+        known = ", ".join(registry.domains())
+        raise UsageError(f"unknown domain {unknown[0]!r} for --only (known: {known})")
+    dctx = DoctorContext(os.environ, options(ctx).config, loaded.settings)
+    checks = registry.collect(dctx, only or ())
+    results = asyncio.run(run_checks(checks))
+    code = exit_code_for(results)
+    if as_json:
+        print_json(
+            {"ok": int(code) == 0, "exit_code": int(code), "checks": results_to_json(results)}
+        )
+    else:
+        print_text(render_table(results))
+    return int(code)

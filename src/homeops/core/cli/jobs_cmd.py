@@ -1,0 +1,123 @@
+"""``homeops jobs list|status|cancel``: inspect and cancel jobs in the configured store."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from homeops.core.cli.common import JSON_HELP, load_core, print_json, print_text, table
+
+if TYPE_CHECKING:
+    from homeops.core.jobs.model import Job
+    from homeops.core.jobs.sqlite import SqliteJobQueue
+
+app = typer.Typer(help="Inspect and cancel jobs (builds, backups, deploys, Windows runs).")
+
+
+def _open(ctx: typer.Context) -> SqliteJobQueue:
+    from homeops.core.jobs.sqlite import SqliteJobQueue
+
+    settings = load_core(ctx).settings
+    return SqliteJobQueue(settings.jobs_db)
+
+
+def _age(job: Job) -> str:
+    from homeops.core.logging import format_ts
+
+    return format_ts(job.created_at)[:19] + "Z"
+
+
+@app.command("list")
+def list_jobs(
+    ctx: typer.Context,
+    state: str = typer.Option(None, "--state", help="queued|running|succeeded|failed|cancelled"),
+    job_type: str = typer.Option(None, "--type", help="Only jobs of this type, e.g. builds.build"),
+    limit: int = typer.Option(50, "--limit", min=1, max=10000, help="Newest N jobs."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """List jobs, newest first."""
+    from homeops.core.errors import UsageError
+    from homeops.core.jobs.model import JobState
+
+    wanted: JobState | None = None
+    if state is not None:
+        try:
+            wanted = JobState(state)
+        except ValueError:
+            names = "|".join(s.value for s in JobState)
+            raise UsageError(f"--state: unknown state {state!r} (one of {names})") from None
+    queue = _open(ctx)
+    try:
+        jobs = queue.list(state=wanted, type=job_type, limit=limit)
+    finally:
+        queue.close()
+    if as_json:
+        print_json([j.to_dict() for j in jobs])
+        return
+    if not jobs:
+        print_text("no jobs")
+        return
+    rows = [
+        (j.id, j.type, j.state.value, f"{j.attempts}/{j.max_attempts}", _age(j), j.error or "")
+        for j in jobs
+    ]
+    print_text(table(("id", "type", "state", "attempts", "created", "error"), rows))
+
+
+def _describe(job: Job) -> str:
+    data: dict[str, Any] = job.to_dict()
+    keys = [
+        "id", "type", "state", "trace_id", "attempts", "max_attempts", "idempotency_key",
+        "created_at", "started_at", "finished_at", "worker_id", "cancel_requested", "error",
+        "result",
+    ]  # fmt: skip
+    return table(("field", "value"), [(k, data.get(k)) for k in keys])
+
+
+@app.command("status")
+def status(
+    ctx: typer.Context,
+    job_id: str = typer.Argument(..., metavar="JOB_ID"),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Show one job."""
+    from homeops.core.jobs.model import validate_job_id
+
+    validate_job_id(job_id)
+    queue = _open(ctx)
+    try:
+        job = queue.get(job_id)
+    finally:
+        queue.close()
+    if as_json:
+        print_json(job.to_dict())
+    else:
+        print_text(_describe(job))
+
+
+@app.command("cancel")
+def cancel(
+    ctx: typer.Context,
+    job_id: str = typer.Argument(..., metavar="JOB_ID"),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Cancel a job: a queued one at once, a running one within a second (its worker stops it)."""
+    from homeops.core.jobs.model import validate_job_id
+
+    validate_job_id(job_id)
+    queue = _open(ctx)
+    try:
+        was_terminal = queue.get(job_id).state.terminal
+        job = queue.cancel(job_id)
+    finally:
+        queue.close()
+    if as_json:
+        print_json(job.to_dict())
+        return
+    if was_terminal:
+        print_text(f"{job.id}: already {job.state.value}, nothing to cancel")
+    elif job.state.value == "cancelled":
+        print_text(f"{job.id}: cancelled")
+    elif job.cancel_requested:
+        print_text(f"{job.id}: cancel requested; its worker stops it within a second")

@@ -1,0 +1,78 @@
+"""``homeops supervise``: the self-repair loop over every registered domain's checks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from typing import TYPE_CHECKING
+
+import typer
+
+from homeops.core.cli.common import load_core, options, print_text
+
+if TYPE_CHECKING:
+    from homeops.core.health import PassReport
+    from homeops.core.registry import Registry
+
+
+def run_supervise(
+    ctx: typer.Context,
+    registry: Registry,
+    *,
+    once: bool,
+    interval: str | None,
+    failpoint: str | None,
+    only: list[str] | None,
+    as_json: bool,
+) -> int:
+    """Run one pass (``--once``) or loop until SIGTERM/SIGINT; returns the exit code."""
+    from homeops.core.durations import parse_duration
+    from homeops.core.errors import ExitCode, UsageError
+    from homeops.core.health import CircuitBreaker, Supervisor, pass_to_json, render_pass
+    from homeops.core.registry import DoctorContext
+
+    settings = load_core(ctx).settings
+    sup = settings.supervisor
+    try:
+        interval_s = parse_duration(interval) if interval is not None else sup.interval
+    except ValueError as exc:
+        raise UsageError(f"--interval: {exc}") from None
+    unknown = sorted(set(only or ()) - set(registry.domains()))
+    if unknown:
+        raise UsageError(f"unknown domain {unknown[0]!r} for --only")
+    dctx = DoctorContext(os.environ, options(ctx).config, settings)
+    checks = registry.collect(dctx, only or ())
+
+    def report(rep: PassReport) -> None:
+        if as_json:
+            # One JSON document per line, so a long run can be piped into jq.
+            sys.stdout.write(json.dumps(pass_to_json(rep), default=str) + "\n")
+        else:
+            print_text(render_pass(rep))
+        sys.stdout.flush()
+
+    supervisor = Supervisor(
+        checks,
+        registry.collect_remediations(dctx, only or ()),
+        interval_s=interval_s,
+        breaker=CircuitBreaker(threshold=sup.breaker_threshold, cooldown_s=sup.breaker_cooldown),
+        failpoint=failpoint if failpoint is not None else sup.failpoint,
+        remediation_timeout_s=sup.remediation_timeout,
+        on_pass=report,
+    )
+
+    async def main() -> int:
+        if once:
+            rep = await supervisor.run_once()
+            return int(ExitCode.OK if rep.ok else ExitCode.UNAVAILABLE)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await supervisor.run(stop)
+        return int(ExitCode.OK)
+
+    return asyncio.run(main())

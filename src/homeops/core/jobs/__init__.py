@@ -1,0 +1,46 @@
+"""Durable jobs: the model every domain shares, the queue contract and its SQLite backend,
+and the async worker that runs handlers.
+
+Import the pieces from here::
+
+    from homeops.core.jobs import Job, JobState, SqliteJobQueue, Worker
+"""
+
+from homeops.core.jobs.model import (
+    TERMINAL_STATES,
+    Job,
+    JobState,
+    backoff_delay,
+    new_job_id,
+    new_trace_id,
+    validate_job_id,
+    validate_job_type,
+)
+from homeops.core.jobs.queue import JobQueue, MetricsSink
+from homeops.core.jobs.sqlite import SqliteJobQueue
+from homeops.core.jobs.worker import (
+    Handler,
+    JobContext,
+    Worker,
+    default_worker_id,
+    install_signal_handlers,
+)
+
+__all__ = [
+    "TERMINAL_STATES",
+    "Handler",
+    "Job",
+    "JobContext",
+    "JobQueue",
+    "JobState",
+    "MetricsSink",
+    "SqliteJobQueue",
+    "Worker",
+    "backoff_delay",
+    "default_worker_id",
+    "install_signal_handlers",
+    "new_job_id",
+    "new_trace_id",
+    "validate_job_id",
+    "validate_job_type",
+]

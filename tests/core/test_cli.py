@@ -1,0 +1,322 @@
+"""The CLI frame end to end: the real console script for a few paths, main() for the rest."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from homeops.cli import main
+from homeops.core.cli.common import GlobalOptions, split_global_options
+from homeops.core.jobs.sqlite import SqliteJobQueue
+
+HOMEOPS = str(Path(sys.executable).with_name("homeops"))
+
+
+def run_main(capsys, *args):
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "opts", "rest"),
+    [
+        pytest.param(
+            ["--config", "a.json", "doctor"], GlobalOptions(Path("a.json")), ["doctor"], id="before"
+        ),
+        pytest.param(
+            ["config", "show", "--config", "a.json"],
+            GlobalOptions(Path("a.json")),
+            ["config", "show"],
+            id="after",
+        ),
+        pytest.param(
+            ["doctor", "--config=b.json", "--debug"],
+            GlobalOptions(Path("b.json"), True),
+            ["doctor"],
+            id="equals-and-debug",
+        ),
+        pytest.param(
+            ["jobs", "--", "--config", "x"],
+            GlobalOptions(),
+            ["jobs", "--", "--config", "x"],
+            id="after-double-dash",
+        ),
+        pytest.param(
+            ["doctor", "--config"],
+            GlobalOptions(),
+            ["doctor", "--config"],
+            id="missing-value-left-for-typer",
+        ),
+    ],
+)
+def test_split_global_options(argv, opts, rest):
+    assert split_global_options(argv) == (opts, rest)
+
+
+def test_version_fast_path(capsys):
+    code, out, _ = run_main(capsys, "version", "--json")
+    assert code == 0
+    assert json.loads(out)["version"]
+
+
+def test_console_script_help_and_version(state_dir):
+    env = {**os.environ, "HOMEOPS_STATE_DIR": str(state_dir)}
+    out = subprocess.run(
+        [HOMEOPS, "--help"], capture_output=True, text=True, env=env, timeout=30, check=False
+    )
+    assert out.returncode == 0
+    for word in ("doctor", "config", "jobs", "artifacts", "version", "--config"):
+        assert word in out.stdout
+    assert out.stderr == ""
+    ver = subprocess.run(
+        [HOMEOPS, "version"], capture_output=True, text=True, env=env, timeout=30, check=False
+    )
+    assert ver.stdout.startswith("homeops ")
+
+
+def test_help_does_not_import_heavy_libraries():
+    code = (
+        "import sys\n"
+        "from homeops.cli import build_app\n"
+        "build_app()\n"
+        "heavy = {'pydantic', 'asyncssh', 'httpx', 'tenacity', 'rich', 'sqlite3'}\n"
+        "heavy &= set(sys.modules)\n"
+        "print(sorted(heavy))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_doctor_on_defaults(capsys, state_dir):
+    code, out, _ = run_main(capsys, "doctor", "--json")
+    report = json.loads(out)
+    names = [c["name"] for c in report["checks"]]
+    assert names[:2] == ["state_dir", "job_store"]
+    assert {"tool.ssh", "tool.git", "tool.restic", "tool.nix", "tool.node"} <= set(names)
+    assert report["exit_code"] == code
+    assert (state_dir / "jobs.sqlite3").exists()
+    by_name = {c["name"]: c for c in report["checks"]}
+    assert by_name["state_dir"]["status"] == "ok"
+    assert by_name["tool.git"]["status"] == "ok"
+
+
+def test_doctor_missing_tool_exits_3(capsys, state_dir, monkeypatch, tmp_path):
+    # Only git on PATH: every other tool is missing, which is "dependency unavailable".
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "git").symlink_to("/usr/bin/git")
+    monkeypatch.setenv("PATH", str(bindir))
+    code, out, _ = run_main(capsys, "doctor")
+    assert code == 3
+    assert "not found on PATH" in out
+    assert "tool.git" in out
+
+
+def test_doctor_unwritable_state_dir(capsys, monkeypatch, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setenv("HOMEOPS_STATE_DIR", str(blocker / "state"))
+    code, out, _ = run_main(capsys, "doctor", "--only", "core", "--json")
+    assert code == 3
+    checks = {c["name"]: c for c in json.loads(out)["checks"]}
+    assert checks["state_dir"]["status"] == "fail"
+    assert "not writable" in checks["state_dir"]["detail"]
+
+
+def test_doctor_unknown_domain(capsys, state_dir):
+    code, _, err = run_main(capsys, "doctor", "--only", "nope")
+    assert code == 2
+    assert "unknown domain 'nope'" in err
+
+
+def test_config_show_sources(capsys, state_dir, tmp_path, monkeypatch):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"jobs": {"slots": 4}}))
+    monkeypatch.setenv("HOMEOPS_JOBS_LEASE", "1m")
+    code, out, _ = run_main(capsys, "config", "show", "--json", "--config", str(cfg))
+    assert code == 0
+    data = json.loads(out)
+    assert data["config_file"] == str(cfg)
+    settings = data["settings"]
+    assert settings["jobs.slots"] == {"value": 4, "source": f"file:{cfg}"}
+    assert settings["jobs.lease"] == {"value": "1m", "source": "env:HOMEOPS_JOBS_LEASE"}
+    assert settings["state_dir"]["source"] == "env:HOMEOPS_STATE_DIR"
+    assert settings["jobs.max_attempts"]["source"] == "default"
+
+
+def test_config_show_table(capsys, state_dir):
+    code, out, _ = run_main(capsys, "config", "show")
+    assert code == 0
+    assert out.splitlines()[0].split() == ["SETTING", "VALUE", "SOURCE"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        pytest.param(
+            '{"jobs": {"slots": 0}}',
+            "jobs.slots: Input should be greater than or equal to 1",
+            id="range",
+        ),
+        pytest.param(
+            '{"jobs": {"lease": "forever"}}',
+            "jobs.lease: invalid duration 'forever'",
+            id="duration",
+        ),
+        pytest.param('{"jobs": ', "invalid JSON at line 1 column 10", id="malformed"),
+        pytest.param('{"job": {}}', 'job: unknown key (did you mean "jobs"?)', id="unknown"),
+    ],
+)
+def test_config_errors_exit_2(capsys, state_dir, tmp_path, content, message):
+    cfg = tmp_path / "bad.json"
+    cfg.write_text(content)
+    code, out, err = run_main(capsys, "--config", str(cfg), "config", "show")
+    assert code == 2
+    assert out == ""
+    assert err.strip() == f"config error: {cfg}: {message}" or err.strip().startswith(
+        f"config error: {cfg}: {message}"
+    )
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_config_env_var_error_names_variable(capsys, state_dir, monkeypatch):
+    monkeypatch.setenv("HOMEOPS_JOBS_SLOTS", "many")
+    code, _, err = run_main(capsys, "config", "show")
+    assert code == 2
+    assert err.startswith("config error: HOMEOPS_JOBS_SLOTS: jobs.slots: ")
+
+
+def test_jobs_commands(capsys, state_dir):
+    queue = SqliteJobQueue(state_dir / "jobs.sqlite3")
+    try:
+        job = queue.enqueue("builds.build", {"flake": ".#x"})
+    finally:
+        queue.close()
+    code, out, _ = run_main(capsys, "jobs", "list", "--json")
+    assert code == 0
+    listed = json.loads(out)
+    assert [j["id"] for j in listed] == [job.id]
+    assert listed[0]["state"] == "queued"
+
+    code, out, _ = run_main(capsys, "jobs", "status", job.id, "--json")
+    assert json.loads(out)["payload"] == {"flake": ".#x"}
+
+    code, out, _ = run_main(capsys, "jobs", "cancel", job.id)
+    assert code == 0
+    assert out.strip() == f"{job.id}: cancelled"
+
+    code, out, _ = run_main(capsys, "jobs", "list", "--state", "cancelled")
+    assert job.id in out
+    code, out, _ = run_main(capsys, "jobs", "cancel", job.id)
+    assert "already cancelled" in out
+
+
+@pytest.mark.parametrize("bad", ["../x", "/etc/passwd", "a b", ""])
+def test_jobs_bad_id_exit_2(capsys, state_dir, bad):
+    code, out, err = run_main(capsys, "jobs", "status", bad)
+    assert code == 2
+    assert out == ""
+    assert "invalid job id" in err
+
+
+def test_jobs_unknown_id_exit_2(capsys, state_dir):
+    code, _, err = run_main(capsys, "jobs", "status", "nope123")
+    assert code == 2
+    assert "nope123" in err
+
+
+def test_jobs_bad_state_exit_2(capsys, state_dir):
+    code, _, err = run_main(capsys, "jobs", "list", "--state", "done")
+    assert code == 2
+    assert "unknown state 'done'" in err
+
+
+async def _add(store, job_id):
+    await store.add_bytes(job_id, "stdout.txt", b"hello\n", type="ssh")
+
+
+def test_artifacts_commands(capsys, state_dir, tmp_path):
+    import asyncio
+
+    from homeops.core.artifacts import ArtifactStore
+
+    store = ArtifactStore(state_dir / "artifacts")
+    store.ensure_job("job1", "trace1")
+    asyncio.run(_add(store, "job1"))
+    code, out, _ = run_main(capsys, "artifacts", "list", "--job", "job1", "--json")
+    assert code == 0
+    manifest = json.loads(out)
+    assert manifest["trace_id"] == "trace1"
+    assert manifest["artifacts"][0]["path"] == "stdout.txt"
+    out_dir = tmp_path / "out"
+    code, out, _ = run_main(capsys, "artifacts", "fetch", "--job", "job1", "--out", str(out_dir))
+    assert code == 0
+    assert (out_dir / "stdout.txt").read_bytes() == b"hello\n"
+    code, _, err = run_main(capsys, "artifacts", "fetch", "--job", "../job1", "--out", str(out_dir))
+    assert code == 2
+    assert "invalid job id" in err
+
+
+def test_unknown_command_exit_2(capsys):
+    code, _, err = run_main(capsys, "bogus")
+    assert code == 2
+    assert "No such command" in err
+
+
+def test_supervise_once_with_failpoint(capsys, state_dir):
+    code, out, _ = run_main(capsys, "supervise", "--once", "--failpoint", "tool.git", "--json")
+    assert code == 3
+    report = json.loads(out)
+    assert report["ok"] is False
+    failed = [c for c in report["checks"] if c["status"] == "fail"]
+    assert [c["name"] for c in failed] == ["tool.git"]
+    assert failed[0]["detail"] == "failpoint"
+
+
+def test_supervise_failpoint_from_env(capsys, state_dir, monkeypatch):
+    monkeypatch.setenv("HOMEOPS_SUPERVISOR_FAILPOINT", "state_dir")
+    code, out, _ = run_main(capsys, "supervise", "--once")
+    assert code == 3
+    assert "failpoint" in out
+
+
+def test_supervise_unknown_failpoint(capsys, state_dir):
+    code, _, err = run_main(capsys, "supervise", "--once", "--failpoint", "nope")
+    assert code == 2
+    assert "unknown failpoint 'nope'" in err
+
+
+def test_supervise_loop_stops_on_sigterm(state_dir):
+    import signal
+    import time
+
+    env = {**os.environ, "HOMEOPS_STATE_DIR": str(state_dir)}
+    proc = subprocess.Popen(
+        [HOMEOPS, "supervise", "--interval", "200ms", "--json", "--only", "core"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        first = proc.stdout.readline()  # a pass is done: the loop is running
+        assert json.loads(first)["ok"] is True
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert len(out.splitlines()) >= 1
+    assert 'msg="supervisor stopped"' in err

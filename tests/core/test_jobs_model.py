@@ -1,0 +1,149 @@
+"""Job model: validators, states, JSON form, backoff schedule."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from homeops.core.errors import ExitCode, UsageError
+from homeops.core.jobs import (
+    Job,
+    JobState,
+    backoff_delay,
+    new_job_id,
+    new_trace_id,
+    validate_job_id,
+    validate_job_type,
+)
+from homeops.core.jobs.model import encode_payload
+
+
+@pytest.mark.parametrize(
+    ("state", "terminal"),
+    [
+        pytest.param(JobState.QUEUED, False, id="queued"),
+        pytest.param(JobState.RUNNING, False, id="running"),
+        pytest.param(JobState.SUCCEEDED, True, id="succeeded"),
+        pytest.param(JobState.FAILED, True, id="failed"),
+        pytest.param(JobState.CANCELLED, True, id="cancelled"),
+    ],
+)
+def test_terminal_states(state: JobState, terminal: bool) -> None:
+    assert state.terminal is terminal
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["a", "0abc", "job-1.2_3", "A" * 128, "00018f3a2b4c5d6e7f"],
+)
+def test_valid_job_ids(value: str) -> None:
+    assert validate_job_id(value) == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("", id="empty"),
+        pytest.param("-x", id="leading-dash"),
+        pytest.param(".x", id="leading-dot"),
+        pytest.param("a..b", id="dotdot"),
+        pytest.param("a/b", id="slash"),
+        pytest.param("a b", id="space"),
+        pytest.param("A" * 129, id="too-long"),
+        pytest.param("é", id="non-ascii"),
+        pytest.param("x\n", id="newline"),
+    ],
+)
+def test_bad_job_ids(value: str) -> None:
+    with pytest.raises(UsageError, match="invalid job id") as info:
+        validate_job_id(value)
+    assert info.value.exit_code == ExitCode.USAGE
+
+
+@pytest.mark.parametrize("value", ["a", "windows.exec", "builds.flake-build", "x_1"])
+def test_valid_job_types(value: str) -> None:
+    assert validate_job_type(value) == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("", id="empty"),
+        pytest.param("Windows.exec", id="upper"),
+        pytest.param("1abc", id="leading-digit"),
+        pytest.param("a/b", id="slash"),
+        pytest.param("a" * 65, id="too-long"),
+    ],
+)
+def test_bad_job_types(value: str) -> None:
+    with pytest.raises(UsageError, match="invalid job type"):
+        validate_job_type(value)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param({"x": object()}, id="object"),
+        pytest.param({"x": float("nan")}, id="nan"),
+        pytest.param({"x": {1, 2}}, id="set"),
+        pytest.param(["not", "a", "dict"], id="list"),
+    ],
+)
+def test_bad_payloads(payload: object) -> None:
+    with pytest.raises(UsageError, match="payload"):
+        encode_payload(payload)
+
+
+def test_ids_sort_by_time_and_are_valid() -> None:
+    ids = [new_job_id(1_700_000_000.0 + i / 1000) for i in range(50)]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == 50
+    for job_id in ids:
+        validate_job_id(job_id)
+    assert validate_job_id(new_trace_id())
+
+
+@pytest.mark.parametrize(
+    ("attempt", "expected"),
+    [
+        pytest.param(0, 0.0, id="no-attempt"),
+        pytest.param(1, 1.0, id="first"),
+        pytest.param(2, 2.0, id="second"),
+        pytest.param(3, 4.0, id="third"),
+        pytest.param(10, 300.0, id="capped"),
+        pytest.param(10_000, 300.0, id="huge-no-overflow"),
+    ],
+)
+def test_backoff(attempt: int, expected: float) -> None:
+    assert backoff_delay(attempt, base_s=1.0, max_s=300.0) == expected
+
+
+def test_to_dict_is_json_with_rfc3339_utc() -> None:
+    job = Job(
+        id="j1",
+        type="builds.run",
+        payload={"a": [1, 2]},
+        trace_id="t1",
+        state=JobState.RUNNING,
+        attempts=1,
+        max_attempts=3,
+        idempotency_key=None,
+        created_at=0.0,
+        updated_at=1.5,
+        started_at=1.5,
+        finished_at=None,
+        available_at=0.0,
+        lease_until=31.5,
+        worker_id="w1",
+        result=None,
+        error=None,
+        cancel_requested=False,
+        timeout_s=None,
+    )
+    out = job.to_dict()
+    assert out["state"] == "running"
+    assert out["created_at"] == "1970-01-01T00:00:00.000Z"
+    assert out["started_at"] == "1970-01-01T00:00:01.500Z"
+    assert out["finished_at"] is None
+    assert json.loads(json.dumps(out)) == out
