@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Final, Protocol, runtime_checkable
 
 from homeops.core.asyncutil import Sleep, sleep_or_stop
 from homeops.core.errors import OperationalError, UsageError
@@ -59,6 +59,7 @@ SEED_METRICS: Final[tuple[MetricSpec, ...]] = (
 )
 
 
+@runtime_checkable
 class MetricsSink(Protocol):
     """What the job worker needs from a metrics registry."""
 
