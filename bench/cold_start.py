@@ -78,7 +78,8 @@ def main() -> None:
     lines = [
         "# CLI cold start",
         "",
-        f"{record['date']}, {args.runs} runs each, {os.cpu_count()} CPUs, Python {platform.python_version()}.",
+        f"{record['date']}, {args.runs} runs each, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}.",
         f"Target: median <= {TARGET_MS:g} ms.",
         "",
         "| command | median ms | p90 ms | min ms | x python | target met |",

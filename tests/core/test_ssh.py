@@ -1,0 +1,394 @@
+"""core/ssh against a real OpenSSH sshd on 127.0.0.1 (tests/fixtures/sshd.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import signal
+import stat
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from homeops.core import logging as hlog
+from homeops.core.errors import (
+    ExitCode,
+    HomeopsTimeout,
+    HostKeyError,
+    OperationalError,
+    SshAuthError,
+    SshUnavailable,
+)
+from homeops.core.ssh import HostKeyPolicy, SshPool
+from tests.fixtures.common import free_port
+from tests.fixtures.sshd import SshdHandle, generate_key, is_root, start_sshd
+
+# Some valid public key that belongs to no server here.
+UNRELATED_KEY = (
+    "ssh-ed25519 " + "AAAAC3NzaC1lZDI1NTE5AAAAIOaG1xvIDqtNoNcAk1iZzkU3ObPaG44mo7KRE0bTq0Nq"
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+
+class SleepRecorder:
+    """An injected ``sleep`` that records the retry waits instead of waiting."""
+
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+
+
+@pytest.fixture
+def sleeps() -> SleepRecorder:
+    return SleepRecorder()
+
+
+@pytest.fixture
+async def pool(sleeps: SleepRecorder) -> AsyncIterator[SshPool]:
+    async with SshPool(sleep=sleeps) as p:
+        yield p
+
+
+def remote_pids(marker: str) -> list[int]:
+    """Pids whose command line holds ``marker`` (the sshd runs on this machine)."""
+    done = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True, timeout=10)
+    return [int(p) for p in done.stdout.split()]
+
+
+def wait_gone(marker: str, seconds: float = 5.0) -> list[int]:
+    """Poll until no process carries ``marker``; return what is left at the deadline."""
+    deadline = time.monotonic() + seconds
+    while (left := remote_pids(marker)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+def kill_leftovers(marker: str) -> None:
+    """Clean up after a failed test: each remote shell leads its own group (sshd's setsid)."""
+    for pid in remote_pids(marker):
+        with contextlib.suppress(ProcessLookupError):
+            group = os.getpgid(pid)
+            os.kill(pid, signal.SIGKILL)
+            if group != os.getpgrp():
+                os.killpg(group, signal.SIGKILL)
+
+
+def wrong_key(tmp_path: Path) -> Path:
+    key = tmp_path / "not_authorized"
+    generate_key(key)
+    return key
+
+
+async def test_run_returns_status_stdout_stderr(pool: SshPool, sshd: SshdHandle) -> None:
+    result = await pool.run(sshd.target(), "echo out; echo err >&2; exit 7", timeout=10)
+    assert (result.exit_status, result.stdout, result.stderr) == (7, "out\n", "err\n")
+    assert not result.ok
+    assert result.duration_ms > 0
+
+
+async def test_runs_as_login_user_in_plain_sh(pool: SshPool, sshd: SshdHandle) -> None:
+    result = await pool.run(sshd.target(), "id -un; echo $0", timeout=10)
+    assert result.stdout.split() == [sshd.user, "sh"]
+
+
+async def test_stdin_is_passed(pool: SshPool, sshd: SshdHandle) -> None:
+    text = await pool.run(sshd.target(), "cat", stdin="line one\nline two\n", timeout=10)
+    assert text.stdout == "line one\nline two\n"
+    raw = await pool.run(sshd.target(), "wc -c", stdin=b"\x00\x01\xff" * 1000, timeout=10)
+    assert raw.stdout.strip() == "3000"
+
+
+async def test_no_stdin_means_eof(pool: SshPool, sshd: SshdHandle) -> None:
+    # A command that reads stdin must see EOF at once, not wait for the timeout.
+    result = await pool.run(sshd.target(), "cat; echo done", timeout=5)
+    assert result.stdout == "done\n"
+
+
+async def test_killed_by_signal_reports_128_plus_signal(pool: SshPool, sshd: SshdHandle) -> None:
+    result = await pool.run(sshd.target(), "kill -TERM $$", timeout=10)
+    assert result.exit_status == 128 + signal.SIGTERM
+
+
+async def test_check_raises_with_last_stderr_line(pool: SshPool, sshd: SshdHandle) -> None:
+    with pytest.raises(OperationalError) as info:
+        await pool.run(
+            sshd.target(), "echo first >&2; echo last words >&2; exit 3", timeout=10, check=True
+        )
+    assert info.value.exit_code == ExitCode.FAILURE
+    assert "exit 3" in str(info.value)
+    assert str(info.value).endswith("last words")
+    ok = await pool.run(sshd.target(), "true", timeout=10, check=True)
+    assert ok.ok
+
+
+async def test_one_connection_is_reused(pool: SshPool, sshd: SshdHandle) -> None:
+    before = sshd.accepted_logins()
+    results = [await pool.run(sshd.target(), "echo $SSH_CLIENT", timeout=10) for _ in range(5)]
+    # Concurrent commands share it too (more than OpenSSH's default 10 sessions at once).
+    results += await asyncio.gather(
+        *(pool.run(sshd.target(), "echo $SSH_CLIENT", timeout=10) for _ in range(15))
+    )
+    client_ports = {r.stdout.split()[1] for r in results}
+    assert len(client_ports) == 1
+    assert sshd.accepted_logins() - before == 1
+
+
+async def test_timed_out_command_is_killed_remotely(pool: SshPool, sshd: SshdHandle) -> None:
+    marker = f"homeops-timeout-{uuid.uuid4().hex}"
+    try:
+        start = time.monotonic()
+        with pytest.raises(HomeopsTimeout) as info:
+            await pool.run(sshd.target(), f"sleep 300; echo {marker}", timeout=1)
+        elapsed = time.monotonic() - start
+        assert info.value.exit_code == ExitCode.TIMEOUT
+        # The "signal" request kills it at once; the fallback would only start after the
+        # 2 s grace (that path is tested with a root login below).
+        assert 1.0 <= elapsed < 2.5
+        assert wait_gone(marker) == []
+        # The connection survives a killed command.
+        assert (await pool.run(sshd.target(), "echo alive", timeout=10)).stdout == "alive\n"
+    finally:
+        kill_leftovers(marker)
+
+
+@pytest.fixture(scope="module")
+def root_sshd() -> Iterator[SshdHandle]:
+    if not is_root():
+        pytest.skip("needs root: logs in as root to exercise sshd's root-session path")
+    with start_sshd(login_user="root") as handle:
+        yield handle
+
+
+@pytest.mark.root
+async def test_timed_out_root_command_is_killed_by_fallback(
+    pool: SshPool, root_sshd: SshdHandle
+) -> None:
+    # sshd ignores "signal" requests for root sessions; the pool must still kill the command.
+    marker = f"homeops-timeout-root-{uuid.uuid4().hex}"
+    try:
+        with pytest.raises(HomeopsTimeout):
+            await pool.run(root_sshd.target(), f"sleep 300; echo {marker}", timeout=1)
+        assert wait_gone(marker) == []
+        assert "session signalling requires privilege separation" in root_sshd.log_text()
+    finally:
+        kill_leftovers(marker)
+
+
+async def test_refused_port_retries_then_unavailable(
+    pool: SshPool, sshd: SshdHandle, sleeps: SleepRecorder
+) -> None:
+    port = free_port()
+    with pytest.raises(SshUnavailable) as info:
+        await pool.run(sshd.target(port=port), "true", timeout=10)
+    assert sleeps.calls == [0.5, 1.0]
+    message = str(info.value)
+    assert f"{sshd.user}@127.0.0.1:{port}" in message
+    assert "3 attempts" in message
+    assert "\n" not in message
+    assert info.value.exit_code == ExitCode.UNAVAILABLE
+
+
+async def test_connect_timeout_is_retried(
+    pool: SshPool, sshd: SshdHandle, sleeps: SleepRecorder
+) -> None:
+    # A peer that accepts TCP but never speaks SSH: only connect_timeout ends the attempt.
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(SshUnavailable, match=r"connect timed out after 0\.3s"):
+            await pool.run(sshd.target(port=port, connect_timeout=0.3), "true", timeout=10)
+        assert sleeps.calls == [0.5, 1.0]
+        assert len(held) == 3
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_wrong_key_is_not_retried(
+    pool: SshPool, sshd: SshdHandle, sleeps: SleepRecorder, tmp_path: Path
+) -> None:
+    before = sshd.log_text().count("Connection from 127.0.0.1")
+    with pytest.raises(SshAuthError) as info:
+        await pool.run(sshd.target(identity_file=wrong_key(tmp_path)), "true", timeout=10)
+    assert info.value.exit_code == ExitCode.UNAVAILABLE
+    assert sleeps.calls == []
+    assert sshd.log_text().count("Connection from 127.0.0.1") - before == 1
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        pytest.param(HostKeyPolicy.STRICT, id="strict"),
+        pytest.param(HostKeyPolicy.ACCEPT_NEW, id="accept-new"),
+    ],
+)
+async def test_host_key_mismatch_is_refused(
+    pool: SshPool, sshd: SshdHandle, sleeps: SleepRecorder, tmp_path: Path, policy: HostKeyPolicy
+) -> None:
+    other = tmp_path / "other_host_key"
+    other_public = generate_key(other)
+    known = tmp_path / "known_hosts"
+    known.write_text(f"{sshd.known_hosts_name} {other_public}\n")
+    with pytest.raises(HostKeyError) as info:
+        await pool.run(sshd.target(known_hosts=known, host_key_policy=policy), "true", timeout=10)
+    assert info.value.exit_code == ExitCode.UNAVAILABLE
+    assert sleeps.calls == []
+    assert known.read_text() == f"{sshd.known_hosts_name} {other_public}\n"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(None, id="no-file"),
+        pytest.param(
+            f"[10.0.0.9]:22 {UNRELATED_KEY}\n",
+            id="other-hosts-only",
+        ),
+    ],
+)
+async def test_unknown_host_is_refused_under_strict(
+    pool: SshPool, sshd: SshdHandle, sleeps: SleepRecorder, tmp_path: Path, content: str | None
+) -> None:
+    known = tmp_path / "known_hosts"
+    if content is not None:
+        known.write_text(content)
+    with pytest.raises(HostKeyError):
+        await pool.run(sshd.target(known_hosts=known), "true", timeout=10)
+    assert sleeps.calls == []
+    assert known.exists() == (content is not None)
+
+
+async def test_accept_new_records_unknown_host(sshd: SshdHandle, tmp_path: Path) -> None:
+    known = tmp_path / "fresh" / ".ssh" / "known_hosts"
+    async with SshPool() as pool:
+        result = await pool.run(
+            sshd.target(known_hosts=known, host_key_policy=HostKeyPolicy.ACCEPT_NEW),
+            "echo hi",
+            timeout=10,
+        )
+    assert result.stdout == "hi\n"
+    assert known.read_text() == sshd.known_hosts_line() + "\n"
+    assert stat.S_IMODE(known.stat().st_mode) == 0o600
+    assert stat.S_IMODE(known.parent.stat().st_mode) == 0o700
+    # The recorded key is now what STRICT trusts; a second ACCEPT_NEW adds nothing.
+    async with SshPool() as pool:
+        assert (await pool.run(sshd.target(known_hosts=known), "true", timeout=10)).ok
+        await pool.run(
+            sshd.target(known_hosts=known, host_key_policy=HostKeyPolicy.ACCEPT_NEW),
+            "true",
+            timeout=10,
+        )
+    assert known.read_text() == sshd.known_hosts_line() + "\n"
+
+
+async def test_accept_new_keeps_existing_entries(sshd: SshdHandle, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    existing = f"[127.0.0.1]:1 {UNRELATED_KEY}\n"
+    known.write_text(existing)
+    async with SshPool() as pool:
+        target = sshd.target(known_hosts=known, host_key_policy=HostKeyPolicy.ACCEPT_NEW)
+        assert (await pool.run(target, "true", timeout=10)).ok
+    assert known.read_text() == existing + sshd.known_hosts_line() + "\n"
+
+
+async def test_sftp_round_trip(pool: SshPool, sshd: SshdHandle, tmp_path: Path) -> None:
+    payload = os.urandom(300_000) + bytes(range(256))
+    local = tmp_path / "up.bin"
+    local.write_bytes(payload)
+    remote = f"/tmp/homeops-sftp-{uuid.uuid4().hex}.bin"
+    back = tmp_path / "down.bin"
+    try:
+        await pool.put(sshd.target(), local, remote, timeout=30)
+        size = await pool.run(sshd.target(), f"wc -c < {remote}", timeout=10)
+        assert int(size.stdout) == len(payload)
+        await pool.get(sshd.target(), remote, back, timeout=30)
+        assert back.read_bytes() == payload
+    finally:
+        await pool.run(sshd.target(), f"rm -f {remote}", timeout=10)
+
+
+async def test_sftp_missing_remote_file_is_operational_error(
+    pool: SshPool, sshd: SshdHandle, tmp_path: Path
+) -> None:
+    with pytest.raises(OperationalError, match="sftp get"):
+        await pool.get(sshd.target(), "/nonexistent/homeops/file", tmp_path / "x", timeout=10)
+
+
+async def test_reconnects_after_server_drops_connection(
+    pool: SshPool, sshd: SshdHandle, log_stream: io.StringIO
+) -> None:
+    before = sshd.accepted_logins()
+    first = await pool.run(sshd.target(), "echo $SSH_CLIENT", timeout=10)
+    # Kill the server side of our connection (the sessions below the listening sshd).
+    for pid in sshd.session_pids():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    second = await pool.run(sshd.target(), "echo $SSH_CLIENT", timeout=10)
+    assert second.stdout.split()[1] != first.stdout.split()[1]
+    # And again once the loss has surely been noticed (the other code path).
+    for pid in sshd.session_pids():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    await asyncio.sleep(0.3)
+    third = await pool.run(sshd.target(), "echo $SSH_CLIENT", timeout=10)
+    assert third.stdout.split()[1] not in {first.stdout.split()[1], second.stdout.split()[1]}
+    assert sshd.accepted_logins() - before == 3
+    reconnects = [line for line in log_stream.getvalue().splitlines() if "msg=reconnected" in line]
+    assert len(reconnects) == 2
+
+
+async def test_logs_command_without_secrets_or_stdin(
+    pool: SshPool, sshd: SshdHandle, log_stream: io.StringIO
+) -> None:
+    hlog.register_secret("tok-s3cr3t-value")
+    await pool.run(
+        sshd.target(), "echo tok-s3cr3t-value >/dev/null", stdin="stdin-private-data", timeout=10
+    )
+    lines = log_stream.getvalue().splitlines()
+    assert "tok-s3cr3t-value" not in log_stream.getvalue()
+    assert "stdin-private-data" not in log_stream.getvalue()
+    [run_line] = [line for line in lines if "op=run" in line and "command finished" in line]
+    for field in (
+        f"ssh_host={sshd.host}",
+        f"ssh_port={sshd.port}",
+        f"ssh_user={sshd.user}",
+        "exit_status=0",
+        "duration_ms=",
+    ):
+        assert field in run_line
+    assert any(
+        "op=connect" in line and "level=info" in line and "msg=connected" in line for line in lines
+    )
+
+
+async def test_retry_is_logged_as_warning(
+    pool: SshPool, sshd: SshdHandle, log_stream: io.StringIO
+) -> None:
+    with pytest.raises(SshUnavailable):
+        await pool.run(sshd.target(port=free_port()), "true", timeout=10)
+    warnings = [line for line in log_stream.getvalue().splitlines() if "level=warn" in line]
+    assert sum("retrying" in line for line in warnings) == 2
+
+
+async def test_closed_pool_refuses_work(sshd: SshdHandle) -> None:
+    pool = SshPool()
+    await pool.run(sshd.target(), "true", timeout=10)
+    await pool.close()
+    with pytest.raises(OperationalError, match="closed"):
+        await pool.run(sshd.target(), "true", timeout=10)
