@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -15,11 +17,19 @@ if TYPE_CHECKING:
 app = typer.Typer(help="Inspect and cancel jobs (builds, backups, deploys, Windows runs).")
 
 
-def _open(ctx: typer.Context) -> SqliteJobQueue:
+@contextmanager
+def _queue(ctx: typer.Context, job_id: str | None = None) -> Iterator[SqliteJobQueue]:
+    """The configured store, opened for one command; ``job_id`` is validated first."""
+    from homeops.core.jobs.model import validate_job_id
     from homeops.core.jobs.sqlite import SqliteJobQueue
 
-    settings = load_core(ctx).settings
-    return SqliteJobQueue(settings.jobs_db)
+    if job_id is not None:
+        validate_job_id(job_id)
+    queue = SqliteJobQueue(load_core(ctx).settings.jobs_db)
+    try:
+        yield queue
+    finally:
+        queue.close()
 
 
 def _age(job: Job) -> str:
@@ -47,11 +57,8 @@ def list_jobs(
         except ValueError:
             names = "|".join(s.value for s in JobState)
             raise UsageError(f"--state: unknown state {state!r} (one of {names})") from None
-    queue = _open(ctx)
-    try:
+    with _queue(ctx) as queue:
         jobs = queue.list(state=wanted, type=job_type, limit=limit)
-    finally:
-        queue.close()
     if as_json:
         print_json([j.to_dict() for j in jobs])
         return
@@ -82,14 +89,8 @@ def status(
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Show one job."""
-    from homeops.core.jobs.model import validate_job_id
-
-    validate_job_id(job_id)
-    queue = _open(ctx)
-    try:
+    with _queue(ctx, job_id) as queue:
         job = queue.get(job_id)
-    finally:
-        queue.close()
     if as_json:
         print_json(job.to_dict())
     else:
@@ -103,15 +104,9 @@ def cancel(
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Cancel a job: a queued one at once, a running one within a second (its worker stops it)."""
-    from homeops.core.jobs.model import validate_job_id
-
-    validate_job_id(job_id)
-    queue = _open(ctx)
-    try:
+    with _queue(ctx, job_id) as queue:
         was_terminal = queue.get(job_id).state.terminal
         job = queue.cancel(job_id)
-    finally:
-        queue.close()
     if as_json:
         print_json(job.to_dict())
         return
