@@ -10,7 +10,7 @@ python3Packages.buildPythonApplication {
 
   src = lib.cleanSource ../.;
 
-  build-system = [ python3Packages.setuptools ];
+  build-system = [ python3Packages.flit-core ];
 
   dependencies = with python3Packages; [
     pydantic

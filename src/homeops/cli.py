@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import typer
 
     from homeops.core.health import Check
-    from homeops.core.registry import DoctorContext
+    from homeops.core.registry import DoctorContext, Registry
 
 HELP = """One tool for a NixOS homelab: fleet deploys, builds and binary cache, service
 backups, a Windows VM; with shared config, logging, jobs and health checks.
@@ -34,13 +34,27 @@ def _version_payload(as_json: bool) -> str:
     return f"homeops {__version__}"
 
 
+def build_registry() -> "Registry":
+    """Every domain's doctor checks and remediations, in report order."""
+    from homeops.core.registry import Registry
+
+    registry = Registry()
+
+    def core_checks(ctx: "DoctorContext") -> "Sequence[Check]":
+        from homeops.core.doctor import core_checks
+
+        return core_checks(ctx)
+
+    registry.add_checks("core", core_checks)
+    return registry
+
+
 def build_app() -> "typer.Typer":
     """The Typer app with every command group mounted."""
     import typer
 
     from homeops.core.cli import artifacts_cmd, config_cmd, jobs_cmd
     from homeops.core.cli.common import JSON_HELP
-    from homeops.core.registry import Registry
 
     app = typer.Typer(
         name="homeops",
@@ -55,6 +69,7 @@ def build_app() -> "typer.Typer":
 
     @app.callback()
     def _root(
+        ctx: typer.Context,
         config: str = typer.Option(
             None,
             "--config",
@@ -64,21 +79,17 @@ def build_app() -> "typer.Typer":
         debug: bool = typer.Option(False, "--debug", help="Write debug log lines to stderr."),
     ) -> None:
         # Both are consumed by main() before Typer parses; declared here for --help.
+        # Logging is set up here, not in main(), so `--help` never imports it.
+        from homeops.core import logging as hlog
+        from homeops.core.cli.common import options
+
         del config, debug
+        hlog.configure(debug=options(ctx).debug)
 
     @app.command("version")
     def version(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
         """Print the homeops version."""
         sys.stdout.write(_version_payload(as_json) + "\n")
-
-    registry = Registry()
-
-    def _core_checks(ctx: "DoctorContext") -> "Sequence[Check]":
-        from homeops.core.doctor import core_checks
-
-        return core_checks(ctx)
-
-    registry.add_checks("core", _core_checks)
 
     @app.command("doctor")
     def doctor(
@@ -89,7 +100,7 @@ def build_app() -> "typer.Typer":
         """Check the state dir, job store, tools and every domain's peers (exit 3 on failure)."""
         from homeops.core.cli.doctor_cmd import run_doctor
 
-        code = run_doctor(ctx, registry, as_json, only)
+        code = run_doctor(ctx, build_registry(), as_json, only)
         raise typer.Exit(code)
 
     @app.command("supervise")
@@ -110,7 +121,7 @@ def build_app() -> "typer.Typer":
 
         code = run_supervise(
             ctx,
-            registry,
+            build_registry(),
             once=once,
             interval=interval,
             failpoint=failpoint,
@@ -141,20 +152,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args in (["version"], ["version", "--json"], ["--version"]):
         sys.stdout.write(_version_payload("--json" in args) + "\n")
         return
-    from homeops.core import logging as hlog
     from homeops.core.cli.common import split_global_options
-    from homeops.core.errors import HomeopsError
 
     opts, rest = split_global_options(args)
-    hlog.configure(debug=opts.debug)
     app = build_app()
     try:
         app(args=rest, prog_name="homeops", obj=opts)
-    except HomeopsError as exc:
-        sys.exit(_report(exc))
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
+    except Exception as exc:
+        # Imported only on this path: a run that succeeds never loads the error classes.
+        from homeops.core.errors import HomeopsError
+
+        if isinstance(exc, HomeopsError):
+            sys.exit(_report(exc))
+        raise
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ def mock_nixpkgs(tmp_path):
     shutil.copytree(Path(__file__).parent / "mock", mock)
     names = [
         *pyproject_dependencies(),
-        "setuptools",
+        "flit-core",
         "pytest",
         "pytest-asyncio",
         "pytest-timeout",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -77,6 +76,8 @@ def load_core(ctx: typer.Context) -> Loaded[CoreSettings]:
 
 def print_json(data: Any) -> None:  # noqa: ANN401
     """Write ``data`` as indented JSON to stdout (the payload channel)."""
+    import json
+
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
