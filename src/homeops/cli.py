@@ -138,11 +138,13 @@ def build_app() -> "typer.Typer":
 
 def _report(exc: BaseException) -> int:
     from homeops.core.errors import ConfigError, HomeopsError
+    from homeops.core.logging import mask
 
+    # Masked like every log line: an error message may quote a command or a URL.
     if isinstance(exc, ConfigError):
-        sys.stderr.write(f"{exc}\n")
+        sys.stderr.write(f"{mask(str(exc))}\n")
     elif isinstance(exc, HomeopsError):
-        sys.stderr.write(f"error: {exc}\n")
+        sys.stderr.write(f"error: {mask(str(exc))}\n")
     return int(getattr(exc, "exit_code", 1))
 
 

@@ -320,3 +320,42 @@ def test_supervise_loop_stops_on_sigterm(state_dir):
     assert proc.returncode == 0, err
     assert len(out.splitlines()) >= 1
     assert 'msg="supervisor stopped"' in err
+
+
+def test_artifacts_fetch_out_is_a_file(capsys, state_dir, tmp_path):
+    import asyncio
+
+    from homeops.core.artifacts import ArtifactStore
+
+    store = ArtifactStore(state_dir / "artifacts")
+    store.ensure_job("job1", "t")
+    asyncio.run(store.add_bytes("job1", "sub/out.txt", b"x", type="ssh"))
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    code, _, err = run_main(capsys, "artifacts", "fetch", "--job", "job1", "--out", str(blocker))
+    assert code == 2
+    assert err.strip() == f"error: {blocker}: exists and is not a directory"
+    out = tmp_path / "o2"
+    out.mkdir()
+    (out / "sub").write_text("in the way")
+    code, _, err = run_main(capsys, "artifacts", "fetch", "--job", "job1", "--out", str(out))
+    assert code == 2
+    assert "sub: exists and is not a directory" in err
+
+
+def test_artifacts_root_is_a_file(capsys, tmp_path, monkeypatch):
+    blocker = tmp_path / "state"
+    blocker.mkdir()
+    (blocker / "artifacts").write_text("x")
+    monkeypatch.setenv("HOMEOPS_STATE_DIR", str(blocker))
+    for args in (("artifacts", "list"), ("artifacts", "sweep")):
+        code, _, err = run_main(capsys, *args)
+        assert code == 1
+        assert "cannot list artifacts: Not a directory" in err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_artifacts_sweep_refuses_odd_retention(capsys, state_dir, value):
+    code, _, err = run_main(capsys, "artifacts", "sweep", "--retention-days", value)
+    assert code == 2
+    assert err.strip()

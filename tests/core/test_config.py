@@ -245,7 +245,7 @@ def test_parse_duration(text, seconds):
     assert parse_duration(format_duration(seconds)) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "s", "10x", "1h 30m", "-5s", "ten"])
+@pytest.mark.parametrize("text", ["", "s", "10x", "1h 30m", "-5s", "ten", "nan", "inf", "1e400", "-5"])
 def test_parse_duration_rejects(text):
     with pytest.raises(ValueError, match="invalid duration"):
         parse_duration(text)
@@ -274,3 +274,76 @@ def test_core_derived_paths(tmp_path):
     assert loaded.settings.jobs_db == tmp_path / "jobs.sqlite3"
     assert loaded.settings.artifacts_root == tmp_path / "artifacts"
     assert loaded.sources["state_dir"] == "env:HOMEOPS_STATE_DIR"
+
+
+class Vault(Section):
+    token: SecretStr | None = Field(default=None, min_length=20, description="token")
+    ratio: float = Field(default=1.0, description="a float")
+
+
+VAULT = SettingsSpec(Vault, "VLT", "VLT_CONFIG")
+
+
+def test_wrong_secret_value_is_never_echoed(tmp_path):
+    secret_file = tmp_path / "tok"
+    secret_file.write_text("short-secret\n")
+    for environ in ({"VLT_TOKEN_FILE": str(secret_file)}, {"VLT_TOKEN": "short-secret"}):
+        with pytest.raises(ConfigError) as info:
+            load_settings(VAULT, environ=environ)
+        assert "short-secret" not in str(info.value)
+        assert "token: " in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        pytest.param('{"ssh": {"host": "a", "host": "b"}}', "duplicate key 'host'", id="duplicate"),
+        pytest.param('{"ssh": {"port": NaN}}', "NaN is not valid JSON", id="nan-literal"),
+        pytest.param('{"ssh": {"port": Infinity}}', "Infinity is not valid JSON", id="inf-literal"),
+        pytest.param("[" * 100000, "nested too deeply", id="deep"),
+        pytest.param('{"ssh": {"port": ' + "9" * 5000 + "}}", "invalid JSON: ", id="huge-int"),
+    ],
+)
+def test_hostile_json(tmp_path, text, reason):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(SPEC, environ={}, config_path=path)
+    assert reason in str(info.value)
+    assert len(str(info.value)) < 300
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        pytest.param("/dev/zero", "not a regular file", id="device"),
+        pytest.param("/", "cannot read", id="directory"),
+    ],
+)
+def test_special_config_files_refused(path, reason):
+    with pytest.raises(ConfigError, match=reason):
+        load_settings(SPEC, environ={}, config_path=Path(path))
+
+
+def test_oversized_config_refused(tmp_path):
+    path = write(tmp_path, '{"tags": [' + ", ".join(['"x"'] * 400000) + "]}")
+    with pytest.raises(ConfigError, match="larger than 1024 KiB"):
+        load_settings(SPEC, environ={}, config_path=path)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e400", "-5", "Infinity"])
+def test_non_finite_durations_refused(value):
+    with pytest.raises(ConfigError, match=r"ssh\.connect_timeout: invalid duration"):
+        load_settings(SPEC, environ={"DEMO_SSH_CONNECT_TIMEOUT": value})
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e400"])
+def test_non_finite_floats_refused(value):
+    with pytest.raises(ConfigError, match=r"^config error: VLT_RATIO: ratio: "):
+        load_settings(VAULT, environ={"VLT_RATIO": value})
+
+
+def test_empty_env_value_counts_as_unset(tmp_path):
+    environ = {"HOMEOPS_STATE_DIR": "", "HOME": str(tmp_path)}
+    loaded = load_settings(CORE_SPEC, environ=environ)
+    assert loaded.settings.state_dir == tmp_path / ".local" / "state" / "homeops"
+    assert loaded.sources["state_dir"] == "default"

@@ -132,3 +132,28 @@ async def test_argv_logged_with_secrets_masked(log_stream):
 )
 def test_display_argv(argv, want):
     assert process.display_argv(argv) == want
+
+
+async def test_background_child_holding_pipes_does_not_hang(tmp_path):
+    pidfile = tmp_path / "bg.pid"
+    start = time.monotonic()
+    result = await process.run(["sh", "-c", f"sleep 30 & echo $! > {pidfile}; echo hi"], timeout=10)
+    assert result.ok
+    assert result.stdout == "hi\n"
+    assert time.monotonic() - start < 8
+    os.kill(int(pidfile.read_text()), 9)
+
+
+@pytest.mark.parametrize(
+    ("argv", "kwargs", "exc", "match"),
+    [
+        pytest.param(["/tmp"], {}, ToolMissing, "not an executable file", id="directory"),
+        pytest.param([__file__], {}, ToolMissing, "not an executable file", id="not-exec"),
+        pytest.param(
+            ["true"], {"cwd": "/nonexistent-dir"}, OperationalError, "cannot start", id="bad-cwd"
+        ),
+    ],
+)
+async def test_spawn_errors_are_translated(argv, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        await process.run(argv, timeout=5, **kwargs)

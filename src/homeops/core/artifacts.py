@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -33,9 +34,7 @@ from pathlib import Path
 from typing import IO, Final
 
 from homeops.core.errors import OperationalError, UsageError
-
-# One id rule for the queue and the artifact dirs: a job id is also a directory name.
-from homeops.core.jobs.model import validate_job_id
+from homeops.core.jobs.model import validate_job_id  # one id rule: an id is also a dir name
 from homeops.core.logging import format_ts, get_logger
 
 _log = get_logger("core.artifacts")
@@ -242,6 +241,16 @@ class _TempArtifact:
                 self.path.unlink()
 
 
+def _make_out_dir(path: Path) -> None:
+    """Create a destination directory, or a one-line error naming why it cannot be."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UsageError(f"{path}: exists and is not a directory") from None
+    except OSError as exc:
+        raise OperationalError(f"{path}: cannot create: {exc.strerror or exc}") from exc
+
+
 class ArtifactStore:
     """Artifacts of many jobs under one root directory."""
 
@@ -375,6 +384,10 @@ class ArtifactStore:
             entries = list(os.scandir(self.root))
         except FileNotFoundError:
             return []
+        except OSError as exc:
+            raise OperationalError(
+                f"{self.root}: cannot list artifacts: {exc.strerror or exc}"
+            ) from exc
         jobs = []
         for entry in entries:
             if not entry.is_dir(follow_symlinks=False):
@@ -489,7 +502,7 @@ class ArtifactStore:
         manifest = self.manifest(job_id)
         job_dir = self.job_dir(job_id)
         out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        _make_out_dir(out_dir)
         delivered = [self._fetch_one(job_dir, a, out_dir) for a in manifest.artifacts]
         _log.debug("fetch", "artifacts fetched", job_id=job_id, count=len(delivered), out=out_dir)
         return delivered
@@ -501,7 +514,7 @@ class ArtifactStore:
             raise OperationalError(f"{job_dir / artifact.path}: missing") from None
         src = src_parent / artifact.path.rsplit("/", 1)[-1]
         dest_parent = out_dir.joinpath(*artifact.path.split("/")[:-1])
-        dest_parent.mkdir(parents=True, exist_ok=True)
+        _make_out_dir(dest_parent)
         dest = dest_parent / src.name
         try:
             fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
@@ -545,8 +558,9 @@ class ArtifactStore:
         Entries that are not real directories with a valid job id (symlinks included)
         are left alone, so nothing outside the root is ever touched.
         """
-        if retention_days < 0:
-            raise UsageError(f"retention must be >= 0 days, got {retention_days:g}")
+        # NaN would compare false against every age and delete everything: refuse it.
+        if not math.isfinite(retention_days) or retention_days < 0:
+            raise UsageError(f"retention must be a finite number >= 0 days, got {retention_days}")
         cutoff = self._clock() - retention_days * DAY_S
         removed = []
         for job_id in self.list_jobs():

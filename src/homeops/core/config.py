@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
+import stat
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -69,7 +71,10 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 class Section(BaseModel):
     """Base of every settings model and section: unknown keys are errors, values frozen."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # allow_inf_nan=False: "inf" or 1e400 days is never a meaningful setting.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False
+    )
 
 
 def env_names(*names: str) -> dict[str, Any]:
@@ -172,29 +177,73 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Config and secret files are small; a bound keeps `--config /dev/zero` from eating memory.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_SECRET_BYTES = 64 << 10
+
+
+def _read_small_file(path: Path, limit: int) -> bytes:
+    """Bytes of a regular file of at most ``limit`` bytes; OSError/ValueError otherwise."""
+    with path.open("rb") as fh:
+        info = os.fstat(fh.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("not a regular file")
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"larger than {limit // 1024} KiB")
+    return data
+
+
 def _read_secret_file(path_text: str, source: str, where: str) -> str:
+    path = Path(path_text).expanduser()
     try:
-        return Path(path_text).expanduser().read_text(encoding="utf-8").rstrip("\r\n")
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
+        raw = _read_small_file(path, MAX_SECRET_BYTES)
+        return raw.decode("utf-8").rstrip("\r\n")
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        if isinstance(exc, UnicodeDecodeError):
+            reason = "not UTF-8 text"
         message = f"cannot read secret file {path_text!r}: {reason}"
         raise ConfigError(source, where, message) from exc
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"duplicate key {key!r}")
+        seen[key] = value
+    return seen
+
+
+def _no_constants(name: str) -> Any:  # noqa: ANN401
+    # Python's json accepts NaN and Infinity, which are not JSON and make no sense as settings.
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     label = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = _read_small_file(path, MAX_CONFIG_BYTES)
     except OSError as exc:
         raise ConfigError(label, "", f"cannot read: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise ConfigError(label, "", f"cannot read: {exc}") from exc
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(label, "", f"not UTF-8 text (byte {exc.start})") from exc
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
     except json.JSONDecodeError as exc:
         raise ConfigError(
             label, "", f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
         ) from exc
+    except RecursionError:
+        raise ConfigError(label, "", "invalid JSON: nested too deeply") from None
+    except ValueError as exc:
+        # Duplicate keys, NaN/Infinity, integers past Python's digit limit.
+        raise ConfigError(label, "", f"invalid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(label, "", f"top level must be a JSON object, not {type(data).__name__}")
     return data
@@ -238,13 +287,16 @@ def _check_file_keys(
     return out
 
 
-def _reason(error: Mapping[str, Any]) -> str:
+def _reason(error: Mapping[str, Any], *, secret: bool = False) -> str:
     msg = str(error.get("msg", "invalid value"))
     for noise in ("Value error, ", "Assertion failed, "):
         msg = msg.removeprefix(noise)
     if error.get("type") == "missing":
         return "required value missing"
     value = error.get("input")
+    # A secret's value is never echoed, not even when it is wrong.
+    if secret:
+        return msg
     if error.get("type") != "extra_forbidden" and isinstance(value, str | int | float):
         shown = value if len(str(value)) <= 60 else str(value)[:57] + "..."
         return f"{msg} (got {shown!r})"
@@ -282,7 +334,9 @@ def load_settings(
         if secret:
             known_env.update(n + "_FILE" for n in leaf.env)
         for name in leaf.env:
-            if name in environ:
+            # An empty variable counts as unset (`VAR=` in an EnvironmentFile, say):
+            # HOMEOPS_STATE_DIR= must not mean "the current directory".
+            if environ.get(name):
                 raw: object = environ[name]
                 if _is_structured(leaf.annotation):
                     try:
@@ -292,7 +346,7 @@ def load_settings(
                 _set(env_data, leaf.path, raw)
                 sources[leaf.dotted] = f"env:{name}"
                 break
-            if secret and (name + "_FILE") in environ:
+            if secret and environ.get(name + "_FILE"):
                 file_var = name + "_FILE"
                 value = _read_secret_file(environ[file_var], file_var, leaf.dotted)
                 _set(env_data, leaf.path, value)
@@ -302,6 +356,7 @@ def load_settings(
     for text in warnings:
         _log.warn("load", text)
     data = _merge(data, env_data)
+    secret_paths = {path for path, _, secret in leaves(spec) if secret}
     try:
         settings = spec.model.model_validate(data)
     except ValidationError as exc:
@@ -310,7 +365,9 @@ def load_settings(
         origin = sources.get(loc, "")
         label = origin.split(":", 1)[1] if origin else (file_label or "defaults")
         more = exc.error_count() - 1
-        reason = _reason(first) + (f" (and {more} more error{'s' * (more > 1)})" if more else "")
+        secret = loc in secret_paths
+        reason = _reason(first, secret=secret)
+        reason += f" (and {more} more error{'s' * (more > 1)})" if more else ""
         raise ConfigError(label, loc, reason) from None
     for leaf in _leaves(spec.model, spec.env_prefix):
         sources.setdefault(leaf.dotted, DEFAULT)

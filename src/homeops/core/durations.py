@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Final
 
@@ -13,17 +14,26 @@ _WHOLE: Final = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+")
 def parse_duration(value: str | float) -> float:
     """Seconds in ``value``; a bare number is seconds. Raises ValueError with a hint."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+        return _finite(float(value), value)
     if not isinstance(value, str):
         raise ValueError(f"invalid duration {value!r} (use e.g. 30s, 10m, 1h)")  # noqa: TRY004
     text = value.strip().lower()
     try:
-        return float(text)
+        number = float(text)
     except ValueError:
         pass
+    else:
+        return _finite(number, value)
     if not _WHOLE.fullmatch(text):
         raise ValueError(f"invalid duration {value!r} (use e.g. 500ms, 30s, 10m, 1h30m)")
-    return sum(float(num) * _UNITS[unit] for num, unit in _PART.findall(text))
+    return _finite(sum(float(num) * _UNITS[unit] for num, unit in _PART.findall(text)), value)
+
+
+def _finite(seconds: float, original: object) -> float:
+    # "nan", "inf" and "1e400" parse as floats; none is a usable interval or timeout.
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"invalid duration {original!r} (must be a finite, non-negative time)")
+    return seconds
 
 
 def format_duration(seconds: float) -> str:

@@ -24,6 +24,9 @@ _log = get_logger("core.process")
 LineCallback = Callable[[str], None]
 # After SIGTERM a process group gets this long to exit before SIGKILL.
 KILL_GRACE_S = 2.0
+# After the process exits, how long its pipes may stay open. A background grandchild
+# (`daemon &`) inherits them and may never close them; what it writes later is not ours.
+PIPE_DRAIN_S = 1.0
 _CHUNK = 65536
 
 
@@ -55,7 +58,7 @@ def _quote(arg: str) -> str:
 def which(name: str) -> str:
     """Absolute path of executable ``name``, or :class:`ToolMissing` (exit 3)."""
     if os.sep in name:
-        if os.access(name, os.X_OK):
+        if os.path.isfile(name) and os.access(name, os.X_OK):
             return name
         raise ToolMissing(f"{name}: not an executable file")
     found = shutil.which(name)
@@ -124,16 +127,20 @@ async def run(
     _log.debug("spawn", "starting process", argv=shown, timeout_s=timeout)
     start = time.monotonic()
     data = stdin.encode() if isinstance(stdin, str) else stdin
-    proc = await asyncio.create_subprocess_exec(
-        exe,
-        *argv[1:],
-        stdin=asyncio.subprocess.PIPE if data is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=cwd,
-        env=dict(env) if env is not None else None,
-        start_new_session=True,
-    )
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            exe,
+            *argv[1:],
+            stdin=asyncio.subprocess.PIPE if data is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise OperationalError(f"{shown}: cannot start: {exc.strerror or exc}{where}") from exc
     out: list[bytes] = []
     err: list[bytes] = []
 
@@ -143,10 +150,32 @@ async def run(
                 proc.stdin.write(data)
                 await proc.stdin.drain()
             proc.stdin.close()
-        await asyncio.gather(
-            _pump(proc.stdout, out, on_stdout_line), _pump(proc.stderr, err, on_stderr_line)
+        pumps = asyncio.ensure_future(
+            asyncio.gather(
+                _pump(proc.stdout, out, on_stdout_line), _pump(proc.stderr, err, on_stderr_line)
+            )
         )
-        return await proc.wait()
+        try:
+            # Python 3.11's proc.wait() also waits for the pipes to close, so watch the exit
+            # status directly while reading: a normal exit closes the pipes at once.
+            while not pumps.done() and proc.returncode is None:
+                await asyncio.wait({pumps}, timeout=0.05)
+            if not pumps.done():
+                done, _ = await asyncio.wait({pumps}, timeout=PIPE_DRAIN_S)
+                if not done:
+                    # A background grandchild inherited the pipes; like on timeout, nothing
+                    # the call started may outlive it.
+                    _log.warn(
+                        "spawn", "exited but its group still held the pipes; killed", argv=shown
+                    )
+                    _signal_group(proc.pid, signal.SIGKILL)
+            await pumps
+            return await proc.wait()
+        finally:
+            if not pumps.done():
+                pumps.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pumps
 
     try:
         async with asyncio.timeout(timeout):

@@ -78,7 +78,8 @@ def print_json(data: Any) -> None:  # noqa: ANN401
     """Write ``data`` as indented JSON to stdout (the payload channel)."""
     import json
 
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    # allow_nan=False: NaN/Infinity are not JSON; refuse rather than print what jq rejects.
+    sys.stdout.write(json.dumps(data, indent=2, default=str, allow_nan=False) + "\n")
 
 
 def print_text(text: str) -> None:
