@@ -7,7 +7,7 @@ needs. ``homeops version`` skips typer altogether (it is what scripts call in lo
 # No `from __future__ import annotations` here: Typer evaluates the nested commands'
 # annotations in this module's globals, where `typer` is only a local of build_app.
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from homeops import __version__
@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     import typer
 
     from homeops.core.health import Check
-    from homeops.core.registry import DoctorContext, Registry
+    from homeops.core.jobs.worker import Handler
+    from homeops.core.registry import DomainContext, Registry
 
 HELP = """One tool for a NixOS homelab: fleet deploys, builds and binary cache, service
 backups, a Windows VM; with shared config, logging, jobs and health checks.
@@ -40,12 +41,18 @@ def build_registry() -> "Registry":
 
     registry = Registry()
 
-    def core_checks(ctx: "DoctorContext") -> "Sequence[Check]":
+    def core_checks(ctx: "DomainContext") -> "Sequence[Check]":
         from homeops.core.doctor import core_checks
 
         return core_checks(ctx)
 
+    def core_handlers(ctx: "DomainContext") -> "Mapping[str, Handler]":
+        from homeops.core.housekeeping import core_handlers
+
+        return core_handlers(ctx)
+
     registry.add_checks("core", core_checks)
+    registry.add_handlers("core", core_handlers)
     return registry
 
 
@@ -129,6 +136,32 @@ def build_app() -> "typer.Typer":
             as_json=as_json,
         )
         raise typer.Exit(code)
+
+    @jobs_cmd.app.command("worker")
+    def worker(
+        ctx: typer.Context,
+        slots: int = typer.Option(None, "--slots", min=1, max=1024, help="Default: jobs.slots."),
+        drain: bool = typer.Option(False, "--drain", help="Exit when no job of ours is left."),
+        metrics: bool = typer.Option(False, "--metrics", help="Emit metric lines."),
+        metrics_interval: str = typer.Option(
+            None, "--metrics-interval", metavar="DURATION", help="Default: metrics.interval."
+        ),
+        only: list[str] = typer.Option(None, "--only", help="Only this domain's job types."),
+    ) -> None:
+        """Run queued jobs of every registered type; SIGTERM finishes or requeues them."""
+        from homeops.core.cli.worker_cmd import run_worker
+
+        raise typer.Exit(
+            run_worker(
+                ctx,
+                build_registry(),
+                slots=slots,
+                drain=drain,
+                metrics=metrics,
+                metrics_interval=metrics_interval,
+                only=only,
+            )
+        )
 
     app.add_typer(config_cmd.app, name="config")
     app.add_typer(jobs_cmd.app, name="jobs")

@@ -82,19 +82,30 @@ def test_console_script_help_and_version(state_dir):
     assert ver.stdout.startswith("homeops ")
 
 
-def test_help_does_not_import_heavy_libraries():
+HEAVY = ("pydantic", "asyncssh", "httpx", "tenacity", "rich", "sqlite3", "homeops.core.logging")
+
+
+@pytest.mark.parametrize(
+    ("argv", "also_absent"),
+    [
+        pytest.param(["--help"], (), id="help"),
+        pytest.param(["version"], ("typer",), id="version"),
+    ],
+)
+def test_start_up_does_not_import_heavy_libraries(argv, also_absent):
     code = (
         "import sys\n"
-        "from homeops.cli import build_app\n"
-        "build_app()\n"
-        "heavy = {'pydantic', 'asyncssh', 'httpx', 'tenacity', 'rich', 'sqlite3'}\n"
-        "heavy &= set(sys.modules)\n"
-        "print(sorted(heavy))"
+        "from homeops.cli import main\n"
+        f"sys.argv = ['homeops', *{argv!r}]\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        f"loaded = sorted(m for m in {(*HEAVY, *also_absent)!r} if m in sys.modules)\n"
+        "print('LOADED', loaded, file=sys.stderr)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
     )
-    assert out.stdout.strip() == "[]"
+    assert "LOADED []" in out.stderr
+    assert out.stdout  # the help text or the version was printed
 
 
 def test_doctor_on_defaults(capsys, state_dir):
@@ -359,3 +370,89 @@ def test_artifacts_sweep_refuses_odd_retention(capsys, state_dir, value):
     code, _, err = run_main(capsys, "artifacts", "sweep", "--retention-days", value)
     assert code == 2
     assert err.strip()
+
+
+def test_enqueue_and_drain_with_metrics(capsys, state_dir, tmp_path):
+    from homeops.core.artifacts import ArtifactStore
+
+    store = ArtifactStore(state_dir / "artifacts")
+    store.ensure_job("old1", "t")
+    code, out, _ = run_main(
+        capsys, "jobs", "enqueue", "core.artifacts-sweep", "--payload", '{"retention_days": 0}'
+    )
+    assert code == 0
+    sweep_id = out.strip()
+    code, out, _ = run_main(
+        capsys, "jobs", "enqueue", "core.artifacts-sweep", "--payload", '{"retention_days": -1}'
+    )
+    bad_id = out.strip()
+    code, out, err = run_main(capsys, "jobs", "worker", "--drain", "--metrics")
+    assert code == 0, err
+    lines = dict(line.split(" ")[0:2] for line in out.splitlines())
+    assert lines["metric=jobs_completed_total"] == "value=1"
+    assert lines["metric=jobs_failed_total"] == "value=1"
+    code, out, _ = run_main(capsys, "jobs", "status", sweep_id, "--json")
+    job = json.loads(out)
+    assert job["state"] == "succeeded"
+    assert job["result"]["removed"] == ["old1"]
+    code, out, _ = run_main(capsys, "jobs", "status", bad_id, "--json")
+    failed = json.loads(out)
+    # A bad payload is a usage error: failed at once, not retried.
+    assert (failed["state"], failed["attempts"]) == ("failed", 1)
+    assert "retention_days must be a finite number" in failed["error"]
+
+
+def test_enqueue_dedupes_by_idempotency_key(capsys, state_dir):
+    ids = set()
+    for _ in range(2):
+        code, out, _ = run_main(
+            capsys, "jobs", "enqueue", "core.artifacts-sweep", "--idempotency-key", "nightly-1"
+        )
+        assert code == 0
+        ids.add(out.strip())
+    assert len(ids) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(["Bad/Type"], "invalid job type", id="type"),
+        pytest.param(["a.b", "--payload", "[1]"], "must be a JSON object", id="payload-list"),
+        pytest.param(["a.b", "--payload", "{"], "not valid JSON", id="payload-json"),
+        pytest.param(["a.b", "--payload", "[" * 100000], "not valid JSON", id="payload-deep"),
+        pytest.param(["a.b", "--timeout", "nan"], "--timeout: invalid duration", id="timeout"),
+        pytest.param(["a.b", "--idempotency-key", "../x"], "invalid", id="key"),
+    ],
+)
+def test_enqueue_bad_input_exit_2(capsys, state_dir, args, message):
+    code, out, err = run_main(capsys, "jobs", "enqueue", *args)
+    assert code == 2
+    assert out == ""
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_worker_stops_on_sigterm(state_dir):
+    import signal
+
+    env = {**os.environ, "HOMEOPS_STATE_DIR": str(state_dir)}
+    proc = subprocess.Popen(
+        [HOMEOPS, "jobs", "worker"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        for _ in range(200):
+            line = proc.stderr.readline()
+            if "worker started" in line or not line:
+                break
+        assert "worker started" in line
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert 'msg="worker stopped"' in err

@@ -12,7 +12,7 @@ from pathlib import Path
 from homeops.core import process
 from homeops.core.errors import ToolMissing
 from homeops.core.health import Check, CheckOutcome, Status
-from homeops.core.registry import DoctorContext
+from homeops.core.registry import DomainContext
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def job_store_probe(path: Path) -> Callable[[], Awaitable[CheckOutcome]]:
     return probe
 
 
-def core_checks(ctx: DoctorContext) -> Sequence[Check]:
+def core_checks(ctx: DomainContext) -> Sequence[Check]:
     """Core's checks in report order."""
     timeout = ctx.core.health.check_timeout
     checks = [

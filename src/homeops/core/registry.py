@@ -1,7 +1,8 @@
 """How domains contribute to umbrella commands without importing each other.
 
-The umbrella CLI builds one :class:`Registry` per invocation and each domain adds its
-doctor checks (a factory, so nothing is probed or imported until ``doctor`` runs).
+The umbrella CLI builds one :class:`Registry` per invocation; each domain adds factories
+for its doctor checks, the supervisor's remediations and the job worker's handlers, so
+nothing is probed or imported until a command needs it.
 """
 
 from __future__ import annotations
@@ -13,21 +14,23 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from homeops.core.health import Check
+    from homeops.core.jobs.worker import Handler
     from homeops.core.settings import CoreSettings
 
 
 @dataclass(frozen=True)
-class DoctorContext:
-    """What a check factory may use: the environment, ``--config`` and the core settings."""
+class DomainContext:
+    """What a factory may use: the environment, ``--config`` and the core settings."""
 
     environ: Mapping[str, str]
     config_path: Path | None
     core: CoreSettings
 
 
-CheckFactory = Callable[[DoctorContext], Sequence["Check"]]
+CheckFactory = Callable[[DomainContext], Sequence["Check"]]
 Remediation = Callable[[], Awaitable[None]]
-RemediationFactory = Callable[[DoctorContext], Mapping[str, Remediation]]
+RemediationFactory = Callable[[DomainContext], Mapping[str, Remediation]]
+HandlerFactory = Callable[[DomainContext], Mapping[str, "Handler"]]
 
 
 @dataclass
@@ -36,6 +39,7 @@ class Registry:
 
     _checks: list[tuple[str, CheckFactory]] = field(default_factory=list)
     _remediations: list[tuple[str, RemediationFactory]] = field(default_factory=list)
+    _handlers: list[tuple[str, HandlerFactory]] = field(default_factory=list)
 
     def add_checks(self, domain: str, factory: CheckFactory) -> None:
         """Register ``domain``'s checks; the first registered domain is reported first."""
@@ -51,7 +55,7 @@ class Registry:
         """Registered domain names in order."""
         return [name for name, _ in self._checks]
 
-    def collect(self, ctx: DoctorContext, only: Sequence[str] = ()) -> list[Check]:
+    def collect(self, ctx: DomainContext, only: Sequence[str] = ()) -> list[Check]:
         """Instantiate the checks of every domain (or of ``only``)."""
         out: list[Check] = []
         for name, factory in self._checks:
@@ -60,11 +64,27 @@ class Registry:
         return out
 
     def collect_remediations(
-        self, ctx: DoctorContext, only: Sequence[str] = ()
+        self, ctx: DomainContext, only: Sequence[str] = ()
     ) -> dict[str, Remediation]:
         """Every registered domain's remediations (or those of ``only``), by check name."""
         out: dict[str, Remediation] = {}
         for name, factory in self._remediations:
             if not only or name in only:
                 out.update(factory(ctx))
+        return out
+
+    def add_handlers(self, domain: str, factory: HandlerFactory) -> None:
+        """Register job handlers by job type (types are named ``<domain>.<verb>``)."""
+        self._handlers.append((domain, factory))
+
+    def collect_handlers(self, ctx: DomainContext, only: Sequence[str] = ()) -> dict[str, Handler]:
+        """Every registered domain's job handlers (or those of ``only``), by job type."""
+        out: dict[str, Handler] = {}
+        for name, factory in self._handlers:
+            if only and name not in only:
+                continue
+            for job_type, handler in factory(ctx).items():
+                if job_type in out:
+                    raise ValueError(f"job type {job_type!r} registered twice")
+                out[job_type] = handler
         return out

@@ -116,3 +116,52 @@ def cancel(
         print_text(f"{job.id}: cancelled")
     elif job.cancel_requested:
         print_text(f"{job.id}: cancel requested; its worker stops it within a second")
+
+
+@app.command("enqueue")
+def enqueue(
+    ctx: typer.Context,
+    job_type: str = typer.Argument(..., metavar="TYPE", help="e.g. core.artifacts-sweep"),
+    payload: str = typer.Option("{}", "--payload", metavar="JSON", help="Job input object."),
+    idempotency_key: str = typer.Option(
+        None, "--idempotency-key", metavar="KEY", help="Same key, same job: no duplicate."
+    ),
+    max_attempts: int = typer.Option(
+        None, "--max-attempts", min=1, max=100, help="Default: jobs.max_attempts."
+    ),
+    timeout: str = typer.Option(None, "--timeout", metavar="DURATION", help="Per attempt."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Queue a job; a worker serving its type runs it (see `homeops jobs worker`)."""
+    import json
+
+    from homeops.core.durations import parse_duration
+    from homeops.core.errors import UsageError
+
+    try:
+        data = json.loads(payload)
+    except (json.JSONDecodeError, RecursionError, ValueError) as exc:
+        raise UsageError(f"--payload: not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"--payload: must be a JSON object, not {type(data).__name__}")
+    timeout_s = None
+    if timeout is not None:
+        try:
+            timeout_s = parse_duration(timeout)
+        except ValueError as exc:
+            raise UsageError(f"--timeout: {exc}") from None
+        if timeout_s <= 0:
+            raise UsageError("--timeout: must be greater than 0")
+    with _queue(ctx) as queue:
+        attempts = max_attempts or load_core(ctx).settings.jobs.max_attempts
+        job = queue.enqueue(
+            job_type,
+            data,
+            idempotency_key=idempotency_key,
+            max_attempts=attempts,
+            timeout_s=timeout_s,
+        )
+    if as_json:
+        print_json(job.to_dict())
+    else:
+        print_text(job.id)

@@ -32,7 +32,7 @@ def run_supervise(
     from homeops.core.durations import parse_duration
     from homeops.core.errors import ExitCode, UsageError
     from homeops.core.health import CircuitBreaker, Supervisor, pass_to_json, render_pass
-    from homeops.core.registry import DoctorContext
+    from homeops.core.registry import DomainContext
 
     settings = load_core(ctx).settings
     sup = settings.supervisor
@@ -43,7 +43,7 @@ def run_supervise(
     unknown = sorted(set(only or ()) - set(registry.domains()))
     if unknown:
         raise UsageError(f"unknown domain {unknown[0]!r} for --only")
-    dctx = DoctorContext(os.environ, options(ctx).config, settings)
+    dctx = DomainContext(os.environ, options(ctx).config, settings)
     checks = registry.collect(dctx, only or ())
 
     def report(rep: PassReport) -> None:
