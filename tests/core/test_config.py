@@ -245,7 +245,9 @@ def test_parse_duration(text, seconds):
     assert parse_duration(format_duration(seconds)) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "s", "10x", "1h 30m", "-5s", "ten", "nan", "inf", "1e400", "-5"])
+@pytest.mark.parametrize(
+    "text", ["", "s", "10x", "1h 30m", "-5s", "ten", "nan", "inf", "1e400", "-5"]
+)
 def test_parse_duration_rejects(text):
     with pytest.raises(ValueError, match="invalid duration"):
         parse_duration(text)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from homeops.core.errors import OperationalError, UsageError
-from homeops.core.jobs import JobState, SqliteJobQueue
+from homeops.core.jobs import HeartbeatResult, JobState, SqliteJobQueue
 
 
 class FakeClock:
@@ -267,15 +267,17 @@ def test_heartbeat_keeps_lease_and_reports_cancel(queue: SqliteJobQueue, clock: 
     queue.claim("w1", 2, 5.0)
     for _ in range(3):
         clock.advance(4)
-        assert queue.heartbeat("w1", [a.id, b.id], 5.0) == set()
+        assert queue.heartbeat("w1", [a.id, b.id], 5.0) == HeartbeatResult(frozenset({a.id, b.id}))
         assert queue.claim("w2", 10, 5.0) == []
     assert queue.cancel(b.id).cancel_requested
-    assert queue.heartbeat("w1", [a.id, b.id], 5.0) == {b.id}
-    assert queue.heartbeat("w1", [], 5.0) == set()
+    assert queue.heartbeat("w1", [a.id, b.id], 5.0) == HeartbeatResult(
+        frozenset({a.id, b.id}), frozenset({b.id})
+    )
+    assert queue.heartbeat("w1", [], 5.0) == HeartbeatResult()
     # Another worker's heartbeat changes nothing.
     before = queue.get(a.id).lease_until
     clock.advance(1)
-    assert queue.heartbeat("w2", [a.id], 5.0) == set()
+    assert queue.heartbeat("w2", [a.id], 5.0) == HeartbeatResult()
     assert queue.get(a.id).lease_until == before
 
 
@@ -394,3 +396,45 @@ def test_list_and_counts(queue: SqliteJobQueue, clock: FakeClock) -> None:
         queue.list(limit=0)
     with pytest.raises(UsageError, match="invalid job type"):
         queue.list(type="Bad")
+
+
+def test_corrupt_json_column_is_an_operational_error(
+    queue: SqliteJobQueue, clock: FakeClock, log_stream: io.StringIO
+) -> None:
+    bad_payload = queue.enqueue("t.x", {"n": 1})
+    clock.advance(1)
+    bad_result = queue.enqueue("t.x", {"n": 2})
+    clock.advance(1)
+    good = queue.enqueue("t.x", {"n": 3})
+    raw = sqlite3.connect(queue.path)
+    try:
+        with raw:
+            raw.execute("UPDATE jobs SET payload = '{oops' WHERE id = ?", (bad_payload.id,))
+            raw.execute(
+                "UPDATE jobs SET state = 'succeeded', result = 'not json' WHERE id = ?",
+                (bad_result.id,),
+            )
+    finally:
+        raw.close()
+    # Newest first: the corrupt result is the first bad row `jobs list` meets.
+    with pytest.raises(OperationalError, match=f"job {bad_result.id} has a corrupt result"):
+        queue.list()
+    with pytest.raises(OperationalError, match=f"job {bad_payload.id} has a corrupt payload"):
+        queue.list(state=JobState.QUEUED)
+    with pytest.raises(OperationalError, match=f"job {bad_payload.id} has a corrupt payload"):
+        queue.get(bad_payload.id)
+    with pytest.raises(OperationalError, match=f"job {bad_result.id} has a corrupt result"):
+        queue.get(bad_result.id)
+    assert queue.list(state=JobState.QUEUED, limit=1)[0].id == good.id
+    # A claim does not hand out (or keep re-claiming) a row it cannot read: it fails it.
+    assert [j.id for j in queue.claim("w1", 10, 30.0)] == [good.id]
+    raw = sqlite3.connect(queue.path)
+    try:
+        state, error = raw.execute(
+            "SELECT state, error FROM jobs WHERE id = ?", (bad_payload.id,)
+        ).fetchone()
+    finally:
+        raw.close()
+    assert state == "failed"
+    assert "corrupt payload" in error
+    assert "corrupt job row; job failed" in log_stream.getvalue()

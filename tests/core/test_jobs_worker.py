@@ -4,16 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import io
+import itertools
 import random
+import sqlite3
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
-from homeops.core.errors import UsageError
-from homeops.core.jobs import JobContext, JobState, SqliteJobQueue, Worker, install_signal_handlers
+from homeops.core.errors import OperationalError, UsageError
+from homeops.core.jobs import (
+    HeartbeatResult,
+    JobContext,
+    JobState,
+    SqliteJobQueue,
+    Worker,
+    install_signal_handlers,
+)
 from tests.core.test_jobs_sqlite import Recorder
 
 pytestmark = pytest.mark.integration
@@ -343,7 +354,7 @@ async def test_counts_into_the_core_metrics_registry(state_dir: Path) -> None:
 async def test_workers_claim_only_their_types(queue: SqliteJobQueue) -> None:
     seen: dict[str, list[str]] = {"a": [], "b": []}
 
-    def handler(name: str):
+    def handler(name: str) -> Callable[[JobContext], Awaitable[None]]:
         async def run(ctx: JobContext) -> None:
             seen[name].append(ctx.job.type)
 
@@ -361,3 +372,201 @@ async def test_workers_claim_only_their_types(queue: SqliteJobQueue) -> None:
     assert seen["b"] == ["windows.exec"] * 20
     # Nobody runs fleet jobs here: it waits for a fleet worker instead of failing.
     assert queue.get(other.id).state is JobState.QUEUED
+
+
+class Overlap:
+    """A handler that sleeps ``hold`` seconds and tracks how many runs of each job overlap."""
+
+    def __init__(self, hold: float) -> None:
+        self.hold = hold
+        self.active: collections.Counter[str] = collections.Counter()
+        self.peak: collections.Counter[str] = collections.Counter()
+        self.runs: collections.Counter[str] = collections.Counter()
+        self.started = asyncio.Event()
+
+    async def handler(self, ctx: JobContext) -> str:
+        job_id = ctx.job.id
+        self.runs[job_id] += 1
+        self.active[job_id] += 1
+        self.peak[job_id] = max(self.peak[job_id], self.active[job_id])
+        self.started.set()
+        try:
+            await asyncio.sleep(self.hold)
+        finally:
+            self.active[job_id] -= 1
+        return "done"
+
+
+def broken_heartbeat(
+    queue: SqliteJobQueue, mode: str, seconds: float
+) -> Callable[[str, Sequence[str], float], HeartbeatResult]:
+    """``queue.heartbeat``, but failing (``raise``) or hanging (``stall``) for ``seconds``."""
+    real = queue.heartbeat
+    until = time.monotonic() + seconds
+
+    def heartbeat(worker_id: str, job_ids: Sequence[str], lease_s: float) -> HeartbeatResult:
+        if time.monotonic() < until:
+            if mode == "raise":
+                raise OperationalError("injected: heartbeat failed")
+            time.sleep(until - time.monotonic())
+        return real(worker_id, job_ids, lease_s)
+
+    return heartbeat
+
+
+async def test_lapsed_lease_is_not_run_twice_by_the_same_worker(
+    queue: SqliteJobQueue, log_stream: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Heartbeats fail for longer than the lease, so the lease lapses and this worker's own
+    # next claim takes the job again: the job must never run twice at the same time here.
+    job = queue.enqueue("t.x", {}, max_attempts=20)
+    monkeypatch.setattr(queue, "heartbeat", broken_heartbeat(queue, "raise", 1.2))
+    overlap = Overlap(hold=0.8)
+    metrics = Recorder()
+    await drain(Worker(queue, {"t.x": overlap.handler}, lease_s=0.6, metrics=metrics))
+    final = queue.get(job.id)
+    assert final.state is JobState.SUCCEEDED
+    assert final.result == "done"
+    assert overlap.peak[job.id] == 1
+    assert metrics.counters.get("jobs_completed_total") == 1.0
+    assert "lease lost; stopping local run" in log_stream.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["raise", "stall"])
+async def test_lapsed_lease_is_not_run_by_two_workers_at_once(
+    state_dir: Path, log_stream: io.StringIO, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    # Worker 1's heartbeat fails or hangs for longer than its lease while worker 2 (its own
+    # connection, as another process would have) waits to take the lapsed job.
+    path = state_dir / "jobs.db"
+    with SqliteJobQueue(path) as q1, SqliteJobQueue(path) as q2:
+        job = q1.enqueue("t.x", {}, max_attempts=20)
+        overlap = Overlap(hold=1.0)
+        m1, m2 = Recorder(), Recorder()
+        w1 = Worker(q1, {"t.x": overlap.handler}, lease_s=0.6, worker_id="w1", metrics=m1)
+        w2 = Worker(q2, {"t.x": overlap.handler}, lease_s=0.6, worker_id="w2", metrics=m2)
+        run1 = asyncio.create_task(drain(w1))
+        await asyncio.wait_for(overlap.started.wait(), 5)
+        monkeypatch.setattr(q1, "heartbeat", broken_heartbeat(q1, mode, 1.5))
+        await asyncio.gather(run1, drain(w2))
+        final = q1.get(job.id)
+    assert final.state is JobState.SUCCEEDED
+    assert overlap.peak[job.id] == 1
+    done = m1.counters.get("jobs_completed_total", 0) + m2.counters.get("jobs_completed_total", 0)
+    assert done == 1.0
+    assert overlap.runs[job.id] >= 2
+    assert "lease lost; stopping local run" in log_stream.getvalue()
+
+
+def hold_write_lock(path: Path, locked: threading.Event, seconds: float) -> None:
+    """What another process does: take the database's write lock and keep it a while."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        locked.set()
+        time.sleep(seconds)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+async def test_locked_database_does_not_freeze_the_worker(state_dir: Path) -> None:
+    # Another process holds the write lock for 2 s. Queue calls wait for it (busy timeout
+    # 10 s), but the event loop keeps going: ticks, per-job timeouts and stops stay on time.
+    path = state_dir / "jobs.db"
+    stopped: dict[str, float] = {}
+    started = asyncio.Event()
+    running: set[str] = set()
+
+    async def long(ctx: JobContext) -> None:
+        running.add(ctx.job.id)
+        if len(running) == 2:
+            started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            stopped[ctx.job.id] = time.monotonic()
+            raise
+
+    ticks: list[float] = []
+
+    async def ticker() -> None:
+        while True:
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.05)
+
+    with SqliteJobQueue(path) as queue:
+        timed_out = queue.enqueue("t.long", {}, timeout_s=0.6, max_attempts=1)
+        stopped_early = queue.enqueue("t.long", {})
+        worker = Worker(queue, {"t.long": long}, grace_s=0.8)
+        run = asyncio.create_task(worker.run())
+        await asyncio.wait_for(started.wait(), 5)
+        t_start = time.monotonic()
+        tick = asyncio.create_task(ticker())
+        locked = threading.Event()
+        holder = asyncio.create_task(asyncio.to_thread(hold_write_lock, path, locked, 2.0))
+        assert await asyncio.to_thread(locked.wait, 5)
+        t_lock = time.monotonic()
+        worker.request_stop()  # grace 0.8 s: the remaining job is cancelled at ~t_lock + 0.8
+        await asyncio.wait_for(holder, 10)
+        t_unlock = time.monotonic()
+        await asyncio.wait_for(run, 15)
+        tick.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await tick
+        final_timed_out = queue.get(timed_out.id)
+        final_stopped = queue.get(stopped_early.id)
+
+    # The timeout (due at ~t_start + 0.6) and the shutdown cancel (due at t_lock + 0.8) both
+    # fell inside the 2 s lock and happened on time, not when the lock was let go.
+    assert stopped[timed_out.id] - (t_start + 0.6) < 1.0
+    assert stopped[stopped_early.id] - (t_lock + 0.8) < 1.0
+    assert stopped[timed_out.id] < t_unlock
+    assert stopped[stopped_early.id] < t_unlock
+    during = [t for t in ticks if t_lock <= t <= t_unlock]
+    gaps = [b - a for a, b in itertools.pairwise(during)]
+    assert len(during) >= 10
+    assert max(gaps) < 0.5
+    # And the outcomes were recorded once the lock was free.
+    assert final_timed_out.state is JobState.FAILED
+    assert final_timed_out.error == "timed out after 0.6s"
+    assert final_stopped.state is JobState.QUEUED
+    assert final_stopped.attempts == 0
+
+
+async def test_handler_that_swallows_cancel_and_completes_succeeds_with_warning(
+    queue: SqliteJobQueue, log_stream: io.StringIO
+) -> None:
+    started = asyncio.Event()
+
+    async def stubborn(ctx: JobContext) -> str:
+        started.set()
+        with contextlib.suppress(asyncio.CancelledError):  # finishes its work regardless
+            await asyncio.sleep(30)
+        return "finished anyway"
+
+    metrics = Recorder()
+    job = queue.enqueue("t.x", {})
+    run = asyncio.create_task(Worker(queue, {"t.x": stubborn}, metrics=metrics).run(drain=True))
+    await asyncio.wait_for(started.wait(), 5)
+    assert queue.cancel(job.id).cancel_requested
+    await asyncio.wait_for(run, 5)
+    final = queue.get(job.id)
+    assert final.state is JobState.SUCCEEDED
+    assert final.result == "finished anyway"
+    assert metrics.counters == {"jobs_completed_total": 1.0}
+    [line] = [ln for ln in log_stream.getvalue().splitlines() if "cancel requested but" in ln]
+    assert "level=warn" in line
+    assert f"job_id={job.id}" in line
+
+
+async def test_short_lease_against_busy_timeout_is_warned(
+    state_dir: Path, log_stream: io.StringIO
+) -> None:
+    stop = asyncio.Event()
+    stop.set()
+    with SqliteJobQueue(state_dir / "b.db", busy_timeout_s=10.0) as q:
+        await asyncio.wait_for(Worker(q, {}, lease_s=30.0).run(stop), 2)
+        assert "busy timeout" not in log_stream.getvalue()
+        await asyncio.wait_for(Worker(q, {}, lease_s=5.0).run(stop), 2)
+    assert "lease is not longer than the queue's busy timeout" in log_stream.getvalue()

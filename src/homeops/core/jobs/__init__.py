@@ -16,7 +16,7 @@ from homeops.core.jobs.model import (
     validate_job_id,
     validate_job_type,
 )
-from homeops.core.jobs.queue import JobQueue, MetricsSink
+from homeops.core.jobs.queue import HeartbeatResult, JobQueue, MetricsSink
 from homeops.core.jobs.sqlite import SqliteJobQueue
 from homeops.core.jobs.worker import (
     Handler,
@@ -29,6 +29,7 @@ from homeops.core.jobs.worker import (
 __all__ = [
     "TERMINAL_STATES",
     "Handler",
+    "HeartbeatResult",
     "Job",
     "JobContext",
     "JobQueue",

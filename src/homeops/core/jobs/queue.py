@@ -1,11 +1,10 @@
 """The queue contract every backend implements (SQLite now, Hatchet later).
 
-The API is synchronous on purpose. The embedded backend is SQLite: every call is one short
-transaction that takes well under a millisecond, so calling it straight from the event loop
-costs less than handing it to a thread (a thread hop alone is ~50-100 us and would also need
-a connection per thread). A backend whose calls go over the network (Hatchet) can wrap this
-contract with its own client and run calls in a thread; the worker only ever uses the
-methods below.
+The API is synchronous: every call is one short transaction. The worker never calls it on the
+event loop: it runs the calls one at a time in a thread of its own, because a call can wait
+for a database lock (up to the backend's busy timeout) and the loop must keep running
+handlers, timeouts and cancels meanwhile. A backend whose calls go over the network
+(Hatchet) fits the same way; the worker only ever uses the methods below.
 
 State machine::
 
@@ -23,12 +22,27 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from homeops.core.jobs.model import Job, JobState
 
 # The metrics hook is core.metrics' protocol; re-exported here for backends and workers.
 from homeops.core.metrics import MetricsSink
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatResult:
+    """What a heartbeat learned about the ids it was given.
+
+    ``held``: the ids this worker still holds (their leases were extended). An id missing
+    from it was lost (the lease ran out and another claim took the job, or it is no longer
+    running): the worker must stop its local run and record nothing.
+    ``cancel_requested``: the held ids whose cancel was requested (a subset of ``held``).
+    """
+
+    held: frozenset[str] = frozenset()
+    cancel_requested: frozenset[str] = frozenset()
 
 
 class JobQueue(Protocol):
@@ -59,8 +73,8 @@ class JobQueue(Protocol):
         """Atomically take up to ``limit`` runnable jobs (queued and due, or lease expired)."""
         ...
 
-    def heartbeat(self, worker_id: str, job_ids: Sequence[str], lease_s: float) -> set[str]:
-        """Extend the leases this worker still holds; return the ids whose cancel was requested."""
+    def heartbeat(self, worker_id: str, job_ids: Sequence[str], lease_s: float) -> HeartbeatResult:
+        """Extend the leases this worker still holds; say which it holds and which to cancel."""
         ...
 
     def complete(self, job_id: str, worker_id: str, result: Any) -> bool:  # noqa: ANN401
@@ -98,4 +112,4 @@ class JobQueue(Protocol):
         ...
 
 
-__all__ = ["JobQueue", "MetricsSink"]
+__all__ = ["HeartbeatResult", "JobQueue", "MetricsSink"]

@@ -10,7 +10,12 @@ Leases: a claimed job carries ``lease_until``; the worker extends it with heartb
 worker dies the lease runs out and the next claim takes the job again (counting the lost try as
 an attempt), or fails it with ``lease expired`` if it has no attempts left. Nothing is lost.
 
-One connection per queue object, guarded by a lock, so a queue may be shared by threads.
+One connection per queue object (opened with ``check_same_thread=False``), guarded by a lock,
+so a queue may be shared by threads; the worker makes its calls from a thread of its own.
+
+A call that needs the write lock while another process holds it waits up to ``busy_timeout_s``
+(10 s by default) before failing. Keep worker leases longer than that (the default lease is
+30 s), or a worker whose heartbeat waited that long has to give up its running jobs.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from homeops.core.jobs.model import (
     validate_job_id,
     validate_job_type,
 )
-from homeops.core.jobs.queue import MetricsSink
+from homeops.core.jobs.queue import HeartbeatResult, MetricsSink
 from homeops.core.logging import get_logger
 
 _log = get_logger("core.jobs")
@@ -110,11 +115,21 @@ _ANY_RUNNABLE: Final = """
 """
 
 
+def _json_column(r: Sequence[Any], index: int, column: str) -> Any:  # noqa: ANN401
+    """Decode one JSON column; a corrupt value is an OperationalError naming job and column."""
+    try:
+        return json.loads(r[index])
+    except (TypeError, ValueError) as exc:  # JSONDecodeError, or not text at all
+        raise OperationalError(
+            f"jobs database: job {r[0]} has a corrupt {column} column (not JSON: {exc})"
+        ) from exc
+
+
 def _row_to_job(r: Sequence[Any]) -> Job:
     return Job(
         id=r[0],
         type=r[1],
-        payload=json.loads(r[2]),
+        payload=_json_column(r, 2, "payload"),
         trace_id=r[3],
         state=JobState(r[4]),
         attempts=r[5],
@@ -127,7 +142,7 @@ def _row_to_job(r: Sequence[Any]) -> Job:
         available_at=r[12],
         lease_until=r[13],
         worker_id=r[14],
-        result=None if r[15] is None else json.loads(r[15]),
+        result=None if r[15] is None else _json_column(r, 15, "result"),
         error=r[16],
         cancel_requested=bool(r[17]),
         timeout_s=r[18],
@@ -157,6 +172,7 @@ class SqliteJobQueue:
         self._metrics = metrics
         self._backoff_base_s = backoff_base_s
         self._backoff_max_s = backoff_max_s
+        self.busy_timeout_s = busy_timeout_s
         self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -406,15 +422,40 @@ class SqliteJobQueue:
                     "limit": limit - len(rows),
                 }
                 rows += conn.execute(_CLAIM_DUE, params).fetchall()
-        jobs = [_row_to_job(r) for r in rows]
+            jobs = self._decode_claimed(conn, rows, now)
         # RETURNING gives no order; hand jobs out oldest-due first.
         jobs.sort(key=lambda j: (j.available_at, j.id))
         return jobs
 
-    def heartbeat(self, worker_id: str, job_ids: Sequence[str], lease_s: float) -> set[str]:
-        """Extend the leases this worker still holds; return the ids whose cancel was requested."""
+    def _decode_claimed(
+        self, conn: sqlite3.Connection, rows: builtins.list[Any], now: float
+    ) -> builtins.list[Job]:
+        """Jobs from claimed rows; a row that cannot be decoded fails (final) right here.
+
+        Handing it out is impossible and leaving it ``running`` would only re-claim it after
+        every lease until its attempts ran out, so the claim records why and moves on.
+        """
+        jobs: builtins.list[Job] = []
+        for r in rows:
+            try:
+                jobs.append(_row_to_job(r))
+            except OperationalError as exc:
+                conn.execute(
+                    "UPDATE jobs SET state = 'failed', error = ?, finished_at = ?, updated_at = ?, "
+                    "lease_until = NULL WHERE id = ?",
+                    (str(exc), now, now, r[0]),
+                )
+                _log.error("claim", "corrupt job row; job failed", job_id=r[0], err=exc)
+        return jobs
+
+    def heartbeat(self, worker_id: str, job_ids: Sequence[str], lease_s: float) -> HeartbeatResult:
+        """Extend the leases this worker still holds; say which it holds and which to cancel.
+
+        An id missing from ``held`` is no longer this worker's (its lease ran out and another
+        claim took it, or it is no longer running): the worker must stop running it.
+        """
         if not job_ids:
-            return set()
+            return HeartbeatResult()
         now = self._clock()
         with self._guard() as conn:
             rows = conn.execute(
@@ -423,7 +464,10 @@ class SqliteJobQueue:
                 "AND worker_id = ? AND state = 'running' RETURNING id, cancel_requested",
                 (now + lease_s, now, json.dumps(list(job_ids)), worker_id),
             ).fetchall()
-        return {job_id for job_id, cancel in rows if cancel}
+        return HeartbeatResult(
+            held=frozenset(job_id for job_id, _cancel in rows),
+            cancel_requested=frozenset(job_id for job_id, cancel in rows if cancel),
+        )
 
     def complete(self, job_id: str, worker_id: str, result: Any) -> bool:  # noqa: ANN401
         """Mark succeeded with ``result``; False if ``worker_id`` no longer holds the job."""

@@ -2,15 +2,40 @@
 
 One loop claims as many jobs as there are free slots (one transaction for the batch), each job
 runs as its own task, and one heartbeat task extends every lease this worker holds in a single
-call and learns which jobs were asked to cancel. Shutdown (``request_stop`` or SIGTERM/SIGINT)
-stops claiming, gives running jobs ``grace_s`` to finish, then cancels them and hands them back
-with ``requeue`` so another worker runs them; a second signal skips the grace period.
+call and learns which jobs were asked to cancel and which it no longer holds. Shutdown
+(``request_stop`` or SIGTERM/SIGINT) stops claiming, gives running jobs ``grace_s`` to finish,
+then cancels them and hands them back with ``requeue`` so another worker runs them; a second
+signal skips the grace period.
+
+Queue calls never run on the event loop: they go, one at a time, to a thread of the worker's
+own, so a database lock held by another process (SQLite waits up to its busy timeout) delays
+only bookkeeping, never handlers, per-job timeouts, cancels or the heartbeat's lease checks.
+
+At most one local run per job, and none after the lease is gone:
+
+* The heartbeat reports which ids the worker still holds; a running job that is not held any
+  more (its lease lapsed and another claim took it) is cancelled locally, and nothing is
+  recorded for it: the job's new owner owns its state.
+* Every run knows when its lease runs out by the worker's own clock (claim or last successful
+  heartbeat + ``lease_s``, counted from before the call was made, so never later than the
+  database's view). If no heartbeat got through by one heartbeat interval before that, the
+  worker stops the run itself ("fencing"), so a stalled or failing heartbeat cannot leave it
+  running next to the run of whoever claims the job after the lease. (Handlers that ignore
+  cancellation defeat this; they are also the ones that hold up shutdown.)
+* A claim may hand this worker a job it is still running itself: the lease lapsed (by the
+  database's clock) just before the run was fenced, and the claim re-took it. The worker never
+  starts a second run of an id it is running. If the local run is live, it keeps going under
+  the fresh lease (the claim counted one more attempt, which is the record of the lapse; the
+  run's outcome is recorded under the new lease, as the worker id is the same). If the local
+  run is already stopping because its lease was lost, it will record nothing, so the job is
+  handed straight back with ``requeue`` (which gives the attempt back) for a later claim.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import re
 import secrets
@@ -18,10 +43,11 @@ import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, ParamSpec, TypeVar
 
-from homeops.core.errors import HomeopsError, UsageError
+from homeops.core.errors import HomeopsError, OperationalError, UsageError
 from homeops.core.jobs.model import Job, JobState, validate_job_id
 from homeops.core.jobs.queue import JobQueue, MetricsSink
 from homeops.core.logging import Logger, get_logger, timed
@@ -34,7 +60,10 @@ MAX_HEARTBEAT_INTERVAL_S: Final = 0.25
 # (a handler that swallows cancellation keeps its lease until it expires, then is re-run).
 _UNWIND_S: Final = 5.0
 
-_StopReason = Literal["cancel", "shutdown"]
+# Why a run is being stopped: a cancel request, worker shutdown, or the lease is gone.
+_StopReason = Literal["cancel", "shutdown", "lost"]
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -57,9 +86,85 @@ Handler = Callable[[JobContext], Awaitable[Any]]
 @dataclass
 class _Running:
     ctx: JobContext
+    # Worker clock: when the lease runs out unless a heartbeat renews it first.
+    deadline: float
     task: asyncio.Task[None] | None = None
     reason: _StopReason | None = None
     started: bool = False
+    # The handler is done and the outcome is being recorded: never cancelled from here on.
+    finishing: bool = False
+
+
+class _QueueThread:
+    """Runs queue calls in one thread of its own, batched per event-loop iteration.
+
+    One thread, so calls keep their order (a heartbeat's answer never overtakes the claim made
+    before it) and never compete for the queue's connection lock. Calls made in the same loop
+    iteration (the completions of a batch of jobs that finished together, the next claim)
+    go over in one hand-off and come back in one, which keeps the thread hops off the
+    per-job cost: throughput stays within the benchmark's targets. The price: a call that
+    waits for a database lock also holds up the answers of the calls handed over with it,
+    which the shared connection would make wait anyway.
+    """
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="homeops-jobs")
+        self._batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+        self._closed = False
+
+    def call(self, fn: Callable[[], _T]) -> asyncio.Future[_T]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[_T] = loop.create_future()
+        if self._closed:
+            future.set_exception(OperationalError("job queue calls stopped: the worker ended"))
+            return future
+        if not self._batch:
+            loop.call_soon(self._flush, loop)
+        self._batch.append((fn, future))
+        return future
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch, self._batch = self._batch, []
+        if not batch:
+            return
+        try:
+            self._executor.submit(self._run, loop, batch)
+        except RuntimeError as exc:  # shut down
+            for _fn, future in batch:
+                if not future.done():
+                    future.set_exception(OperationalError(f"job queue calls stopped: {exc}"))
+
+    @staticmethod
+    def _run(
+        loop: asyncio.AbstractEventLoop,
+        batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]],
+    ) -> None:
+        outcomes: list[tuple[bool, Any]] = []
+        for fn, _future in batch:
+            try:
+                outcomes.append((True, fn()))
+            except BaseException as exc:  # handed to the awaiting task as is
+                outcomes.append((False, exc))
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
+            loop.call_soon_threadsafe(_QueueThread._deliver, batch, outcomes)
+
+    @staticmethod
+    def _deliver(
+        batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]],
+        outcomes: list[tuple[bool, Any]],
+    ) -> None:
+        for (_fn, future), (ok, value) in zip(batch, outcomes, strict=True):
+            if future.done():  # the waiting task was cancelled
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+    def close(self) -> None:
+        """Accept no more calls; calls already handed over finish in the thread."""
+        self._closed = True
+        self._executor.shutdown(wait=False)
 
 
 def default_worker_id() -> str:
@@ -115,6 +220,7 @@ class Worker:
         self._stop_now = asyncio.Event()
         self._wake = asyncio.Event()
         self._log = _log.bind(worker_id=self.worker_id)
+        self._calls = _QueueThread()
 
     @property
     def running_ids(self) -> list[str]:
@@ -147,6 +253,7 @@ class Worker:
             watcher = asyncio.create_task(self._watch(stop))
         beat = asyncio.create_task(self._heartbeat_loop(), name=f"heartbeat:{self.worker_id}")
         self._log.info("start", "worker started", slots=self.slots, lease_s=self.lease_s)
+        self._check_busy_timeout()
         try:
             await self._claim_loop(drain)
             await self._shutdown()
@@ -158,10 +265,31 @@ class Worker:
             # If run() itself was cancelled, hand back whatever is still ours.
             for entry in list(self._running.values()):
                 if entry.task is not None and not entry.task.done():
-                    entry.reason = "shutdown"
+                    if entry.reason is None:
+                        entry.reason = "shutdown"
                     entry.task.cancel()
+            # Calls already handed to the thread finish there; nothing new is accepted.
+            self._calls.close()
             self._set_running_gauge()
             self._log.info("stop", "worker stopped")
+
+    def _check_busy_timeout(self) -> None:
+        # A queue call can wait for the database's write lock up to its busy timeout; with a
+        # lease no longer than that, one slow heartbeat can cost this worker its running jobs
+        # (they are fenced and run again elsewhere: safe, but wasted work).
+        busy = getattr(self.queue, "busy_timeout_s", None)
+        if isinstance(busy, int | float) and self.lease_s <= busy:
+            self._log.warn(
+                "start",
+                "lease is not longer than the queue's busy timeout; a locked database can "
+                "cost this worker its running jobs",
+                lease_s=self.lease_s,
+                busy_timeout_s=busy,
+            )
+
+    async def _call(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """Run one queue call in the worker's queue thread, off the event loop."""
+        return await self._calls.call(functools.partial(fn, *args, **kwargs))
 
     async def _watch(self, stop: asyncio.Event) -> None:
         await stop.wait()
@@ -173,16 +301,20 @@ class Worker:
             free = self.slots - len(self._running)
             claimed = 0
             if free > 0:
+                asked = self._clock()
                 try:
-                    jobs = self.queue.claim(self.worker_id, free, self.lease_s, types=self._types)
+                    jobs = await self._call(
+                        self.queue.claim, self.worker_id, free, self.lease_s, types=self._types
+                    )
                 except HomeopsError as exc:
                     self._log.error("claim", "claim failed; will retry", err=exc)
                     jobs = []
                     await asyncio.sleep(min(1.0, self.poll_interval * 10))
-                for job in jobs:
-                    self._start(job)
+                give_back = [job for job in jobs if not self._start(job, asked + self.lease_s)]
+                if give_back:
+                    await self._give_back(give_back)
                 claimed = len(jobs)
-            if drain and not claimed and not self._running and self._queue_idle():
+            if drain and not claimed and not self._running and await self._queue_idle():
                 self._log.info("drain", "no jobs left; stopping")
                 return
             if not self._wake.is_set():
@@ -192,33 +324,68 @@ class Worker:
             # Let other jobs that finish in the same tick free their slots: one bigger claim.
             await asyncio.sleep(0)
 
-    def _queue_idle(self) -> bool:
+    async def _give_back(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            try:
+                await self._call(self.queue.requeue, job.id, self.worker_id)
+            except HomeopsError as exc:
+                # Its lease runs out and it is claimed again; nothing is lost.
+                self._log.warn("claim", "could not hand job back", job_id=job.id, err=exc)
+        # Until the local run has unwound, the job would come straight back to us.
+        await asyncio.sleep(min(1.0, self.poll_interval * 10))
+
+    async def _queue_idle(self) -> bool:
         try:
-            counts = self.queue.counts(types=self._types)
+            counts = await self._call(self.queue.counts, types=self._types)
         except HomeopsError as exc:
             self._log.warn("drain", "cannot read job counts; not idle", err=exc)
             return False
         return counts[JobState.QUEUED] == 0 and counts[JobState.RUNNING] == 0
 
-    def _start(self, job: Job) -> None:
+    def _start(self, job: Job, deadline: float) -> bool:
+        """Start a claimed job; False if it must be handed back (see the module docstring)."""
+        current = self._running.get(job.id)
+        if current is not None:
+            # The claim re-took a job this worker is still running: never run it twice.
+            if current.reason == "lost":
+                current.ctx.log.warn(
+                    "claim",
+                    "claimed a job whose lost local run is still stopping; handing it back",
+                    attempt=job.attempts,
+                )
+                return False
+            current.deadline = max(current.deadline, deadline)
+            current.ctx.log.warn(
+                "claim",
+                "lease lapsed and was re-taken by this worker; the local run continues",
+                attempt=job.attempts,
+            )
+            return True
         log = _log.bind(job_id=job.id, trace_id=job.trace_id, job_type=job.type)
-        entry = _Running(JobContext(job=job, log=log))
+        entry = _Running(JobContext(job=job, log=log), deadline=deadline)
         self._running[job.id] = entry
         entry.task = asyncio.create_task(self._execute(entry), name=f"job:{job.id}")
         entry.task.add_done_callback(lambda _t: self._finished(entry))
         self._set_running_gauge()
+        return True
 
     def _finished(self, entry: _Running) -> None:
-        # A task cancelled before its first step never runs its body (no except, no finally),
-        # so the outcome of such a job is recorded here.
-        if not entry.started and entry.reason is not None:
-            try:
-                self._stopped(entry, 0.0)
-            except HomeopsError as exc:
-                entry.ctx.log.error("run", "could not record job outcome", err=exc)  # noqa: TRY400
-        self._running.pop(entry.ctx.job.id, None)
+        if self._running.get(entry.ctx.job.id) is entry:
+            del self._running[entry.ctx.job.id]
         self._set_running_gauge()
         self._wake.set()
+
+    def _stop_run(self, entry: _Running, reason: _StopReason) -> bool:
+        """Ask a run to stop; False if it is already stopping or recording its outcome."""
+        if entry.reason is not None or entry.finishing:
+            return False
+        entry.reason = reason
+        if reason == "cancel":
+            entry.ctx.cancel_event.set()
+        # A task that has not taken its first step sees ``reason`` when it does.
+        if entry.started and entry.task is not None:
+            entry.task.cancel()
+        return True
 
     def _set_running_gauge(self) -> None:
         if self._metrics is not None:
@@ -234,47 +401,86 @@ class Worker:
         entry.started = True
         elapsed = timed(self._clock)
         try:
+            if entry.reason is not None:  # stopped before it began
+                entry.finishing = True
+                await self._stopped(entry, 0.0)
+                return
             handler = self.handlers.get(job.type)
             if handler is None:
-                self._fail(ctx, f"no handler for job type {job.type!r}", False, elapsed())
+                entry.finishing = True
+                await self._fail(ctx, f"no handler for job type {job.type!r}", False, elapsed())
                 return
-            log.info("run", "job started", attempt=job.attempts, of=job.max_attempts)
-            timeout_cm = asyncio.timeout(job.timeout_s) if job.timeout_s is not None else None
-            try:
-                if timeout_cm is not None:
-                    async with timeout_cm:
-                        result = await handler(ctx)
-                else:
-                    result = await handler(ctx)
-            except asyncio.CancelledError:
-                if entry.reason is None:
-                    raise
-                task = asyncio.current_task()
-                if task is not None:
-                    task.uncancel()
-                self._stopped(entry, elapsed())
-            except TimeoutError as exc:
-                if timeout_cm is not None and timeout_cm.expired():
-                    self._fail(ctx, f"timed out after {job.timeout_s:g}s", True, elapsed())
-                else:
-                    self._fail(ctx, _describe(exc), True, elapsed())
-            except UsageError as exc:
-                self._fail(ctx, _describe(exc), False, elapsed())
-            except Exception as exc:  # any handler failure is a job failure
-                self._fail(ctx, _describe(exc), True, elapsed())
-            else:
-                self._complete(ctx, result, elapsed())
+            await self._run_handler(entry, handler, elapsed)
         except HomeopsError as exc:
             # The queue itself failed (database gone?). The lease runs out and the job is
             # picked up again; nothing more we can do here.
             log.error("run", "could not record job outcome", err=exc)  # noqa: TRY400
 
-    def _complete(self, ctx: JobContext, result: Any, ms: float) -> None:  # noqa: ANN401
+    async def _run_handler(
+        self, entry: _Running, handler: Handler, elapsed: Callable[[], float]
+    ) -> None:
+        ctx = entry.ctx
+        job, log = ctx.job, ctx.log
+        log.info("run", "job started", attempt=job.attempts, of=job.max_attempts)
+        timeout_cm = asyncio.timeout(job.timeout_s) if job.timeout_s is not None else None
+        error: str | None = None
+        retryable = True
+        result: Any = None
+        stopped = False
+        try:
+            if timeout_cm is not None:
+                async with timeout_cm:
+                    result = await handler(ctx)
+            else:
+                result = await handler(ctx)
+        except asyncio.CancelledError:
+            if entry.reason is None:
+                raise
+            stopped = True
+        except TimeoutError as exc:
+            if timeout_cm is not None and timeout_cm.expired():
+                error = f"timed out after {job.timeout_s:g}s"
+            else:
+                error = _describe(exc)
+        except UsageError as exc:
+            error, retryable = _describe(exc), False
+        except Exception as exc:  # any handler failure is a job failure
+            error = _describe(exc)
+        # From here on the run is only recording its outcome: no stop request cancels that.
+        entry.finishing = True
+        task = asyncio.current_task()
+        while task is not None and task.cancelling():
+            task.uncancel()  # our own stop request was delivered (and handled) above
+        ms = elapsed()
+        if entry.reason == "lost":
+            # The job's new owner (or the next claim) records its state, not us.
+            log.warn(
+                "run",
+                "local run ended after the lease was lost; outcome not recorded",
+                attempt=job.attempts,
+                duration_ms=ms,
+            )
+        elif stopped:
+            await self._stopped(entry, ms)
+        elif error is not None:
+            await self._fail(ctx, error, retryable, ms)
+        else:
+            if entry.reason == "cancel":
+                # The handler swallowed the cancellation and finished its work: the result is
+                # real, so the job succeeds, but say so loudly.
+                log.warn(
+                    "run",
+                    "cancel requested but handler completed; recording success",
+                    attempt=job.attempts,
+                )
+            await self._complete(ctx, result, ms)
+
+    async def _complete(self, ctx: JobContext, result: Any, ms: float) -> None:  # noqa: ANN401
         job = ctx.job
         try:
-            owned = self.queue.complete(job.id, self.worker_id, result)
+            owned = await self._call(self.queue.complete, job.id, self.worker_id, result)
         except UsageError as exc:
-            self._fail(ctx, str(exc), False, ms)
+            await self._fail(ctx, str(exc), False, ms)
             return
         if owned:
             self._inc("jobs_completed_total")
@@ -287,9 +493,11 @@ class Worker:
                 duration_ms=ms,
             )
 
-    def _fail(self, ctx: JobContext, error: str, retryable: bool, ms: float) -> None:
+    async def _fail(self, ctx: JobContext, error: str, retryable: bool, ms: float) -> None:
         job = ctx.job
-        owned = self.queue.fail(job.id, self.worker_id, error, retryable=retryable)
+        owned = await self._call(
+            self.queue.fail, job.id, self.worker_id, error, retryable=retryable
+        )
         if not owned:
             ctx.log.warn(
                 "run",
@@ -311,14 +519,16 @@ class Worker:
             of=job.max_attempts,
         )
 
-    def _stopped(self, entry: _Running, ms: float) -> None:
+    async def _stopped(self, entry: _Running, ms: float) -> None:
         ctx = entry.ctx
         job = ctx.job
+        if entry.reason == "lost":
+            return  # not ours any more: the new owner records the job's state
         if entry.reason == "cancel":
-            if self.queue.mark_cancelled(job.id, self.worker_id):
+            if await self._call(self.queue.mark_cancelled, job.id, self.worker_id):
                 self._inc("jobs_cancelled_total")
                 ctx.log.info("run", "job cancelled", attempt=job.attempts, duration_ms=ms)
-        elif self.queue.requeue(job.id, self.worker_id):
+        elif await self._call(self.queue.requeue, job.id, self.worker_id):
             ctx.log.info(
                 "run",
                 "worker stopping; job handed back to the queue",
@@ -327,21 +537,53 @@ class Worker:
             )
 
     async def _heartbeat_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.heartbeat_interval)
-            if not self._running:
-                continue
-            try:
-                to_cancel = self.queue.heartbeat(self.worker_id, list(self._running), self.lease_s)
-            except HomeopsError as exc:
-                self._log.warn("heartbeat", "heartbeat failed; will retry", err=exc)
-                continue
-            for job_id in to_cancel:
-                entry = self._running.get(job_id)
-                if entry is not None and entry.reason is None and entry.task is not None:
-                    entry.reason = "cancel"
-                    entry.ctx.cancel_event.set()
-                    entry.task.cancel()
+        beat: asyncio.Task[None] | None = None
+        try:
+            while True:
+                await asyncio.sleep(self.heartbeat_interval)
+                self._fence()
+                if beat is not None and not beat.done():
+                    continue  # the last heartbeat is still waiting for the database
+                sent = {i: e for i, e in self._running.items() if e.reason != "lost"}
+                if sent:
+                    beat = asyncio.create_task(self._beat(sent))
+        finally:
+            if beat is not None:
+                beat.cancel()
+
+    def _fence(self) -> None:
+        """Stop runs whose lease may run out before the next heartbeat tick could renew it."""
+        now = self._clock()
+        for entry in list(self._running.values()):
+            if now >= entry.deadline - self.heartbeat_interval and self._stop_run(entry, "lost"):
+                entry.ctx.log.warn(
+                    "heartbeat",
+                    "lease lost; stopping local run",
+                    why="no heartbeat got through in time",
+                    attempt=entry.ctx.job.attempts,
+                )
+
+    async def _beat(self, sent: dict[str, _Running]) -> None:
+        asked = self._clock()
+        try:
+            held = await self._call(self.queue.heartbeat, self.worker_id, list(sent), self.lease_s)
+        except HomeopsError as exc:
+            self._log.warn("heartbeat", "heartbeat failed; will retry", err=exc)
+            return
+        for job_id, entry in sent.items():
+            if self._running.get(job_id) is not entry:
+                continue  # finished meanwhile
+            if job_id in held.held:
+                entry.deadline = max(entry.deadline, asked + self.lease_s)
+                if job_id in held.cancel_requested:
+                    self._stop_run(entry, "cancel")
+            elif self._stop_run(entry, "lost"):
+                entry.ctx.log.warn(
+                    "heartbeat",
+                    "lease lost; stopping local run",
+                    why="another worker holds the job now",
+                    attempt=entry.ctx.job.attempts,
+                )
 
     async def _shutdown(self) -> None:
         tasks = [e.task for e in self._running.values() if e.task is not None]
@@ -355,10 +597,7 @@ class Worker:
         now.cancel()
         left = [e for e in self._running.values() if e.task is not None and not e.task.done()]
         for entry in left:
-            if entry.reason is None:
-                entry.reason = "shutdown"
-            assert entry.task is not None
-            entry.task.cancel()
+            self._stop_run(entry, "shutdown")
         if left:
             self._log.info(
                 "stop", "grace period over; handing running jobs back", running=len(left)
