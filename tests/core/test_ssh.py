@@ -25,7 +25,13 @@ from homeops.core.errors import (
     SshAuthError,
     SshUnavailable,
 )
-from homeops.core.ssh import HostKeyPolicy, SshPool
+from homeops.core.ssh import (
+    CANCEL_KILL_BUDGET_S,
+    KILL_GRACE_S,
+    MAX_CHANNELS_PER_CONNECTION,
+    HostKeyPolicy,
+    SshPool,
+)
 from tests.fixtures.common import free_port
 from tests.fixtures.sshd import SshdHandle, generate_key, is_root, start_sshd
 
@@ -35,6 +41,11 @@ UNRELATED_KEY = (
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+# Headroom for wall-clock bounds: they catch hangs, not a slow (loaded) machine.
+SLACK_S = 3.0
+# Channels a connection gives to commands; the last one is kept for the fallback killer.
+COMMAND_CHANNELS = MAX_CHANNELS_PER_CONNECTION - 1
 
 
 class SleepRecorder:
@@ -64,12 +75,17 @@ def remote_pids(marker: str) -> list[int]:
     return [int(p) for p in done.stdout.split()]
 
 
-def wait_gone(marker: str, seconds: float = 5.0) -> list[int]:
-    """Poll until no process carries ``marker``; return what is left at the deadline."""
+async def wait_gone(marker: str, seconds: float = 10.0) -> list[int]:
+    """Poll until no process carries ``marker``; return what is left at the deadline.
+
+    Async, so a kill still running in the pool's background is not starved meanwhile.
+    """
     deadline = time.monotonic() + seconds
-    while (left := remote_pids(marker)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return left
+    while True:
+        left = remote_pids(marker)
+        if not left or time.monotonic() >= deadline:
+            return left
+        await asyncio.sleep(0.05)
 
 
 def kill_leftovers(marker: str) -> None:
@@ -80,6 +96,23 @@ def kill_leftovers(marker: str) -> None:
             os.kill(pid, signal.SIGKILL)
             if group != os.getpgrp():
                 os.killpg(group, signal.SIGKILL)
+
+
+async def wait_started(marker: str, count: int = 1, seconds: float = 10.0) -> None:
+    """Poll (without blocking the loop for long) until ``count`` processes carry ``marker``."""
+    deadline = time.monotonic() + seconds
+    while len(remote_pids(marker)) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} {marker!r} started"
+        await asyncio.sleep(0.05)
+
+
+def timeout_kills(log_stream: io.StringIO) -> list[str]:
+    """The ``kill=`` field of every "command timed out" warning logged so far."""
+    return [
+        line.split(" kill=", 1)[1].split()[0]
+        for line in log_stream.getvalue().splitlines()
+        if "command timed out" in line and " kill=" in line
+    ]
 
 
 def wrong_key(tmp_path: Path) -> Path:
@@ -142,7 +175,9 @@ async def test_one_connection_is_reused(pool: SshPool, sshd: SshdHandle) -> None
     assert sshd.accepted_logins() - before == 1
 
 
-async def test_timed_out_command_is_killed_remotely(pool: SshPool, sshd: SshdHandle) -> None:
+async def test_timed_out_command_is_killed_remotely(
+    pool: SshPool, sshd: SshdHandle, log_stream: io.StringIO
+) -> None:
     marker = f"homeops-timeout-{uuid.uuid4().hex}"
     try:
         start = time.monotonic()
@@ -150,14 +185,52 @@ async def test_timed_out_command_is_killed_remotely(pool: SshPool, sshd: SshdHan
             await pool.run(sshd.target(), f"sleep 300; echo {marker}", timeout=1)
         elapsed = time.monotonic() - start
         assert info.value.exit_code == ExitCode.TIMEOUT
-        # The "signal" request kills it at once; the fallback would only start after the
-        # 2 s grace (that path is tested with a root login below).
-        assert 1.0 <= elapsed < 2.5
-        assert wait_gone(marker) == []
+        assert str(info.value).endswith("timed out after 1s (remote command killed)")
+        # Wall time only catches a hang (a loaded machine is slow, never early); which kill
+        # path ran is read from the log: the "signal" request, not the fallback (root only).
+        assert 1.0 <= elapsed < 1 + KILL_GRACE_S + SLACK_S
+        assert timeout_kills(log_stream) == ["signal"]
+        assert "by process group" not in log_stream.getvalue()
+        assert await wait_gone(marker) == []
         # The connection survives a killed command.
         assert (await pool.run(sshd.target(), "echo alive", timeout=10)).stdout == "alive\n"
     finally:
         kill_leftovers(marker)
+
+
+async def test_timeout_before_the_command_started_says_so(pool: SshPool, sshd: SshdHandle) -> None:
+    # Every command channel of the connection busy: the next command never gets one.
+    marker = f"homeops-busy-{uuid.uuid4().hex}"
+    busy = [
+        asyncio.create_task(pool.run(sshd.target(), f"sleep 30; echo {marker}", timeout=60))
+        for _ in range(MAX_CHANNELS_PER_CONNECTION)
+    ]
+    try:
+        await wait_started(marker, COMMAND_CHANNELS)
+        with pytest.raises(HomeopsTimeout) as info:
+            await pool.run(sshd.target(), "true", timeout=0.5)
+        assert str(info.value).endswith("timed out after 0.5s before the command started")
+    finally:
+        for task in busy:
+            task.cancel()
+        await asyncio.gather(*busy, return_exceptions=True)
+        kill_leftovers(marker)
+
+
+@pytest.fixture(scope="module")
+def sshd_default_sessions() -> Iterator[SshdHandle]:
+    with start_sshd(max_sessions=MAX_CHANNELS_PER_CONNECTION) as handle:
+        yield handle
+
+
+async def test_many_commands_fit_default_max_sessions(
+    pool: SshPool, sshd_default_sessions: SshdHandle
+) -> None:
+    # sshd frees a closed session's slot a moment after the close: with every channel in
+    # use, a new one opened right after another closed would be refused ("open failed").
+    target = sshd_default_sessions.target()
+    results = await asyncio.gather(*(pool.run(target, "true", timeout=30) for _ in range(120)))
+    assert all(r.ok for r in results)
 
 
 @pytest.fixture(scope="module")
@@ -170,15 +243,80 @@ def root_sshd() -> Iterator[SshdHandle]:
 
 @pytest.mark.root
 async def test_timed_out_root_command_is_killed_by_fallback(
-    pool: SshPool, root_sshd: SshdHandle
+    pool: SshPool, root_sshd: SshdHandle, log_stream: io.StringIO
 ) -> None:
     # sshd ignores "signal" requests for root sessions; the pool must still kill the command.
     marker = f"homeops-timeout-root-{uuid.uuid4().hex}"
     try:
-        with pytest.raises(HomeopsTimeout):
+        with pytest.raises(HomeopsTimeout) as info:
             await pool.run(root_sshd.target(), f"sleep 300; echo {marker}", timeout=1)
-        assert wait_gone(marker) == []
+        assert str(info.value).endswith("(remote command killed)")
+        assert await wait_gone(marker) == []
+        assert timeout_kills(log_stream) == ["process-group"]
         assert "session signalling requires privilege separation" in root_sshd.log_text()
+    finally:
+        kill_leftovers(marker)
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("how", ["task-cancel", "asyncio-timeout"])
+async def test_cancelled_root_command_is_killed(
+    pool: SshPool, root_sshd: SshdHandle, log_stream: io.StringIO, how: str
+) -> None:
+    # The job worker's cancel and its per-job asyncio.timeout both arrive as a cancellation:
+    # the remote command must die even where sshd ignores "signal" requests (root logins).
+    marker = f"homeops-cancel-root-{uuid.uuid4().hex}"
+    command = f"sleep 300; echo {marker}"
+    try:
+        start = time.monotonic()
+        if how == "task-cancel":
+            task = asyncio.create_task(pool.run(root_sshd.target(), command, timeout=60))
+            await wait_started(marker)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        else:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(1):
+                    await pool.run(root_sshd.target(), command, timeout=60)
+        assert time.monotonic() - start < 1 + CANCEL_KILL_BUDGET_S + SLACK_S
+        assert await wait_gone(marker) == []
+        assert "by process group" in log_stream.getvalue()
+        # The connection is still usable afterwards.
+        assert (await pool.run(root_sshd.target(), "echo alive", timeout=10)).stdout == "alive\n"
+    finally:
+        kill_leftovers(marker)
+
+
+@pytest.fixture(scope="module")
+def root_sshd_default_sessions() -> Iterator[SshdHandle]:
+    if not is_root():
+        pytest.skip("needs root: logs in as root to exercise sshd's root-session path")
+    with start_sshd(login_user="root", max_sessions=MAX_CHANNELS_PER_CONNECTION) as handle:
+        yield handle
+
+
+@pytest.mark.root
+async def test_fallback_kill_gets_a_channel_when_all_are_busy(
+    pool: SshPool, root_sshd_default_sessions: SshdHandle, log_stream: io.StringIO
+) -> None:
+    # OpenSSH's default MaxSessions 10 and more commands than that time out at once (root:
+    # only the fallback kills): every kill still needs a channel of its own.
+    sshd = root_sshd_default_sessions
+    marker = f"homeops-busy-root-{uuid.uuid4().hex}"
+    commands = [f"sleep 300; echo {marker}-{i}" for i in range(MAX_CHANNELS_PER_CONNECTION + 2)]
+    try:
+        results = await asyncio.gather(
+            *(pool.run(sshd.target(), command, timeout=2) for command in commands),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, HomeopsTimeout) for r in results), results
+        endings = sorted(str(r).rsplit(" after 2s ", 1)[1] for r in results)
+        started = endings.count("(remote command killed)")
+        assert started == COMMAND_CHANNELS
+        assert endings.count("before the command started") == len(commands) - started
+        assert "fallback kill failed" not in log_stream.getvalue()
+        assert await wait_gone(marker) == []
     finally:
         kill_leftovers(marker)
 
@@ -195,6 +333,35 @@ async def test_refused_port_retries_then_unavailable(
     assert "3 attempts" in message
     assert "\n" not in message
     assert info.value.exit_code == ExitCode.UNAVAILABLE
+
+
+async def test_concurrent_first_commands_share_one_connect(
+    pool: SshPool, sshd: SshdHandle, sleeps: SleepRecorder, log_stream: io.StringIO
+) -> None:
+    # Five commands to a host that is down: one connect (3 attempts) whose failure all five
+    # get, not five connects one after another.
+    target = sshd.target(port=free_port())
+    results = await asyncio.gather(
+        *(pool.run(target, "true", timeout=10) for _ in range(5)), return_exceptions=True
+    )
+    assert all(isinstance(r, SshUnavailable) for r in results), results
+    assert all("after 3 attempts" in str(r) for r in results)
+    assert sleeps.calls == [0.5, 1.0]
+    assert log_stream.getvalue().count('msg="connection failed"') == 1
+    # The failure is not remembered: the next command tries again.
+    with pytest.raises(SshUnavailable):
+        await pool.run(target, "true", timeout=10)
+    assert sleeps.calls == [0.5, 1.0, 0.5, 1.0]
+
+
+async def test_concurrent_first_commands_share_one_login(sshd: SshdHandle) -> None:
+    before = sshd.accepted_logins()
+    async with SshPool() as pool:
+        results = await asyncio.gather(
+            *(pool.run(sshd.target(), "echo $SSH_CLIENT", timeout=10) for _ in range(5))
+        )
+    assert len({r.stdout for r in results}) == 1
+    assert sshd.accepted_logins() - before == 1
 
 
 async def test_connect_timeout_is_retried(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal as _signal
 import sys
@@ -52,10 +53,23 @@ _log = get_logger("core.ssh")
 
 # OpenSSH's default MaxSessions: more channels at once on one connection are refused.
 MAX_CHANNELS_PER_CONNECTION: Final = 10
+# Commands and SFTP transfers share all but one of them. The last is kept for the fallback
+# killer (:data:`_KILL_SCRIPT`), so a kill is never refused because every session is busy:
+# a command holds its channel slot until its kill has finished.
+_COMMAND_CHANNELS: Final = MAX_CHANNELS_PER_CONNECTION - 1
 # After a timeout the remote command gets SIGTERM, then this long before SIGKILL.
 KILL_GRACE_S: Final = 2.0
+# A cancelled run() (job cancel, per-job timeout) gives the command this SIGTERM grace, and
+# waits at most CANCEL_KILL_BUDGET_S for the kill before it lets the cancellation go on (the
+# kill itself goes on in the background; the pool's close() waits for it).
+CANCEL_GRACE_S: Final = 0.5
+CANCEL_KILL_BUDGET_S: Final = 3.0
 # After SIGKILL, how long to wait for the server to report the exit before closing anyway.
 KILL_WAIT_S: Final = 1.0
+# How long close() waits for kills still running before it closes their connections.
+_CLOSE_KILL_WAIT_S: Final = 10.0
+# Pauses before trying again a channel open the server refused (see _create_session).
+_REFUSED_OPEN_PAUSES_S: Final = (0.01, 0.05, 0.1, 0.25)
 # OpenSSH's ssh exits 255 when the server sends no exit status; callers know that convention.
 NO_EXIT_STATUS: Final = 255
 _EXTENDED_DATA_STDERR: Final = 1
@@ -65,10 +79,12 @@ _EXTENDED_DATA_STDERR: Final = 1
 # The timed-out command text comes on stdin and is matched against the siblings' ``sh -c``
 # argument; if nothing matches (the shell exec'd a simple command) but exactly one sibling
 # exists, that is the one. Prints the process groups it killed; exit 3 when none was found.
+# Only shell builtins run per process (``read``, not ``cat``): a fork each would cost ~1 ms per
+# process on the host, and kills queue for the one channel kept for them.
 _KILL_SCRIPT: Final = r"""want=$(cat); me=$$; par=$PPID; n=0; only=; hit=
 for d in /proc/[0-9]*; do
   c=${d#/proc/}; [ "$c" = "$me" ] && continue
-  st=$(cat "$d/stat" 2>/dev/null) || continue
+  { read -r st <"$d/stat"; } 2>/dev/null || continue
   set -- ${st##*) }; [ "$2" = "$par" ] || continue
   n=$((n+1)); only=$c
   [ "$(tr '\0' '\n' <"$d/cmdline" 2>/dev/null | sed '1,2d')" = "$want" ] && hit="$hit $c"
@@ -78,6 +94,21 @@ done
 for c in $hit; do kill -s KILL -- "-$c" 2>/dev/null || kill -s KILL "$c"; done
 echo $hit"""
 _DEFAULT_PORT: Final = 22
+
+
+class _Kill(StrEnum):
+    """How a timed-out or cancelled command ended (the ``kill=`` log field)."""
+
+    NONE = "none"  # no channel had opened: the command never started
+    EXITED = "exited"  # it had already exited when the kill began
+    SIGNAL = "signal"  # the "signal" channel request (sshd's killpg) ended it
+    PROCESS_GROUP = "process-group"  # the fallback killer ended it
+    UNCONFIRMED = "unconfirmed"  # no exit seen: it may still be running
+    PENDING = "pending"  # still being killed in the background (a cancelled run stopped waiting)
+
+    @property
+    def ended(self) -> bool:
+        return self in (_Kill.EXITED, _Kill.SIGNAL, _Kill.PROCESS_GROUP)
 
 
 class HostKeyPolicy(StrEnum):
@@ -210,6 +241,7 @@ class _Collector:
 
     def __init__(self) -> None:
         self.opened = False
+        self.chan: SSHClientChannel[bytes] | None = None
         self.stdout: list[bytes] = []
         self.stderr: list[bytes] = []
         self.exit_status: int | None = None
@@ -221,10 +253,12 @@ class _Collector:
         self.exited = asyncio.Event()
 
     # The callback signatures are asyncssh's; unused arguments are part of that protocol.
-    def connection_made(self, chan: object) -> None:  # noqa: ARG002
+    def connection_made(self, chan: object) -> None:
         # Called once the server confirmed the channel open, before the exec request is
-        # sent: if this never ran, the command certainly did not start.
+        # sent: if this never ran, the command certainly did not start. From here on the
+        # command may be running, so keep the channel to kill it by.
         self.opened = True
+        self.chan = cast("SSHClientChannel[bytes]", chan)
 
     def session_started(self) -> None:
         pass
@@ -273,6 +307,32 @@ class _Collector:
         if self.exit_signal is not None:
             return 128 + _signal_number(self.exit_signal)
         return NO_EXIT_STATUS
+
+
+async def _create_session(
+    conn: SSHClientConnection, session: _Collector, command: str
+) -> SSHClientChannel[bytes]:
+    """Open a channel running ``command`` with ``session`` as its callbacks.
+
+    sshd frees a closed channel's session slot only a moment after the close: an open sent
+    right after another channel closed can be refused ("open failed") although the count
+    leaves room. A refused open started nothing, so it is tried again a few times.
+    """
+    import asyncssh
+
+    pauses = iter(_REFUSED_OPEN_PAUSES_S)
+    while True:
+        try:
+            chan, _ = await conn.create_session(
+                session.factory(), command, encoding=None, request_pty=False
+            )
+        except asyncssh.ChannelOpenError:
+            pause = next(pauses, None)
+            if pause is None or conn.is_closed():
+                raise
+            await asyncio.sleep(pause)
+        else:
+            return chan
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> bool:
@@ -363,10 +423,15 @@ class SshPool:
         self._policy = policy
         self._sleep = sleep
         self._conns: dict[_PoolKey, _Conn] = {}
-        self._locks: dict[_PoolKey, asyncio.Lock] = {}
+        # The connect in flight per host: every command that needs the host meanwhile waits
+        # for this one task and gets its connection or its failure.
+        self._connecting: dict[_PoolKey, asyncio.Task[_Conn]] = {}
         self._seen: set[_PoolKey] = set()  # keys connected before: a new connect is a reconnect
         # Per host, not per connection, so a reconnect does not reset the count.
         self._channels: dict[_PoolKey, asyncio.Semaphore] = {}
+        self._kill_channels: dict[_PoolKey, asyncio.Semaphore] = {}
+        # Kills running in tasks of their own, so they outlive their caller's cancellation.
+        self._kills: set[asyncio.Task[_Kill]] = set()
         self._closed = False
 
     async def __aenter__(self) -> Self:
@@ -395,7 +460,14 @@ class SshPool:
         key = self._key(target)
         limit = self._channels.get(key)
         if limit is None:
-            limit = self._channels[key] = asyncio.Semaphore(MAX_CHANNELS_PER_CONNECTION)
+            limit = self._channels[key] = asyncio.Semaphore(_COMMAND_CHANNELS)
+        return limit
+
+    def _kill_channel(self, target: SshTarget) -> asyncio.Semaphore:
+        key = self._key(target)
+        limit = self._kill_channels.get(key)
+        if limit is None:
+            limit = self._kill_channels[key] = asyncio.Semaphore(1)
         return limit
 
     def _live(self, key: _PoolKey) -> _Conn | None:
@@ -403,26 +475,45 @@ class SshPool:
         return entry if entry is not None and not entry.conn.is_closed() else None
 
     async def _connection(self, target: SshTarget) -> tuple[_Conn, bool]:
-        """The cached connection for ``target``, or a new one; the flag says it is new."""
+        """The cached connection for ``target``, or a new one; the flag says it is new.
+
+        Concurrent first commands to a host share one connect (with its retries): all of
+        them get its connection, or its failure. The failure is not remembered beyond the
+        commands already waiting: the next command after it starts a new connect, as a
+        host that was just down may be back, and the retry policy already spaced the tries.
+        """
         if self._closed:
             raise OperationalError("ssh pool is closed")
         key = self._key(target)
         entry = self._live(key)
         if entry is not None:
             return entry, False
-        # One lock per host so concurrent first commands share one handshake.
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            entry = self._live(key)
-            if entry is not None:
-                return entry, False
+        pending = self._connecting.get(key)
+        if pending is None or pending.done():
             stale = self._conns.pop(key, None)
             if stale is not None:
                 stale.conn.abort()
-            entry = _Conn(await self._connect(target, reconnect=key in self._seen))
-            self._seen.add(key)
-            self._conns[key] = entry
-            return entry, True
+            pending = asyncio.create_task(self._establish(target, key))
+            self._connecting[key] = pending
+            pending.add_done_callback(functools.partial(self._connect_done, key))
+        # Shielded: one waiter cancelled must not cancel the connect the others wait for.
+        return await asyncio.shield(pending), True
+
+    async def _establish(self, target: SshTarget, key: _PoolKey) -> _Conn:
+        conn = await self._connect(target, reconnect=key in self._seen)
+        if self._closed:
+            conn.abort()
+            raise OperationalError("ssh pool is closed")
+        self._seen.add(key)
+        entry = self._conns[key] = _Conn(conn)
+        return entry
+
+    def _connect_done(self, key: _PoolKey, task: asyncio.Task[_Conn]) -> None:
+        if self._connecting.get(key) is task:
+            del self._connecting[key]
+        # Every waiter may have been cancelled; the failure was logged by _connect already.
+        if not task.cancelled():
+            task.exception()
 
     def _drop(self, target: SshTarget, entry: _Conn) -> None:
         key = self._key(target)
@@ -514,24 +605,27 @@ class SshPool:
         return {"ssh_host": target.host, "ssh_port": target.port, "ssh_user": target.user}
 
     async def _open(
-        self, target: SshTarget, entry: _Conn, fresh: bool, command: str
+        self,
+        target: SshTarget,
+        entry: _Conn,
+        fresh: bool,
+        command: str,
+        tried: list[tuple[_Collector, _Conn]],
     ) -> tuple[SSHClientChannel[bytes], _Collector, _Conn]:
         """Open a channel running ``command``; reconnect once if a reused connection died.
 
         Reconnecting is safe only while the server has not confirmed the channel: the exec
-        request goes out after that, so the command cannot have started.
+        request goes out after that, so the command cannot have started. Each session tried
+        is appended to ``tried`` at once, so a timeout or cancellation arriving before this
+        returns still finds the channel to kill.
         """
         import asyncssh
 
         while True:
             session = _Collector()
+            tried.append((session, entry))
             try:
-                chan, _ = await entry.conn.create_session(
-                    session.factory(),
-                    command,
-                    encoding=None,
-                    request_pty=False,
-                )
+                chan = await _create_session(entry.conn, session, command)
             except (OSError, asyncssh.Error) as exc:
                 # "SSH connection closed" arrives as a ChannelOpenError: look at the connection.
                 lost = entry.conn.is_closed() or not isinstance(exc, asyncssh.ChannelOpenError)
@@ -562,19 +656,25 @@ class SshPool:
         """Run ``command`` on ``target`` within ``timeout`` seconds (killed remotely after).
 
         Connecting is bounded separately by ``target.connect_timeout`` per attempt.
-        Raises :class:`HomeopsTimeout` (4) after killing a command that ran too long,
+        Raises :class:`HomeopsTimeout` (4) after killing a command that ran too long (its
+        message says whether the command had started and whether the kill was confirmed),
         :class:`SshUnavailable`/:class:`SshAuthError`/:class:`HostKeyError` (3), and with
         ``check`` :class:`OperationalError` (1) naming the last stderr line on non-zero exit.
+        Cancelling the call kills the remote command the same way (a shorter SIGTERM grace)
+        and waits up to :data:`CANCEL_KILL_BUDGET_S` for that before the cancellation goes on.
         """
         start = time.monotonic()
         data = stdin.encode() if isinstance(stdin, str) else stdin
         entry, fresh = await self._connection(target)
-        chan: SSHClientChannel[bytes] | None = None
-        session: _Collector | None = None
+        tried: list[tuple[_Collector, _Conn]] = []
+        limit = self._channel_limit(target)
+        holding = False  # whether this call holds a channel slot (released when it is done)
         deadline = asyncio.timeout(timeout)
         try:
-            async with deadline, self._channel_limit(target):
-                chan, session, entry = await self._open(target, entry, fresh, command)
+            async with deadline:
+                await limit.acquire()
+                holding = True
+                chan, session, entry = await self._open(target, entry, fresh, command, tried)
                 if data:
                     chan.write(data)
                 # Without EOF a command that reads stdin would wait for the timeout.
@@ -583,26 +683,29 @@ class SshPool:
         except TimeoutError:
             if not deadline.expired():
                 raise
-            killed = await self._kill(target, entry, chan, session, command)
-            elapsed = (time.monotonic() - start) * 1000
-            _log.warn(
-                "run",
-                "command timed out, killed" if killed else "command timed out, kill not confirmed",
-                duration_ms=elapsed,
-                command=mask(command),
-                **self._fields(target),
-            )
+            kill = self._start_kill(target, tried, command, KILL_GRACE_S, holding, limit)
+            holding = holding and kill is None  # a kill task releases the slot when it is done
+            how = await self._kill_outcome(target, command, kill, None)
+            self._log_stopped("command timed out", how, start, command, target)
+            ending = {
+                _Kill.NONE: "before the command started",
+                _Kill.EXITED: "(remote command had ended)",
+                _Kill.UNCONFIRMED: "(kill not confirmed: the remote command may still run)",
+            }.get(how, "(remote command killed)")
             raise HomeopsTimeout(
-                f"ssh {target.destination}: {mask(command)!r} timed out after {timeout:g}s (killed)"
+                f"ssh {target.destination}: {mask(command)!r} timed out after {timeout:g}s {ending}"
             ) from None
         except asyncio.CancelledError:
-            # Cancelled from outside: do not leave the command running, but do not block.
-            if chan is not None:
-                with contextlib.suppress(Exception):
-                    chan.send_signal("KILL")
-                chan.close()
+            # Cancelled from outside (a job's cancel or its own timeout): do not leave the
+            # command running, but give the kill a bounded time before cancelling goes on.
+            kill = self._start_kill(target, tried, command, CANCEL_GRACE_S, holding, limit)
+            holding = holding and kill is None
+            how = await self._kill_outcome(target, command, kill, CANCEL_KILL_BUDGET_S)
+            self._log_stopped("command cancelled", how, start, command, target)
             raise
-        assert session is not None
+        finally:
+            if holding:
+                limit.release()
         elapsed = (time.monotonic() - start) * 1000
         if (
             session.error is not None
@@ -637,15 +740,72 @@ class SshPool:
             )
         return result
 
+    def _start_kill(
+        self,
+        target: SshTarget,
+        tried: list[tuple[_Collector, _Conn]],
+        command: str,
+        grace: float,
+        holding: bool,
+        limit: asyncio.Semaphore,
+    ) -> asyncio.Task[_Kill] | None:
+        """Start killing the command ``run`` started; None if no channel had opened.
+
+        The kill runs in a task of its own, so cancelling the caller (again), or the caller
+        giving up waiting, does not stop the kill; the caller's channel slot (if ``holding``)
+        is handed to that task, which releases it when the kill is over.
+        """
+        session, entry = tried[-1] if tried else (None, None)
+        if session is None or entry is None or session.chan is None:
+            return None
+        task = asyncio.create_task(self._kill(target, entry, session, command, grace))
+        self._kills.add(task)
+        task.add_done_callback(self._kills.discard)
+        if holding:
+            task.add_done_callback(lambda _: limit.release())
+        return task
+
+    async def _kill_outcome(
+        self,
+        target: SshTarget,
+        command: str,
+        kill: asyncio.Task[_Kill] | None,
+        wait_s: float | None,
+    ) -> _Kill:
+        """Wait up to ``wait_s`` seconds (None: until done) for ``kill``; how it ended."""
+        if kill is None:
+            return _Kill.NONE
+        # asyncio.wait never cancels what it waits for: the kill outlives this wait.
+        await asyncio.wait({kill}, timeout=wait_s)
+        if not kill.done():
+            kill.add_done_callback(functools.partial(self._log_late_kill, target, command))
+            return _Kill.PENDING
+        return self._kill_result(target, kill)
+
+    def _kill_result(self, target: SshTarget, kill: asyncio.Task[_Kill]) -> _Kill:
+        if kill.cancelled():
+            return _Kill.UNCONFIRMED
+        exc = kill.exception()
+        if exc is not None:  # a failed kill must not hide the timeout or cancellation
+            _log.warn("run", "kill failed", err=_one_line(exc), **self._fields(target))
+            return _Kill.UNCONFIRMED
+        return kill.result()
+
+    def _log_late_kill(self, target: SshTarget, command: str, kill: asyncio.Task[_Kill]) -> None:
+        how = self._kill_result(target, kill)
+        (_log.info if how.ended else _log.warn)(
+            "run", "kill finished", kill=str(how), command=mask(command), **self._fields(target)
+        )
+
     async def _kill(
         self,
         target: SshTarget,
         entry: _Conn,
-        chan: SSHClientChannel[bytes] | None,
-        session: _Collector | None,
+        session: _Collector,
         command: str,
-    ) -> bool:
-        """End a timed-out remote command; return whether its exit was seen.
+        grace: float,
+    ) -> _Kill:
+        """End a started remote command: SIGTERM, ``grace`` seconds, SIGKILL, fallback.
 
         First a "signal" channel request: OpenSSH's sshd turns it into killpg() of the
         session's process group, so the shell and its children die. sshd silently refuses it
@@ -654,18 +814,42 @@ class SshPool:
         the grace period a second channel SIGKILLs its process group (:data:`_KILL_SCRIPT`).
         Closing the channel alone would not do: sshd leaves a no-pty command running.
         """
-        if chan is None or session is None:
-            return False
-        with contextlib.suppress(OSError):  # OSError: the channel closed meanwhile
-            chan.send_signal("TERM")
-        if not await _wait(session.exited, KILL_GRACE_S):
+        chan = session.chan
+        assert chan is not None
+        if session.exited.is_set():
+            chan.close()
+            return _Kill.EXITED
+        try:
+            with contextlib.suppress(OSError):  # OSError: the channel closed meanwhile
+                chan.send_signal("TERM")
+            if await _wait(session.exited, grace):
+                return _Kill.SIGNAL
             with contextlib.suppress(OSError):
                 chan.send_signal("KILL")
-            if not await _wait(session.exited, 0.2):
-                await self._kill_by_script(target, entry, command)
-                await _wait(session.exited, KILL_WAIT_S)
-        chan.close()
-        return session.exited.is_set()
+            if await _wait(session.exited, 0.2):
+                return _Kill.SIGNAL
+            await self._kill_by_script(target, entry, command)
+            await _wait(session.exited, KILL_WAIT_S)
+        finally:
+            chan.close()
+        return _Kill.PROCESS_GROUP if session.exited.is_set() else _Kill.UNCONFIRMED
+
+    def _log_stopped(
+        self, what: str, how: _Kill, start: float, command: str, target: SshTarget
+    ) -> None:
+        # A timeout is worth a warning; a cancellation only when the command may live on.
+        if what == "command timed out" or how is _Kill.UNCONFIRMED:
+            log = _log.warn
+        else:
+            log = _log.debug if how is _Kill.NONE else _log.info
+        log(
+            "run",
+            what,
+            kill=str(how),
+            duration_ms=(time.monotonic() - start) * 1000,
+            command=mask(command),
+            **self._fields(target),
+        )
 
     async def _kill_by_script(self, target: SshTarget, entry: _Conn, command: str) -> None:
         """SIGKILL the process group of ``command``'s session from a second channel."""
@@ -673,10 +857,10 @@ class SshPool:
 
         session = _Collector()
         try:
-            async with asyncio.timeout(KILL_WAIT_S * 3):
-                chan, _ = await entry.conn.create_session(
-                    session.factory(), _KILL_SCRIPT, encoding=None, request_pty=False
-                )
+            # The channel kept for kills: its holder lets go within KILL_WAIT_S * 3 seconds,
+            # so waiting for it is bounded without a timeout of its own (kills queue here).
+            async with self._kill_channel(target), asyncio.timeout(KILL_WAIT_S * 3):
+                chan = await _create_session(entry.conn, session, _KILL_SCRIPT)
                 chan.write(command.encode())
                 chan.write_eof()
                 await session.done.wait()
@@ -685,7 +869,7 @@ class SshPool:
             return
         _log.info(
             "run",
-            "killed timed-out command by process group",
+            "killed command by process group",
             exit_status=session.status(),
             pgids=b"".join(session.stdout).decode(errors="replace").strip(),
             **self._fields(target),
@@ -734,8 +918,19 @@ class SshPool:
         await self._sftp(target, "get", remote, str(local), timeout)
 
     async def close(self) -> None:
-        """Close every connection; the pool cannot be used afterwards."""
+        """Close every connection; the pool cannot be used afterwards.
+
+        Kills still running (of commands that timed out or were cancelled) are waited for
+        first, as they need their connection; a connect in flight is cancelled.
+        """
         self._closed = True
+        if self._kills:
+            await asyncio.wait(set(self._kills), timeout=_CLOSE_KILL_WAIT_S)
+        connecting = list(self._connecting.values())
+        for task in connecting:
+            task.cancel()
+        if connecting:
+            await asyncio.wait(connecting, timeout=5)
         entries = list(self._conns.values())
         self._conns.clear()
         for entry in entries:
