@@ -1,4 +1,5 @@
 import json
+import os
 import re
 from pathlib import Path
 
@@ -324,6 +325,15 @@ def test_hostile_json(tmp_path, text, reason):
 def test_special_config_files_refused(path, reason):
     with pytest.raises(ConfigError, match=reason):
         load_settings(SPEC, environ={}, config_path=Path(path))
+
+
+def test_fifo_config_refused_without_waiting(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_settings(SPEC, environ={}, config_path=fifo)
+    with pytest.raises(ConfigError, match=r"DEMO_PLAYWRIGHT_WS_PATH_FILE: .*not a regular file"):
+        load_settings(SPEC, environ={"DEMO_PLAYWRIGHT_WS_PATH_FILE": str(fifo)})
 
 
 def test_oversized_config_refused(tmp_path):

@@ -157,3 +157,20 @@ async def test_background_child_holding_pipes_does_not_hang(tmp_path):
 async def test_spawn_errors_are_translated(argv, kwargs, exc, match):
     with pytest.raises(exc, match=match):
         await process.run(argv, timeout=5, **kwargs)
+
+
+async def test_pipes_held_outside_the_group_do_not_turn_success_into_timeout(tmp_path):
+    pidfile = tmp_path / "daemon.pid"
+    script = f"setsid sh -c 'echo $$ > {pidfile}; exec sleep 30' & echo hi"
+    start = time.monotonic()
+    try:
+        result = await process.run(["sh", "-c", script], timeout=20)
+        assert result.ok
+        assert result.stdout == "hi\n"
+        assert time.monotonic() - start < 10
+    finally:
+        for _ in range(100):
+            if pidfile.exists() and pidfile.read_text().strip():
+                break
+            await asyncio.sleep(0.02)
+        os.kill(int(pidfile.read_text()), 9)

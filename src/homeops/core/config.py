@@ -184,9 +184,10 @@ MAX_SECRET_BYTES = 64 << 10
 
 def _read_small_file(path: Path, limit: int) -> bytes:
     """Bytes of a regular file of at most ``limit`` bytes; OSError/ValueError otherwise."""
-    with path.open("rb") as fh:
-        info = os.fstat(fh.fileno())
-        if not stat.S_ISREG(info.st_mode):
+    # O_NONBLOCK: opening a FIFO would otherwise wait for a writer before fstat can refuse it.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise ValueError("not a regular file")
         data = fh.read(limit + 1)
     if len(data) > limit:

@@ -91,6 +91,14 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
 
 
+def _close_pipes(proc: asyncio.subprocess.Process) -> None:
+    # asyncio offers no public way to drop a subprocess's pipes while someone else holds
+    # their other ends; closing the transport does it and frees the file descriptors.
+    transport = getattr(proc, "_transport", None)
+    if transport is not None:
+        transport.close()
+
+
 async def _terminate(proc: asyncio.subprocess.Process) -> None:
     """SIGTERM the group, then SIGKILL whatever is left after the grace period."""
     _signal_group(proc.pid, signal.SIGTERM)
@@ -165,10 +173,22 @@ async def run(
                 if not done:
                     # A background grandchild inherited the pipes; like on timeout, nothing
                     # the call started may outlive it.
-                    _log.warn(
-                        "spawn", "exited but its group still held the pipes; killed", argv=shown
-                    )
                     _signal_group(proc.pid, signal.SIGKILL)
+                    done, _ = await asyncio.wait({pumps}, timeout=PIPE_DRAIN_S)
+                    if done:
+                        _log.warn(
+                            "spawn", "exited; killed its group that held the pipes", argv=shown
+                        )
+                    else:
+                        # Only a process that left the group (setsid, a daemon) can still
+                        # hold them: stop reading and report the real exit status.
+                        _log.warn(
+                            "spawn",
+                            "exited; a process outside its group holds the pipes, not waiting",
+                            argv=shown,
+                        )
+                        _close_pipes(proc)
+                        return proc.returncode if proc.returncode is not None else -1
             await pumps
             return await proc.wait()
         finally:
