@@ -183,7 +183,14 @@ def _report(exc: BaseException) -> int:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``homeops`` console script."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        _main(list(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+
+
+def _main(args: list[str]) -> None:
     if args in (["version"], ["version", "--json"], ["--version"]):
         sys.stdout.write(_version_payload("--json" in args) + "\n")
         return
@@ -194,8 +201,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         app(args=rest, prog_name="homeops", obj=opts)
     except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        sys.exit(130)
+        raise
     except Exception as exc:
         # Imported only on this path: a run that succeeds never loads the error classes.
         from homeops.core.errors import HomeopsError

@@ -456,3 +456,72 @@ def test_worker_stops_on_sigterm(state_dir):
             proc.kill()
     assert proc.returncode == 0, err
     assert 'msg="worker stopped"' in err
+
+
+def _start_worker(state_dir, *extra):
+    env = {**os.environ, "HOMEOPS_STATE_DIR": str(state_dir)}
+    return subprocess.Popen(
+        [HOMEOPS, "jobs", "worker", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def _wait_for_line(stream, needle, limit=400):
+    for _ in range(limit):
+        line = stream.readline()
+        if needle in line:
+            return line
+        if not line:
+            break
+    raise AssertionError(f"{needle!r} never logged")
+
+
+def test_worker_waits_for_a_locked_store_and_stops_cleanly(state_dir):
+    import signal
+    import sqlite3
+
+    db = state_dir / "jobs.sqlite3"
+    SqliteJobQueue(db).close()
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    # A short busy timeout would do, but the real one is 10 s: the worker must not give up
+    # (exit 1) nor ignore SIGTERM while it waits.
+    proc = _start_worker(state_dir)
+    try:
+        _wait_for_line(proc.stderr, "job store is locked; retrying", limit=2000)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+
+
+def test_second_signal_during_shutdown_does_not_kill(state_dir):
+    import signal
+
+    proc = _start_worker(state_dir, "--metrics", "--metrics-interval", "1h")
+    try:
+        _wait_for_line(proc.stderr, "worker started")
+        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    # The final metrics block was written despite the extra signals.
+    assert "metric=jobs_completed_total value=0" in out
+
+
+def test_worker_refuses_unwritable_metrics_path(capsys, state_dir, monkeypatch):
+    monkeypatch.setenv("HOMEOPS_METRICS_PATH", "/nonexistent/dir/metrics.log")
+    code, _, err = run_main(capsys, "jobs", "worker", "--drain", "--metrics")
+    assert code == 2
+    assert "metrics.path: /nonexistent/dir is not a directory" in err

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import sys
 from typing import TYPE_CHECKING
 
@@ -29,6 +28,7 @@ def run_supervise(
     as_json: bool,
 ) -> int:
     """Run one pass (``--once``) or loop until SIGTERM/SIGINT; returns the exit code."""
+    from homeops.core.cli.signals import install, log_signal
     from homeops.core.durations import parse_duration
     from homeops.core.errors import ExitCode, UsageError
     from homeops.core.health import CircuitBreaker, Supervisor, pass_to_json, render_pass
@@ -69,10 +69,17 @@ def run_supervise(
             rep = await supervisor.run_once()
             return int(ExitCode.OK if rep.ok else ExitCode.UNAVAILABLE)
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await supervisor.run(stop)
+
+        def on_signal(signum: int) -> None:
+            if not stop.is_set():
+                log_signal(signum, "stopping")
+            stop.set()
+
+        remove = install(on_signal)
+        try:
+            await supervisor.run(stop)
+        finally:
+            remove()
         return int(ExitCode.OK)
 
     return asyncio.run(main())

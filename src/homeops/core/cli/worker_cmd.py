@@ -26,10 +26,13 @@ def run_worker(
     only: list[str] | None,
 ) -> int:
     """Work until SIGTERM/SIGINT (or, with ``drain``, until no job of ours is left)."""
+    from homeops.core.asyncutil import sleep_or_stop
+    from homeops.core.cli.signals import install, log_signal
     from homeops.core.durations import parse_duration
-    from homeops.core.errors import UsageError
+    from homeops.core.errors import OperationalError, UsageError
     from homeops.core.jobs.sqlite import SqliteJobQueue
-    from homeops.core.jobs.worker import Worker, install_signal_handlers
+    from homeops.core.jobs.worker import Worker
+    from homeops.core.logging import get_logger
     from homeops.core.metrics import MetricsEmitter, MetricsRegistry
     from homeops.core.registry import DomainContext
 
@@ -51,34 +54,70 @@ def run_worker(
         if interval <= 0:
             raise UsageError("--metrics-interval: must be greater than 0")
     emit = metrics or settings.metrics.enabled
+    metrics_path = settings.metrics.path
+    if emit and metrics_path is not None and not metrics_path.parent.is_dir():
+        # Found now rather than as one error per block for the worker's whole life.
+        raise UsageError(f"metrics.path: {metrics_path.parent} is not a directory")
     counters = MetricsRegistry.with_seed_metrics()
+    _log = get_logger("core.jobs")
+
+    async def open_queue(stopping: asyncio.Event) -> SqliteJobQueue | None:
+        # Another process holding the write lock for longer than SQLite's busy timeout is
+        # not a reason to give up: keep trying until it lets go or we are told to stop.
+        while not stopping.is_set():
+            try:
+                return await asyncio.to_thread(SqliteJobQueue, settings.jobs_db, metrics=counters)
+            except OperationalError as exc:
+                if "locked" not in str(exc):
+                    raise
+                _log.warn("start", "job store is locked; retrying", err=exc)
+                await sleep_or_stop(asyncio.sleep, 1.0, stopping)
+        return None
 
     async def main() -> None:
-        queue = SqliteJobQueue(settings.jobs_db, metrics=counters)
-        worker = Worker(
-            queue,
-            handlers,
-            slots=slots or jobs.slots,
-            lease_s=jobs.lease,
-            poll_interval=jobs.poll_interval,
-            grace_s=jobs.grace,
-            metrics=counters,
-        )
-        remove = install_signal_handlers(worker)
+        stopping = asyncio.Event()
+        workers: list[Worker] = []
+
+        def on_signal(signum: int) -> None:
+            if stopping.is_set() and not workers:
+                return
+            log_signal(signum, "stopping" if not stopping.is_set() else "stopping now")
+            stopping.set()
+            for worker in workers:
+                worker.request_stop()  # a second request skips the grace period
+
+        remove = install(on_signal)
+        queue = None
         stop_metrics = asyncio.Event()
         emitter_task = None
-        if emit:
-            emitter = MetricsEmitter(counters, interval_s=interval, path=settings.metrics.path)
-            emitter_task = asyncio.create_task(emitter.run(stop_metrics))
         try:
+            queue = await open_queue(stopping)
+            if queue is None:
+                return
+            worker = Worker(
+                queue,
+                handlers,
+                slots=slots or jobs.slots,
+                lease_s=jobs.lease,
+                poll_interval=jobs.poll_interval,
+                grace_s=jobs.grace,
+                metrics=counters,
+            )
+            workers.append(worker)
+            if emit:
+                emitter = MetricsEmitter(counters, interval_s=interval, path=metrics_path)
+                emitter_task = asyncio.create_task(emitter.run(stop_metrics))
+            if stopping.is_set():
+                worker.request_stop()
             await worker.run(drain=drain)
         finally:
-            remove()
             stop_metrics.set()
             if emitter_task is not None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await emitter_task
-            queue.close()
+            if queue is not None:
+                queue.close()
+            remove()
 
     asyncio.run(main())
     return 0
