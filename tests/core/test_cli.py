@@ -525,3 +525,22 @@ def test_worker_refuses_unwritable_metrics_path(capsys, state_dir, monkeypatch):
     code, _, err = run_main(capsys, "jobs", "worker", "--drain", "--metrics")
     assert code == 2
     assert "metrics.path: /nonexistent/dir is not a directory" in err
+
+
+def test_sweep_spares_unfinished_jobs(capsys, state_dir):
+    from homeops.core.artifacts import ArtifactStore
+
+    queue = SqliteJobQueue(state_dir / "jobs.sqlite3")
+    try:
+        active = queue.enqueue("builds.build", {})
+        done = queue.enqueue("builds.build", {})
+        queue.cancel(done.id)
+    finally:
+        queue.close()
+    store = ArtifactStore(state_dir / "artifacts")
+    for job_id in (active.id, done.id, "orphan1"):
+        store.ensure_job(job_id, "t")
+    code, out, _ = run_main(capsys, "artifacts", "sweep", "--retention-days", "0", "--json")
+    assert code == 0
+    assert sorted(json.loads(out)["removed"]) == sorted([done.id, "orphan1"])
+    assert store.list_jobs() == [active.id]

@@ -552,8 +552,13 @@ class ArtifactStore:
             _log.warn("sweep", "manifest unreadable, using dir mtime", err=exc)
         return job_dir.lstat().st_mtime
 
-    def sweep(self, retention_days: float) -> list[str]:
+    def sweep(
+        self, retention_days: float, *, keep: Callable[[str], bool] | None = None
+    ) -> list[str]:
         """Delete job dirs created more than ``retention_days`` ago; returns their ids.
+
+        ``keep(job_id)`` true spares a directory whatever its age (a job still queued or
+        running is still writing its artifacts).
 
         Entries that are not real directories with a valid job id (symlinks included)
         are left alone, so nothing outside the root is ever touched.
@@ -567,7 +572,7 @@ class ArtifactStore:
             job_dir = self.root / job_id
             try:
                 created = self._job_age_epoch(job_dir)
-                if created >= cutoff:
+                if created >= cutoff or (keep is not None and keep(job_id)):
                     continue
                 # rmtree never follows symlinks inside the tree (fd-based on Linux).
                 shutil.rmtree(job_dir)

@@ -26,14 +26,31 @@ def _retention(payload: Mapping[str, Any], default: float) -> float:
     return float(value)
 
 
-def sweep_handler(root: Path, default_days: float) -> Handler:
+def sweep_artifacts(root: Path, jobs_db: Path, retention_days: float) -> list[str]:
+    """Sweep old artifact dirs, sparing every job the store still has queued or running."""
+    from homeops.core.artifacts import ArtifactStore
+    from homeops.core.jobs.sqlite import SqliteJobQueue
+
+    queue = SqliteJobQueue(jobs_db)
+    try:
+
+        def unfinished(job_id: str) -> bool:
+            try:
+                return not queue.get(job_id).state.terminal
+            except UsageError:  # no such job: its artifacts belong to nobody active
+                return False
+
+        return ArtifactStore(root).sweep(retention_days, keep=unfinished)
+    finally:
+        queue.close()
+
+
+def sweep_handler(root: Path, jobs_db: Path, default_days: float) -> Handler:
     """Job handler: remove artifact dirs older than ``retention_days`` (payload or default)."""
 
     async def handle(ctx: JobContext) -> dict[str, Any]:
-        from homeops.core.artifacts import ArtifactStore
-
         days = _retention(ctx.job.payload, default_days)
-        removed = await asyncio.to_thread(ArtifactStore(root).sweep, days)
+        removed = await asyncio.to_thread(sweep_artifacts, root, jobs_db, days)
         ctx.log.info("sweep", "artifact sweep done", removed=len(removed), retention_days=days)
         return {"removed": removed, "retention_days": days}
 
@@ -43,4 +60,5 @@ def sweep_handler(root: Path, default_days: float) -> Handler:
 def core_handlers(ctx: DomainContext) -> Mapping[str, Handler]:
     """The core's job handlers by type."""
     core = ctx.core
-    return {SWEEP_ARTIFACTS: sweep_handler(core.artifacts_root, core.artifacts.retention_days)}
+    handler = sweep_handler(core.artifacts_root, core.jobs_db, core.artifacts.retention_days)
+    return {SWEEP_ARTIFACTS: handler}

@@ -69,9 +69,12 @@ def sweep(
     ),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Delete job artifact directories older than the retention period."""
-    store, configured = _store(ctx)
-    removed = store.sweep(configured if retention_days is None else retention_days)
+    """Delete job artifact directories older than the retention period (unfinished jobs kept)."""
+    from homeops.core.housekeeping import sweep_artifacts
+
+    settings = load_core(ctx).settings
+    days = settings.artifacts.retention_days if retention_days is None else retention_days
+    removed = sweep_artifacts(settings.artifacts_root, settings.jobs_db, days)
     if as_json:
         print_json({"removed": removed})
     else:

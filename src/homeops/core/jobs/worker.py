@@ -221,6 +221,8 @@ class Worker:
         self._wake = asyncio.Event()
         self._log = _log.bind(worker_id=self.worker_id)
         self._calls = _QueueThread()
+        # A claim whose answer run()'s cancellation left behind (its jobs go back at once).
+        self._claim_in_flight: asyncio.Future[list[Job]] | None = None
 
     @property
     def running_ids(self) -> list[str]:
@@ -254,24 +256,30 @@ class Worker:
         beat = asyncio.create_task(self._heartbeat_loop(), name=f"heartbeat:{self.worker_id}")
         self._log.info("start", "worker started", slots=self.slots, lease_s=self.lease_s)
         self._check_busy_timeout()
+        shut_down = False
         try:
             await self._claim_loop(drain)
             await self._shutdown()
+            shut_down = True
         finally:
-            for task in (watcher, beat):
-                if task is not None:
-                    task.cancel()
-            await asyncio.gather(*(t for t in (watcher, beat) if t), return_exceptions=True)
-            # If run() itself was cancelled, hand back whatever is still ours.
-            for entry in list(self._running.values()):
-                if entry.task is not None and not entry.task.done():
-                    if entry.reason is None:
-                        entry.reason = "shutdown"
-                    entry.task.cancel()
-            # Calls already handed to the thread finish there; nothing new is accepted.
-            self._calls.close()
-            self._set_running_gauge()
-            self._log.info("stop", "worker stopped")
+            try:
+                if not shut_down:
+                    # run() itself was cancelled (or failed): hand back whatever is still ours,
+                    # while the heartbeat keeps the leases and the call thread still takes calls.
+                    await self._hand_back_all()
+            finally:
+                for task in (watcher, beat):
+                    if task is not None:
+                        task.cancel()
+                try:
+                    await asyncio.gather(
+                        *(t for t in (watcher, beat) if t), return_exceptions=True
+                    )
+                finally:
+                    # Calls already handed to the thread finish there; nothing new is accepted.
+                    self._calls.close()
+                    self._set_running_gauge()
+                    self._log.info("stop", "worker stopped")
 
     def _check_busy_timeout(self) -> None:
         # A queue call can wait for the database's write lock up to its busy timeout; with a
@@ -302,10 +310,18 @@ class Worker:
             claimed = 0
             if free > 0:
                 asked = self._clock()
-                try:
-                    jobs = await self._call(
+                claim = self._calls.call(
+                    functools.partial(
                         self.queue.claim, self.worker_id, free, self.lease_s, types=self._types
                     )
+                )
+                try:
+                    # Shielded: if run() is cancelled meanwhile, the claim still happens in the
+                    # thread, and its jobs are handed back (see _hand_back_all).
+                    jobs = await asyncio.shield(claim)
+                except asyncio.CancelledError:
+                    self._claim_in_flight = claim
+                    raise
                 except HomeopsError as exc:
                     self._log.error("claim", "claim failed; will retry", err=exc)
                     jobs = []
@@ -610,6 +626,59 @@ class Worker:
                 "some handlers ignored cancellation; their leases will expire",
                 running=len(self._running),
             )
+
+    async def _hand_back_all(self) -> None:
+        """Stop every local run and wait, bounded by ``_UNWIND_S``, for it to be recorded.
+
+        For when run() itself is cancelled (or fails) instead of shutting down: each stopped
+        run hands its job back with ``requeue`` (a run stopping for a cancel request records
+        that instead), and those calls must reach the queue before its call thread closes,
+        or the jobs stay ``running``, attempt used, until their leases expire. A further
+        cancellation of run() does not cut the wait short (it is bounded anyway); it is
+        raised once the wait is over.
+        """
+        waits: list[asyncio.Future[Any]] = []
+        claim, self._claim_in_flight = self._claim_in_flight, None
+        if claim is not None:
+            waits.append(asyncio.ensure_future(self._hand_back_claimed(claim)))
+        left = [e for e in self._running.values() if e.task is not None and not e.task.done()]
+        for entry in left:
+            self._stop_run(entry, "shutdown")  # no-op for a run already stopping or recording
+        waits.extend(e.task for e in left if e.task is not None)
+        if not waits:
+            return
+        self._log.info("stop", "worker cancelled; handing running jobs back", running=len(left))
+        everything = asyncio.gather(*waits, return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _UNWIND_S
+        cancelled_again = False
+        while not everything.done() and (remaining := deadline - loop.time()) > 0:
+            try:
+                # asyncio.wait never cancels what it waits for: the runs go on unwinding.
+                await asyncio.wait({everything}, timeout=remaining)
+            except asyncio.CancelledError:
+                cancelled_again = True
+        if not everything.done():
+            self._log.warn(
+                "stop",
+                "some handlers ignored cancellation; their leases will expire",
+                running=len(self._running),
+            )
+        if cancelled_again:
+            raise asyncio.CancelledError
+
+    async def _hand_back_claimed(self, claim: asyncio.Future[list[Job]]) -> None:
+        """Requeue the jobs of a claim that run()'s cancellation left unanswered."""
+        try:
+            jobs = await asyncio.shield(claim)
+        except HomeopsError:
+            return  # the claim failed: it took nothing
+        for job in jobs:
+            try:
+                await self._call(self.queue.requeue, job.id, self.worker_id)
+            except HomeopsError as exc:
+                # Its lease runs out and it is claimed again; nothing is lost.
+                self._log.warn("stop", "could not hand job back", job_id=job.id, err=exc)
 
 
 def _describe(exc: BaseException) -> str:
