@@ -102,7 +102,9 @@ def build_app() -> "typer.Typer":
     def doctor(
         ctx: typer.Context,
         as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
-        only: list[str] = typer.Option(None, "--only", help="Only this domain's checks."),
+        only: list[str] = typer.Option(
+            None, "--only", metavar="DOMAIN", help="Only this domain's checks (repeatable)."
+        ),
     ) -> None:
         """Check the state dir, job store, tools and every domain's peers (exit 3 on failure)."""
         from homeops.core.cli.doctor_cmd import run_doctor
@@ -115,12 +117,17 @@ def build_app() -> "typer.Typer":
         ctx: typer.Context,
         once: bool = typer.Option(False, "--once", help="One pass, then exit (3 if unhealthy)."),
         interval: str = typer.Option(
-            None, "--interval", metavar="DURATION", help="Between passes (default 30s)."
+            None,
+            "--interval",
+            metavar="DURATION",
+            help="Between passes. Default: supervisor.interval.",
         ),
         failpoint: str = typer.Option(
             None, "--failpoint", metavar="CHECK", help="Force this check to fail."
         ),
-        only: list[str] = typer.Option(None, "--only", help="Only this domain's checks."),
+        only: list[str] = typer.Option(
+            None, "--only", metavar="DOMAIN", help="Only this domain's checks (repeatable)."
+        ),
         as_json: bool = typer.Option(False, "--json", help="One JSON line per pass."),
     ) -> None:
         """Check every interval and repair what fails, behind a circuit breaker."""
@@ -140,13 +147,30 @@ def build_app() -> "typer.Typer":
     @jobs_cmd.app.command("worker")
     def worker(
         ctx: typer.Context,
-        slots: int = typer.Option(None, "--slots", min=1, max=1024, help="Default: jobs.slots."),
-        drain: bool = typer.Option(False, "--drain", help="Exit when no job of ours is left."),
-        metrics: bool = typer.Option(False, "--metrics", help="Emit metric lines."),
+        slots: int = typer.Option(
+            None,
+            "--slots",
+            metavar="N",
+            min=1,
+            max=1024,
+            help="Concurrent jobs. Default: jobs.slots.",
+        ),
+        drain: bool = typer.Option(
+            False,
+            "--drain",
+            help="Exit once no job of the served types is queued, waiting to retry or running.",
+        ),
+        metrics: bool = typer.Option(
+            False,
+            "--metrics",
+            help="Write metric=... lines every interval and on exit, to stdout or metrics.path.",
+        ),
         metrics_interval: str = typer.Option(
             None, "--metrics-interval", metavar="DURATION", help="Default: metrics.interval."
         ),
-        only: list[str] = typer.Option(None, "--only", help="Only this domain's job types."),
+        only: list[str] = typer.Option(
+            None, "--only", metavar="DOMAIN", help="Only this domain's job types (repeatable)."
+        ),
     ) -> None:
         """Run queued jobs of every registered type; SIGTERM finishes or requeues them."""
         from homeops.core.cli.worker_cmd import run_worker

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from homeops.core.config import Duration, PositiveDuration, Section, SettingsSpec
 
@@ -110,6 +110,19 @@ class CoreSettings(Section):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
     supervisor: SupervisorSettings = Field(default_factory=SupervisorSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _paths_under_state_dir(cls, data: Any) -> Any:  # noqa: ANN401
+        # Filled in here, not left null, so `config show` prints the paths actually used.
+        if isinstance(data, dict) and data.get("state_dir"):
+            state = Path(str(data["state_dir"]))
+            jobs = dict(data.get("jobs") or {})
+            jobs.setdefault("db_path", str(state / "jobs.sqlite3"))
+            artifacts = dict(data.get("artifacts") or {})
+            artifacts.setdefault("root", str(state / "artifacts"))
+            data = {**data, "jobs": jobs, "artifacts": artifacts}
+        return data
 
     @property
     def jobs_db(self) -> Path:

@@ -65,7 +65,7 @@ def fetch(
 def sweep(
     ctx: typer.Context,
     retention_days: float = typer.Option(
-        None, "--retention-days", min=0, help="Override artifacts.retention_days."
+        None, "--retention-days", metavar="DAYS", min=0, help="Default: artifacts.retention_days."
     ),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:

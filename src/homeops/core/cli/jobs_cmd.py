@@ -14,7 +14,10 @@ if TYPE_CHECKING:
     from homeops.core.jobs.model import Job
     from homeops.core.jobs.sqlite import SqliteJobQueue
 
-app = typer.Typer(help="Inspect and cancel jobs (builds, backups, deploys, Windows runs).")
+app = typer.Typer(
+    help="Queue, run, inspect and cancel jobs (builds, backups, deploys, Windows runs).",
+    no_args_is_help=True,
+)
 
 
 @contextmanager
@@ -41,9 +44,13 @@ def _age(job: Job) -> str:
 @app.command("list")
 def list_jobs(
     ctx: typer.Context,
-    state: str = typer.Option(None, "--state", help="queued|running|succeeded|failed|cancelled"),
-    job_type: str = typer.Option(None, "--type", help="Only jobs of this type, e.g. builds.build"),
-    limit: int = typer.Option(50, "--limit", min=1, max=10000, help="Newest N jobs."),
+    state: str = typer.Option(
+        None, "--state", metavar="STATE", help="queued|running|succeeded|failed|cancelled"
+    ),
+    job_type: str = typer.Option(
+        None, "--type", metavar="TYPE", help="Only jobs of this type, e.g. builds.build"
+    ),
+    limit: int = typer.Option(50, "--limit", metavar="N", min=1, max=10000, help="Newest N jobs."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """List jobs, newest first."""
@@ -73,7 +80,12 @@ def list_jobs(
 
 
 def _describe(job: Job) -> str:
+    import json
+
     data: dict[str, Any] = job.to_dict()
+    for key in ("result",):
+        if isinstance(data.get(key), dict | list):
+            data[key] = json.dumps(data[key])
     keys = [
         "id", "type", "state", "trace_id", "attempts", "max_attempts", "idempotency_key",
         "created_at", "started_at", "finished_at", "worker_id", "cancel_requested", "error",
@@ -118,6 +130,10 @@ def cancel(
         print_text(f"{job.id}: cancel requested; its worker stops it within a second")
 
 
+def _no_constant(name: str) -> Any:  # noqa: ANN401
+    raise ValueError(f"{name} is not valid JSON")
+
+
 @app.command("enqueue")
 def enqueue(
     ctx: typer.Context,
@@ -127,7 +143,7 @@ def enqueue(
         None, "--idempotency-key", metavar="KEY", help="Same key, same job: no duplicate."
     ),
     max_attempts: int = typer.Option(
-        None, "--max-attempts", min=1, max=100, help="Default: jobs.max_attempts."
+        None, "--max-attempts", metavar="N", min=1, max=100, help="Default: jobs.max_attempts."
     ),
     timeout: str = typer.Option(None, "--timeout", metavar="DURATION", help="Per attempt."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
@@ -139,7 +155,7 @@ def enqueue(
     from homeops.core.errors import UsageError
 
     try:
-        data = json.loads(payload)
+        data = json.loads(payload, parse_constant=_no_constant)
     except (json.JSONDecodeError, RecursionError, ValueError) as exc:
         raise UsageError(f"--payload: not valid JSON: {exc}") from None
     if not isinstance(data, dict):
