@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pytest
 
@@ -13,10 +14,12 @@ from homeops.core.jobs import (
     backoff_delay,
     new_job_id,
     new_trace_id,
+    validate_idempotency_key,
     validate_job_id,
     validate_job_type,
+    validate_trace_id,
 )
-from homeops.core.jobs.model import encode_payload
+from homeops.core.jobs.model import canonical_payload, encode_payload
 
 
 @pytest.mark.parametrize(
@@ -72,6 +75,52 @@ def test_bad_job_ids_refused(job_id: str) -> None:
 )
 def test_good_job_ids_accepted(job_id: str) -> None:
     assert validate_job_id(job_id) == job_id
+
+
+@pytest.mark.parametrize(
+    ("validate", "what", "value"),
+    [
+        pytest.param(validate_trace_id, "trace id", "a b", id="trace-space"),
+        pytest.param(validate_trace_id, "trace id", "a:b", id="trace-colon"),
+        pytest.param(validate_trace_id, "trace id", "../x", id="trace-traversal"),
+        pytest.param(validate_idempotency_key, "idempotency key", "bad key!", id="key-space"),
+        pytest.param(validate_idempotency_key, "idempotency key", ":x", id="key-leading-colon"),
+        pytest.param(validate_idempotency_key, "idempotency key", "k\n", id="key-newline"),
+        pytest.param(validate_idempotency_key, "idempotency key", "k" * 129, id="key-too-long"),
+        pytest.param(validate_idempotency_key, "idempotency key", "", id="key-empty"),
+    ],
+)
+def test_trace_ids_and_keys_are_named_in_their_errors(
+    validate: Callable[[str], str], what: str, value: str
+) -> None:
+    with pytest.raises(UsageError) as info:
+        validate(value)
+    assert info.value.exit_code == ExitCode.USAGE
+    message = str(info.value)
+    assert message.startswith(f"invalid {what} {value!r}: use 1-128 of")
+    assert "job id" not in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "key", ["nightly-2026-11-22", "deploy:host:rev", "0", "a.b_c-d:e", "k" * 128, "v1..v2"]
+)
+def test_good_idempotency_keys_accepted(key: str) -> None:
+    assert validate_idempotency_key(key) == key
+
+
+def test_trace_ids_keep_the_job_id_alphabet() -> None:
+    assert validate_trace_id(new_trace_id())
+    assert validate_trace_id("trace-1.a_b") == "trace-1.a_b"
+
+
+def test_canonical_payload_ignores_key_order_only() -> None:
+    a = json.loads('{"b": 1, "a": {"y": [1, 2], "x": null}}')
+    b = json.loads('{"a": {"x": null, "y": [1, 2]}, "b": 1}')
+    assert canonical_payload(a) == canonical_payload(b) == '{"a":{"x":null,"y":[1,2]},"b":1}'
+    assert canonical_payload({"n": 1}) != canonical_payload({"n": 1.0})
+    assert canonical_payload({"n": 1}) != canonical_payload({"n": True})
+    assert canonical_payload({"l": [1, 2]}) != canonical_payload({"l": [2, 1]})
 
 
 @pytest.mark.parametrize("value", ["a", "windows.exec", "builds.flake-build", "x_1"])

@@ -115,8 +115,13 @@ def test_enqueue_fields(queue: SqliteJobQueue, clock: FakeClock) -> None:
     [
         pytest.param(("Bad Type", {}), {}, "invalid job type", id="type"),
         pytest.param(("t.x", {"f": object()}), {}, "not JSON-serialisable", id="payload"),
-        pytest.param(("t.x", {}), {"idempotency_key": "../x"}, "invalid job id", id="key"),
-        pytest.param(("t.x", {}), {"trace_id": "a b"}, "invalid job id", id="trace"),
+        pytest.param(
+            ("t.x", {}), {"idempotency_key": "../x"}, "invalid idempotency key '../x'", id="key"
+        ),
+        pytest.param(
+            ("t.x", {}), {"idempotency_key": "bad key!"}, "invalid idempotency key", id="key-space"
+        ),
+        pytest.param(("t.x", {}), {"trace_id": "a b"}, "invalid trace id 'a b'", id="trace"),
         pytest.param(("t.x", {}), {"max_attempts": 0}, "max_attempts", id="attempts"),
         pytest.param(("t.x", {}), {"timeout_s": 0}, "timeout_s", id="timeout"),
         pytest.param(("t.x", {}), {"delay_s": -1}, "delay_s", id="delay"),
@@ -149,21 +154,73 @@ def test_unknown_job_is_usage_error(queue: SqliteJobQueue) -> None:
 
 def test_dedupe_by_idempotency_key(state_dir: Path, clock: FakeClock) -> None:
     metrics = Recorder()
+    payload = {"svc": "a", "opts": {"full": True, "keep": [1, 2]}}
     with SqliteJobQueue(state_dir / "j.db", clock=clock, metrics=metrics) as q:
-        first = q.enqueue("svc.backup", {"svc": "a"}, idempotency_key="backup-a-2026")
+        first = q.enqueue("svc.backup", payload, idempotency_key="backup-a-2026")
         clock.advance(5)
-        second = q.enqueue("svc.backup", {"svc": "other"}, idempotency_key="backup-a-2026")
+        # The same payload, keys in another order (JSON compares it canonically): same job.
+        same = {"opts": {"keep": [1, 2], "full": True}, "svc": "a"}
+        second = q.enqueue("svc.backup", same, idempotency_key="backup-a-2026")
         assert second == first
         assert q.counts()[JobState.QUEUED] == 1
         # Even after it ran, the key still names the same job.
         [claimed] = q.claim("w1", 10, 30.0)
         assert q.complete(claimed.id, "w1", {"ok": True})
-        third = q.enqueue("svc.backup", {}, idempotency_key="backup-a-2026")
+        third = q.enqueue("svc.backup", payload, idempotency_key="backup-a-2026")
         assert third.id == first.id
         assert third.state is JobState.SUCCEEDED
         with pytest.raises(UsageError, match="already belongs"):
-            q.enqueue("svc.restore", {}, idempotency_key="backup-a-2026")
+            q.enqueue("svc.restore", payload, idempotency_key="backup-a-2026")
         assert metrics.counters == {"jobs_enqueued_total": 1.0}
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        pytest.param({"svc": "other"}, id="value"),
+        pytest.param({}, id="empty"),
+        pytest.param({"svc": "a", "extra": None}, id="extra-key"),
+        pytest.param({"svc": ["a"]}, id="type-of-value"),
+        pytest.param({"svc": "a", "n": 1.0}, id="float-not-int"),
+    ],
+)
+def test_idempotency_key_with_a_different_payload_is_refused(
+    queue: SqliteJobQueue, other: dict[str, object]
+) -> None:
+    first = queue.enqueue("svc.backup", {"svc": "a", "n": 1}, idempotency_key="k1")
+    with pytest.raises(UsageError) as info:
+        queue.enqueue("svc.backup", other, idempotency_key="k1")
+    assert info.value.exit_code == 2
+    assert str(info.value) == (
+        f"idempotency key 'k1' already used by job {first.id} with a different payload"
+    )
+    # Nothing was stored or changed.
+    assert [j.id for j in queue.list()] == [first.id]
+    assert queue.get(first.id) == first
+
+
+@pytest.mark.parametrize(
+    "key", ["nightly-2026-11-22", "deploy:host:rev", "a", "A.b_c-d:e", "k" * 128, "v1..v2"]
+)
+def test_idempotency_key_alphabet(queue: SqliteJobQueue, key: str) -> None:
+    job = queue.enqueue("t.x", {}, idempotency_key=key)
+    assert job.idempotency_key == key
+    assert queue.enqueue("t.x", {}, idempotency_key=key).id == job.id
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["", "bad key!", ":lead", "-x", "a/b", "a\nb", "k1\n", "k" * 129, "caf\u00e9", "a'b", "a=b"],
+)
+def test_bad_idempotency_keys_refused(queue: SqliteJobQueue, key: str) -> None:
+    with pytest.raises(UsageError) as info:
+        queue.enqueue("t.x", {}, idempotency_key=key)
+    assert info.value.exit_code == 2
+    message = str(info.value)
+    assert message.startswith(f"invalid idempotency key {key!r}: use 1-128 of")
+    assert "job id" not in message
+    assert "\n" not in message
+    assert sum(queue.counts().values()) == 0
 
 
 def test_dedupe_races_between_threads(tmp_path: Path) -> None:

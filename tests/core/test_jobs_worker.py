@@ -13,12 +13,14 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from homeops.core.errors import OperationalError, UsageError
 from homeops.core.jobs import (
     HeartbeatResult,
+    Job,
     JobContext,
     JobState,
     SqliteJobQueue,
@@ -570,3 +572,78 @@ async def test_short_lease_against_busy_timeout_is_warned(
         assert "busy timeout" not in log_stream.getvalue()
         await asyncio.wait_for(Worker(q, {}, lease_s=5.0).run(stop), 2)
     assert "lease is not longer than the queue's busy timeout" in log_stream.getvalue()
+
+
+@pytest.mark.parametrize("cancels", [1, 2])
+async def test_cancelling_run_hands_running_jobs_back(
+    queue: SqliteJobQueue, log_stream: io.StringIO, cancels: int
+) -> None:
+    # run() itself is cancelled (asyncio.run's Ctrl-C, a TaskGroup, wait_for): the running
+    # jobs are stopped and handed back before run() re-raises, so nothing waits for a lease.
+    # A second cancel while it unwinds does not cut the (bounded) hand-back short.
+    started = asyncio.Event()
+    unwound: list[str] = []
+
+    async def long(ctx: JobContext) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        finally:
+            unwound.append(ctx.job.id)
+
+    job = queue.enqueue("t.long", {})
+    worker = Worker(queue, {"t.long": long}, lease_s=30)
+    run = asyncio.create_task(worker.run())
+    await asyncio.wait_for(started.wait(), 5)
+    assert queue.get(job.id).state is JobState.RUNNING
+    for _ in range(cancels):
+        run.cancel()
+        await asyncio.sleep(0)
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(run, 5)
+    assert unwound == [job.id]
+    back = queue.get(job.id)
+    assert back.state is JobState.QUEUED
+    assert back.attempts == 0
+    assert back.worker_id is None
+    assert back.lease_until is None
+    assert worker.running_ids == []
+    logs = log_stream.getvalue()
+    assert "could not record" not in logs
+    assert "job queue calls stopped" not in logs
+    assert "job handed back to the queue" in logs
+
+
+async def test_cancelling_run_mid_claim_hands_the_claimed_jobs_back(
+    queue: SqliteJobQueue, log_stream: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # run() is cancelled while a claim waits in the queue thread (a locked database): the
+    # claim still goes through there, and the jobs it took go straight back, unrun.
+    real_claim = queue.claim
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_claim(*args: Any, **kwargs: Any) -> list[Job]:
+        entered.set()
+        release.wait(10)
+        return real_claim(*args, **kwargs)
+
+    monkeypatch.setattr(queue, "claim", slow_claim)
+    jobs = [queue.enqueue("t.x", {"n": n}) for n in range(3)]
+    ran: list[str] = []
+
+    async def handler(ctx: JobContext) -> None:
+        ran.append(ctx.job.id)
+
+    run = asyncio.create_task(Worker(queue, {"t.x": handler}, lease_s=30).run())
+    assert await asyncio.to_thread(entered.wait, 5)
+    run.cancel()
+    await asyncio.sleep(0.05)
+    assert not run.done()  # waiting for the claim's answer to hand its jobs back
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(run, 5)
+    assert ran == []
+    for job in jobs:
+        back = queue.get(job.id)
+        assert (back.state, back.attempts, back.worker_id) == (JobState.QUEUED, 0, None)
+    assert "could not" not in log_stream.getvalue()

@@ -140,7 +140,10 @@ def enqueue(
     job_type: str = typer.Argument(..., metavar="TYPE", help="e.g. core.artifacts-sweep"),
     payload: str = typer.Option("{}", "--payload", metavar="JSON", help="Job input object."),
     idempotency_key: str = typer.Option(
-        None, "--idempotency-key", metavar="KEY", help="Same key, same job: no duplicate."
+        None,
+        "--idempotency-key",
+        metavar="KEY",
+        help="Same key and payload: the existing job is returned. Same key, other payload: error.",
     ),
     max_attempts: int = typer.Option(
         None, "--max-attempts", metavar="N", min=1, max=100, help="Default: jobs.max_attempts."

@@ -13,8 +13,10 @@ from homeops.core.jobs.model import (
     backoff_delay,
     new_job_id,
     new_trace_id,
+    validate_idempotency_key,
     validate_job_id,
     validate_job_type,
+    validate_trace_id,
 )
 from homeops.core.jobs.queue import HeartbeatResult, JobQueue, MetricsSink
 from homeops.core.jobs.sqlite import SqliteJobQueue
@@ -42,6 +44,8 @@ __all__ = [
     "install_signal_handlers",
     "new_job_id",
     "new_trace_id",
+    "validate_idempotency_key",
     "validate_job_id",
     "validate_job_type",
+    "validate_trace_id",
 ]

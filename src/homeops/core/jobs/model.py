@@ -18,6 +18,9 @@ from homeops.core.logging import format_ts
 
 JOB_TYPE_RE: Final = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
 JOB_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# Idempotency keys name a piece of work ("nightly-2026-11-22", "deploy:web1:3f2a9c"); they are
+# never used as paths, so ':' is allowed. Still ASCII, no spaces or quotes, and bounded.
+IDEMPOTENCY_KEY_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 # Timestamps in to_dict(); everything else is passed through as stored.
 _TIME_FIELDS: Final = (
     "created_at",
@@ -81,12 +84,36 @@ class Job:
         return out
 
 
+def _is_job_id(value: object) -> bool:
+    return isinstance(value, str) and bool(JOB_ID_RE.fullmatch(value)) and ".." not in value
+
+
 def validate_job_id(value: str) -> str:
     """Return ``value`` if it is a safe job id (also used as a directory name), else UsageError."""
-    if not isinstance(value, str) or not JOB_ID_RE.fullmatch(value) or ".." in value:
+    if not _is_job_id(value):
         raise UsageError(
             f"invalid job id {value!r}: use 1-128 of A-Z a-z 0-9 . _ -, "
             "starting with a letter or digit, without '..'"
+        )
+    return value
+
+
+def validate_trace_id(value: str) -> str:
+    """Return ``value`` if it is a valid trace id (the job-id alphabet), else UsageError."""
+    if not _is_job_id(value):
+        raise UsageError(
+            f"invalid trace id {value!r}: use 1-128 of A-Z a-z 0-9 . _ -, "
+            "starting with a letter or digit, without '..'"
+        )
+    return value
+
+
+def validate_idempotency_key(value: str) -> str:
+    """Return ``value`` if it is a valid idempotency key such as ``deploy:web1:3f2a``."""
+    if not isinstance(value, str) or not IDEMPOTENCY_KEY_RE.fullmatch(value):
+        raise UsageError(
+            f"invalid idempotency key {value!r}: use 1-128 of A-Z a-z 0-9 . _ - :, "
+            "starting with a letter or digit"
         )
     return value
 
@@ -108,6 +135,15 @@ def encode_payload(payload: object) -> str:
         return json.dumps(payload, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"job payload is not JSON-serialisable: {exc}") from exc
+
+
+def canonical_payload(payload: object) -> str:
+    """A JSON value as canonical text (sorted keys, compact), for comparing payloads.
+
+    Pass what JSON gave back (``json.loads``), not the caller's value: then tuples are lists
+    and keys are strings, as stored. Numbers compare as written: ``1`` is not ``1.0``.
+    """
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
 def new_job_id(now: float) -> str:

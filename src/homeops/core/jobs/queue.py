@@ -59,7 +59,11 @@ class JobQueue(Protocol):
         timeout_s: float | None = None,
         delay_s: float = 0.0,
     ) -> Job:
-        """Store a new queued job; an ``idempotency_key`` seen before returns the existing job."""
+        """Store a new queued job; an ``idempotency_key`` seen before returns the existing job.
+
+        Reusing a key with a different type or payload (compared as canonical JSON) is a
+        UsageError: one key names one piece of work.
+        """
         ...
 
     def claim(

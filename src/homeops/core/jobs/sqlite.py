@@ -36,11 +36,14 @@ from homeops.core.jobs.model import (
     Job,
     JobState,
     backoff_delay,
+    canonical_payload,
     encode_payload,
     new_job_id,
     new_trace_id,
+    validate_idempotency_key,
     validate_job_id,
     validate_job_type,
+    validate_trace_id,
 )
 from homeops.core.jobs.queue import HeartbeatResult, MetricsSink
 from homeops.core.logging import get_logger
@@ -267,12 +270,16 @@ class SqliteJobQueue:
         timeout_s: float | None = None,
         delay_s: float = 0.0,
     ) -> Job:
-        """Store a new queued job; an ``idempotency_key`` seen before returns the existing job."""
+        """Store a new queued job; an ``idempotency_key`` seen before returns the existing job.
+
+        Only if that job has the same type and payload (as canonical JSON): the same key for
+        different work is a UsageError, never silently the first job.
+        """
         validate_job_type(type)
         payload_json = encode_payload(payload)
         if idempotency_key is not None:
-            validate_job_id(idempotency_key)
-        trace = validate_job_id(trace_id) if trace_id is not None else new_trace_id()
+            validate_idempotency_key(idempotency_key)
+        trace = validate_trace_id(trace_id) if trace_id is not None else new_trace_id()
         if not isinstance(max_attempts, int) or max_attempts < 1:
             raise UsageError(f"max_attempts must be an integer >= 1, got {max_attempts!r}")
         if timeout_s is not None:
@@ -338,6 +345,11 @@ class SqliteJobQueue:
                     raise UsageError(
                         f"idempotency key {idempotency_key!r} already belongs to job "
                         f"{existing.id} of type {existing.type!r}, not {type!r}"
+                    )
+                if canonical_payload(existing.payload) != canonical_payload(job.payload):
+                    raise UsageError(
+                        f"idempotency key {idempotency_key!r} already used by job "
+                        f"{existing.id} with a different payload"
                     )
                 _log.debug(
                     "enqueue",

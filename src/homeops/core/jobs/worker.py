@@ -5,7 +5,9 @@ runs as its own task, and one heartbeat task extends every lease this worker hol
 call and learns which jobs were asked to cancel and which it no longer holds. Shutdown
 (``request_stop`` or SIGTERM/SIGINT) stops claiming, gives running jobs ``grace_s`` to finish,
 then cancels them and hands them back with ``requeue`` so another worker runs them; a second
-signal skips the grace period.
+signal skips the grace period. If ``run()`` itself is cancelled, running jobs (and those of a
+claim still in flight) are stopped and handed back the same way, without the grace period,
+before the cancellation goes on.
 
 Queue calls never run on the event loop: they go, one at a time, to a thread of the worker's
 own, so a database lock held by another process (SQLite waits up to its busy timeout) delays
@@ -272,9 +274,7 @@ class Worker:
                     if task is not None:
                         task.cancel()
                 try:
-                    await asyncio.gather(
-                        *(t for t in (watcher, beat) if t), return_exceptions=True
-                    )
+                    await asyncio.gather(*(t for t in (watcher, beat) if t), return_exceptions=True)
                 finally:
                     # Calls already handed to the thread finish there; nothing new is accepted.
                     self._calls.close()
@@ -647,7 +647,7 @@ class Worker:
         waits.extend(e.task for e in left if e.task is not None)
         if not waits:
             return
-        self._log.info("stop", "worker cancelled; handing running jobs back", running=len(left))
+        self._log.info("stop", "worker interrupted; handing running jobs back", running=len(left))
         everything = asyncio.gather(*waits, return_exceptions=True)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _UNWIND_S
