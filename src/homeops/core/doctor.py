@@ -94,7 +94,9 @@ def job_store_probe(path: Path) -> Callable[[], Awaitable[CheckOutcome]]:
         try:
             counts = await asyncio.to_thread(open_and_count)
         except Exception as exc:  # any failure to open or read the store is the finding
-            return CheckOutcome(Status.FAIL, f"{path}: {exc}")
+            # Store errors already name the file; others get it added.
+            text = str(exc)
+            return CheckOutcome(Status.FAIL, text if str(path) in text else f"{path}: {text}")
         summary = ", ".join(f"{k}={v}" for k, v in counts.items() if v) or "empty"
         return CheckOutcome(Status.OK, f"{path} ({summary})", {"counts": dict(counts)})
 

@@ -184,7 +184,10 @@ class SqliteJobQueue:
             os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
             os.chmod(self.path, 0o600)
         except OSError as exc:
-            raise OperationalError(f"jobs database {self.path}: {exc}") from exc
+            where = f" ({exc.filename})" if exc.filename and exc.filename != str(self.path) else ""
+            raise OperationalError(
+                f"jobs database {self.path}: {exc.strerror or exc}{where}"
+            ) from exc
         try:
             self._conn = sqlite3.connect(
                 self.path,
