@@ -1,7 +1,8 @@
 """Cold start of the CLI: `homeops --help` and `homeops version` vs `python -c pass`.
 
 Target (issue 2): <= 120 ms median on this machine. Each command runs N times after two
-warm-up runs (so .pyc files exist, as they do after install); medians are recorded in
+warm-up runs; the packages are byte-compiled by scripts/bootstrap as by any packaged install
+(with PYTHONDONTWRITEBYTECODE=1, warm-ups cannot write .pyc files). Medians are recorded in
 bench/results/cold_start.json and .md.
 
 Run: .venv/bin/python bench/cold_start.py [--runs 40]
