@@ -53,7 +53,17 @@ class Registry:
 
     def domains(self) -> list[str]:
         """Registered domain names in order."""
-        return [name for name, _ in self._checks]
+        every = [*self._checks, *self._remediations, *self._handlers]
+        return list(dict.fromkeys(name for name, _ in every))
+
+    def check_domains(self, only: Sequence[str]) -> None:
+        """:class:`UsageError` (exit 2) naming the first of ``only`` that is not registered."""
+        from homeops.core.errors import UsageError
+
+        unknown = [name for name in only if name not in self.domains()]
+        if unknown:
+            known = ", ".join(self.domains())
+            raise UsageError(f"unknown domain {unknown[0]!r} for --only (known: {known})")
 
     def collect(self, ctx: DomainContext, only: Sequence[str] = ()) -> list[Check]:
         """Instantiate the checks of every domain (or of ``only``)."""

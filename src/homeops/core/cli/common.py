@@ -95,3 +95,17 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
     return "\n".join(lines)
+
+
+def duration_flag(flag: str, value: str) -> float:
+    """Seconds in a duration flag such as ``--interval 30s``; exit 2 unless positive."""
+    from homeops.core.durations import parse_duration
+    from homeops.core.errors import UsageError
+
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise UsageError(f"{flag}: {exc}") from None
+    if seconds <= 0:
+        raise UsageError(f"{flag}: must be greater than 0")
+    return seconds

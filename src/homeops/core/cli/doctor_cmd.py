@@ -18,15 +18,11 @@ def run_doctor(
     ctx: typer.Context, registry: Registry, as_json: bool, only: list[str] | None
 ) -> int:
     """Run the checks and print the report; returns the exit code (0 ok, 3 a check failed)."""
-    from homeops.core.errors import UsageError
     from homeops.core.health import exit_code_for, render_table, results_to_json, run_checks
     from homeops.core.registry import DomainContext
 
     loaded = load_core(ctx)
-    unknown = sorted(set(only or ()) - set(registry.domains()))
-    if unknown:
-        known = ", ".join(registry.domains())
-        raise UsageError(f"unknown domain {unknown[0]!r} for --only (known: {known})")
+    registry.check_domains(only or ())
     dctx = DomainContext(os.environ, options(ctx).config, loaded.settings)
     checks = registry.collect(dctx, only or ())
     results = asyncio.run(run_checks(checks))

@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from homeops.core.cli.common import JSON_HELP, load_core, print_json, print_text, table
+from homeops.core.cli.common import (
+    JSON_HELP,
+    duration_flag,
+    load_core,
+    print_json,
+    print_text,
+    table,
+)
 
 if TYPE_CHECKING:
     from homeops.core.jobs.model import Job
@@ -154,7 +161,6 @@ def enqueue(
     """Queue a job; a worker serving its type runs it (see `homeops jobs worker`)."""
     import json
 
-    from homeops.core.durations import parse_duration
     from homeops.core.errors import UsageError
 
     try:
@@ -163,14 +169,7 @@ def enqueue(
         raise UsageError(f"--payload: not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise UsageError(f"--payload: must be a JSON object, not {type(data).__name__}")
-    timeout_s = None
-    if timeout is not None:
-        try:
-            timeout_s = parse_duration(timeout)
-        except ValueError as exc:
-            raise UsageError(f"--timeout: {exc}") from None
-        if timeout_s <= 0:
-            raise UsageError("--timeout: must be greater than 0")
+    timeout_s = None if timeout is None else duration_flag("--timeout", timeout)
     with _queue(ctx) as queue:
         attempts = max_attempts or load_core(ctx).settings.jobs.max_attempts
         job = queue.enqueue(

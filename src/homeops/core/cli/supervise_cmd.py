@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from homeops.core.cli.common import load_core, options, print_text
+from homeops.core.cli.common import duration_flag, load_core, options, print_text
 
 if TYPE_CHECKING:
     from homeops.core.health import PassReport
@@ -29,20 +29,14 @@ def run_supervise(
 ) -> int:
     """Run one pass (``--once``) or loop until SIGTERM/SIGINT; returns the exit code."""
     from homeops.core.cli.signals import install, log_signal
-    from homeops.core.durations import parse_duration
-    from homeops.core.errors import ExitCode, UsageError
+    from homeops.core.errors import ExitCode
     from homeops.core.health import CircuitBreaker, Supervisor, pass_to_json, render_pass
     from homeops.core.registry import DomainContext
 
     settings = load_core(ctx).settings
     sup = settings.supervisor
-    try:
-        interval_s = parse_duration(interval) if interval is not None else sup.interval
-    except ValueError as exc:
-        raise UsageError(f"--interval: {exc}") from None
-    unknown = sorted(set(only or ()) - set(registry.domains()))
-    if unknown:
-        raise UsageError(f"unknown domain {unknown[0]!r} for --only")
+    interval_s = sup.interval if interval is None else duration_flag("--interval", interval)
+    registry.check_domains(only or ())
     dctx = DomainContext(os.environ, options(ctx).config, settings)
     checks = registry.collect(dctx, only or ())
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from homeops.core.cli.common import load_core, options
+from homeops.core.cli.common import duration_flag, load_core, options
 
 if TYPE_CHECKING:
     from homeops.core.registry import Registry
@@ -28,7 +28,6 @@ def run_worker(
     """Work until SIGTERM/SIGINT (or, with ``drain``, until no job of ours is left)."""
     from homeops.core.asyncutil import sleep_or_stop
     from homeops.core.cli.signals import install, log_signal
-    from homeops.core.durations import parse_duration
     from homeops.core.errors import OperationalError, UsageError
     from homeops.core.jobs.sqlite import SqliteJobQueue
     from homeops.core.jobs.worker import Worker
@@ -38,21 +37,16 @@ def run_worker(
 
     settings = load_core(ctx).settings
     jobs = settings.jobs
-    unknown = sorted(set(only or ()) - set(registry.domains()))
-    if unknown:
-        raise UsageError(f"unknown domain {unknown[0]!r} for --only")
+    registry.check_domains(only or ())
     dctx = DomainContext(os.environ, options(ctx).config, settings)
     handlers = registry.collect_handlers(dctx, only or ())
     if not handlers:
         raise UsageError("no job handlers registered for the selected domains")
-    interval = settings.metrics.interval
-    if metrics_interval is not None:
-        try:
-            interval = parse_duration(metrics_interval)
-        except ValueError as exc:
-            raise UsageError(f"--metrics-interval: {exc}") from None
-        if interval <= 0:
-            raise UsageError("--metrics-interval: must be greater than 0")
+    interval = (
+        settings.metrics.interval
+        if metrics_interval is None
+        else duration_flag("--metrics-interval", metrics_interval)
+    )
     emit = metrics or settings.metrics.enabled
     metrics_path = settings.metrics.path
     if emit and metrics_path is not None and not metrics_path.parent.is_dir():
