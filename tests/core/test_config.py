@@ -319,12 +319,24 @@ def test_hostile_json(tmp_path, text, reason):
     ("path", "reason"),
     [
         pytest.param("/dev/zero", "not a regular file", id="device"),
-        pytest.param("/", "cannot read", id="directory"),
+        pytest.param("/", "not a regular file", id="directory"),
     ],
 )
 def test_special_config_files_refused(path, reason):
+    before = len(os.listdir("/proc/self/fd"))
     with pytest.raises(ConfigError, match=reason):
         load_settings(SPEC, environ={}, config_path=Path(path))
+    assert len(os.listdir("/proc/self/fd")) == before, "file descriptor leaked"
+
+
+def test_value_and_file_for_one_secret_refused(tmp_path):
+    secret = tmp_path / "ws"
+    secret.write_text("x" * 8)
+    path = write(
+        tmp_path, json.dumps({"playwright": {"ws_path": "abc", "ws_path_file": str(secret)}})
+    )
+    with pytest.raises(ConfigError, match="give either 'ws_path' or 'ws_path_file', not both"):
+        load_settings(SPEC, environ={}, config_path=path)
 
 
 def test_fifo_config_refused_without_waiting(tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import time
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -80,13 +79,26 @@ async def test_results_keep_given_order_despite_completion_order() -> None:
 
 
 async def test_checks_run_concurrently() -> None:
-    checks = [Check(f"c{i}", const(Status.OK, delay=0.3)) for i in range(3)]
-    start = time.monotonic()
+    # Each probe waits until all three have started: only a concurrent runner can pass
+    # (a sequential one times the first probe out), with no wall-clock bound to flake on.
+    started = 0
+    everyone_in = asyncio.Event()
+
+    def rendezvous(name: str):
+        async def probe() -> CheckOutcome:
+            nonlocal started
+            started += 1
+            if started == 3:
+                everyone_in.set()
+            await everyone_in.wait()
+            return CheckOutcome(Status.OK, name)
+
+        return probe
+
+    checks = [Check(f"c{i}", rendezvous(f"c{i}"), timeout=10) for i in range(3)]
     results = await run_checks(checks)
-    elapsed = time.monotonic() - start
-    assert elapsed < 0.6
-    assert all(r.status is Status.OK for r in results)
-    assert all(r.duration_ms >= 250 for r in results)
+    assert [r.status for r in results] == [Status.OK] * 3
+    assert [r.detail for r in results] == ["c0", "c1", "c2"]
 
 
 async def test_timeout_is_fail() -> None:
@@ -553,10 +565,8 @@ async def test_run_stops_promptly_between_passes() -> None:
     sup = Supervisor([Check("ssh", const(Status.OK))], {}, interval_s=3600, on_pass=on_pass)
     task = asyncio.create_task(sup.run(stop))
     await asyncio.wait_for(first.wait(), 1)
-    start = time.monotonic()
     stop.set()
-    await asyncio.wait_for(task, 1)
-    assert time.monotonic() - start < 0.5
+    await asyncio.wait_for(task, 2)
     assert len(passes) == 1
 
 

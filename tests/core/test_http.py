@@ -58,6 +58,7 @@ REQ = httpx.Request("GET", "http://127.0.0.1/")
     [
         pytest.param(httpx.ConnectError("refused", request=REQ), False, True, id="connect-post"),
         pytest.param(httpx.ConnectTimeout("t", request=REQ), False, True, id="connect-timeout"),
+        pytest.param(httpx.PoolTimeout("t", request=REQ), False, True, id="pool-timeout-post"),
         pytest.param(httpx.ReadTimeout("t", request=REQ), True, True, id="read-timeout-get"),
         pytest.param(httpx.ReadTimeout("t", request=REQ), False, False, id="read-timeout-post"),
         pytest.param(httpx.RemoteProtocolError("x", request=REQ), True, True, id="dropped-get"),
@@ -113,6 +114,28 @@ async def test_post_not_retried_after_read_timeout():
     assert len(calls) == 1
 
 
+@pytest.mark.parametrize(
+    ("method", "retried"),
+    [
+        pytest.param("GET", True, id="get"),
+        pytest.param("PUT", True, id="put"),
+        pytest.param("DELETE", True, id="delete"),
+        pytest.param("POST", False, id="post"),
+        pytest.param("PATCH", False, id="patch"),
+    ],
+)
+async def test_read_timeout_retried_only_for_idempotent_methods(method, retried):
+    transport, calls = scripted([httpx.ReadTimeout("slow", request=REQ), 200])
+    async with hhttp.make_client(transport=transport) as client:
+        if retried:
+            response = await hhttp.request(client, method, "http://x/", sleep=Recorder())
+            assert response.status_code == 200
+        else:
+            with pytest.raises(HomeopsTimeout):
+                await hhttp.request(client, method, "http://x/", sleep=Recorder())
+    assert len(calls) == (2 if retried else 1)
+
+
 async def test_post_marked_idempotent_is_retried():
     transport, calls = scripted([httpx.ReadTimeout("slow", request=REQ), 200])
     async with hhttp.make_client(transport=transport) as client:
@@ -159,6 +182,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 async def test_real_server_on_loopback():
+    _Handler.hits = 0
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -182,3 +206,26 @@ def test_retry_policy_validation():
         RetryPolicy(delays=())
     policy = RetryPolicy(attempts=5)
     assert [policy.delay_after(n) for n in range(1, 5)] == [0.5, 1.0, 2.0, 2.0]
+
+
+async def test_proxy_environment_is_ignored(monkeypatch):
+    # A stray proxy in a service's environment must not reroute LAN/loopback requests.
+    dead = f"http://127.0.0.1:{free_port()}"
+    for var in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(var, dead)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    _Handler.hits = 1  # answer 200 at once
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        async with hhttp.make_client(timeout=5) as client:
+            response = await hhttp.request(
+                client, "GET", f"http://127.0.0.1:{port}/", policy=RetryPolicy(attempts=1)
+            )
+        assert response.status_code == 200
+    finally:
+        server.shutdown()
+        server.server_close()

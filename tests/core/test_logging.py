@@ -95,3 +95,27 @@ def test_none_context_values_are_omitted(log_stream):
     hlog.get_logger("core.test").info("op", "m", present=1, absent=None)
     line = log_stream.getvalue().strip()
     assert line.endswith("msg=m present=1")
+
+
+def test_longer_secret_masked_whole_when_a_prefix_is_also_secret(log_stream):
+    hlog.register_secret("abcd1234")
+    hlog.register_secret("abcd1234-tail")
+    hlog.get_logger("core.test").info("op", "abcd1234-tail")
+    assert log_stream.getvalue().strip().endswith("msg=***")
+
+
+def test_four_character_secret_is_masked(log_stream):
+    hlog.register_secret("k3y!")
+    hlog.get_logger("core.test").info("op", "key k3y!")
+    assert "k3y!" not in log_stream.getvalue()
+
+
+def test_asyncssh_info_hidden_unless_debug():
+    buf = io.StringIO()
+    hlog.configure(stream=buf)
+    logging.getLogger("asyncssh").info("channel opened")
+    assert buf.getvalue() == ""
+    hlog.configure(debug=True, stream=buf)
+    logging.getLogger("asyncssh").info("channel opened")
+    assert "channel opened" in buf.getvalue()
+    hlog.configure(stream=io.StringIO())

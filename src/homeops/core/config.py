@@ -186,9 +186,16 @@ def _read_small_file(path: Path, limit: int) -> bytes:
     """Bytes of a regular file of at most ``limit`` bytes; OSError/ValueError otherwise."""
     # O_NONBLOCK: opening a FIFO would otherwise wait for a writer before fstat can refuse it.
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    # fstat before fdopen: fdopen of a directory raises and would leak the descriptor.
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        os.close(fd)
+        raise
+    if not regular:
+        os.close(fd)
+        raise ValueError("not a regular file")
     with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError("not a regular file")
         data = fh.read(limit + 1)
     if len(data) > limit:
         raise ValueError(f"larger than {limit // 1024} KiB")

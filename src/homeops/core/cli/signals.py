@@ -1,9 +1,10 @@
 """Signal handling shared by the long-running commands (``jobs worker``, ``supervise``).
 
 Handlers go in before any slow start-up step (opening a locked database can take seconds),
-so a SIGTERM at any moment means "stop cleanly", never the default kill. Once the event loop
-is gone, the few remaining steps of the process ignore further signals instead of dying
-halfway through writing a final metrics block.
+so a SIGTERM at any moment means "stop cleanly", never the default kill, and they stay until
+the last clean-up step (final metrics block, closing the store) is done. They are not left
+as SIG_IGN afterwards: children inherit ignored signals, and a later `process.run` could then
+not stop its child with SIGTERM.
 """
 
 from __future__ import annotations
@@ -27,15 +28,8 @@ def install(on_signal: Callable[[int], None]) -> Callable[[], None]:
     def remove() -> None:
         for sig in SIGNALS:
             loop.remove_signal_handler(sig)
-        ignore_from_now_on()
 
     return remove
-
-
-def ignore_from_now_on() -> None:
-    """After the loop's handlers are gone, a late signal must not kill the process mid-exit."""
-    for sig in SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
 
 
 def log_signal(signum: int, what: str) -> None:
