@@ -15,6 +15,14 @@ from homeops.core.jobs.sqlite import SqliteJobQueue
 HOMEOPS = str(Path(sys.executable).with_name("homeops"))
 
 
+def _spawn(state_dir, *args):
+    """The real console script as a child process, for tests that send it signals."""
+    env = {**os.environ, "HOMEOPS_STATE_DIR": str(state_dir)}
+    return subprocess.Popen(
+        [HOMEOPS, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+
+
 def run_main(capsys, *args):
     try:
         main(list(args))
@@ -310,14 +318,7 @@ def test_supervise_unknown_failpoint(capsys, state_dir):
 def test_supervise_loop_stops_on_sigterm(state_dir):
     import signal
 
-    env = {**os.environ, "HOMEOPS_STATE_DIR": str(state_dir)}
-    proc = subprocess.Popen(
-        [HOMEOPS, "supervise", "--interval", "200ms", "--json", "--only", "core"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    proc = _spawn(state_dir, "supervise", "--interval", "200ms", "--json", "--only", "core")
     try:
         first = proc.stdout.readline()  # a pass is done: the loop is running
         assert json.loads(first)["ok"] is True
@@ -434,20 +435,9 @@ def test_enqueue_bad_input_exit_2(capsys, state_dir, args, message):
 def test_worker_stops_on_sigterm(state_dir):
     import signal
 
-    env = {**os.environ, "HOMEOPS_STATE_DIR": str(state_dir)}
-    proc = subprocess.Popen(
-        [HOMEOPS, "jobs", "worker"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    proc = _start_worker(state_dir)
     try:
-        for _ in range(200):
-            line = proc.stderr.readline()
-            if "worker started" in line or not line:
-                break
-        assert "worker started" in line
+        _wait_for_line(proc.stderr, "worker started")
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=15)
     finally:
@@ -458,14 +448,7 @@ def test_worker_stops_on_sigterm(state_dir):
 
 
 def _start_worker(state_dir, *extra):
-    env = {**os.environ, "HOMEOPS_STATE_DIR": str(state_dir)}
-    return subprocess.Popen(
-        [HOMEOPS, "jobs", "worker", *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    return _spawn(state_dir, "jobs", "worker", *extra)
 
 
 def _wait_for_line(stream, needle, limit=400):
