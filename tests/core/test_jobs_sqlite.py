@@ -380,9 +380,10 @@ def test_requeue_keeps_the_attempt(queue: SqliteJobQueue, clock: FakeClock) -> N
     assert back.attempts == 0
     assert back.worker_id is None
     assert back.lease_until is None
+    # Handed back now: due now, so behind the jobs that were due before it.
+    assert back.available_at == clock.now
     assert queue.fail(second.id, "w1", "x")
     clock.advance(100)
-    # The handed-back job keeps its place at the front of the queue.
     assert [j.id for j in queue.claim("w2", 2, 30.0)] == [first.id, second.id]
 
 

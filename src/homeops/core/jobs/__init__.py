@@ -18,7 +18,7 @@ from homeops.core.jobs.model import (
     validate_job_type,
     validate_trace_id,
 )
-from homeops.core.jobs.queue import HeartbeatResult, JobQueue, MetricsSink
+from homeops.core.jobs.queue import HeartbeatResult, JobQueue, MetricsSink, StoreCorrupt
 from homeops.core.jobs.sqlite import SqliteJobQueue
 from homeops.core.jobs.worker import (
     Handler,
@@ -38,6 +38,7 @@ __all__ = [
     "JobState",
     "MetricsSink",
     "SqliteJobQueue",
+    "StoreCorrupt",
     "Worker",
     "backoff_delay",
     "default_worker_id",

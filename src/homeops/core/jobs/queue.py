@@ -25,10 +25,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from homeops.core.errors import OperationalError
 from homeops.core.jobs.model import Job, JobState
 
 # The metrics hook is core.metrics' protocol; re-exported here for backends and workers.
 from homeops.core.metrics import MetricsSink
+
+
+class StoreCorrupt(OperationalError):
+    """The store's data is damaged (not busy, not missing): no retry can succeed.
+
+    A worker that meets it stops instead of polling forever; ``homeops jobs check`` says what
+    is broken.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,4 +125,4 @@ class JobQueue(Protocol):
         ...
 
 
-__all__ = ["HeartbeatResult", "JobQueue", "MetricsSink"]
+__all__ = ["HeartbeatResult", "JobQueue", "MetricsSink", "StoreCorrupt"]

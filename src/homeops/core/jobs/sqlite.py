@@ -10,8 +10,23 @@ Leases: a claimed job carries ``lease_until``; the worker extends it with heartb
 worker dies the lease runs out and the next claim takes the job again (counting the lost try as
 an attempt), or fails it with ``lease expired`` if it has no attempts left. Nothing is lost.
 
-One connection per queue object (opened with ``check_same_thread=False``), guarded by a lock,
-so a queue may be shared by threads; the worker makes its calls from a thread of its own.
+One connection per database file per process, shared by every queue object on that file and
+guarded by a lock (opened with ``check_same_thread=False``), so queues may be used from
+several threads; the worker makes its calls from a thread of its own. Sharing is not an
+optimisation: POSIX advisory locks belong to the process, and closing *any* descriptor of the
+file drops all of them (SQLite's "How To Corrupt An SQLite Database File", section 2.2). A
+worker whose locks were dropped that way looks absent to the next process that closes its
+connection, which then checkpoints and deletes the WAL under the worker: lost commits, double
+claims, broken indexes. So nothing here ever opens the database file outside SQLite while a
+connection to it may exist in this process: the file is created (0600) only when it is absent,
+and a second ``SqliteJobQueue(path)`` in the same process (a handler that reads the store
+inside a worker) reuses the connection of the first. SQLite itself copes with several of its
+own connections to one file in one process, which is what a read-only queue next to a writer
+of another file spelling would be.
+
+``readonly=True`` opens for reading only (``jobs list``, ``jobs status``, ``doctor``): no
+directory or file is created, no mode is changed, no write transaction is taken, and a store
+that does not exist yet reads as empty.
 
 A call that needs the write lock while another process holds it waits up to ``busy_timeout_s``
 (10 s by default) before failing. Keep worker leases longer than that (the default lease is
@@ -24,10 +39,12 @@ import builtins
 import json
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -45,7 +62,7 @@ from homeops.core.jobs.model import (
     validate_job_type,
     validate_trace_id,
 )
-from homeops.core.jobs.queue import HeartbeatResult, MetricsSink
+from homeops.core.jobs.queue import HeartbeatResult, MetricsSink, StoreCorrupt
 from homeops.core.logging import get_logger
 
 _log = get_logger("core.jobs")
@@ -97,7 +114,7 @@ _CLAIM_DUE: Final = f"""
        SET state = 'running', attempts = attempts + 1, worker_id = :worker,
            lease_until = :until, started_at = :now, updated_at = :now
      WHERE id IN (SELECT id FROM jobs
-                   WHERE state = 'queued' AND available_at <= :now
+                   WHERE state = 'queued' AND available_at <= :now AND NOT cancel_requested
                      AND (:types IS NULL OR type IN (SELECT value FROM json_each(:types)))
                    ORDER BY available_at LIMIT :limit)
     RETURNING {_COLUMNS}
@@ -113,6 +130,7 @@ _RECLAIM: Final = f"""
 
 _ANY_RUNNABLE: Final = """
     SELECT EXISTS (SELECT 1 FROM jobs WHERE state = 'queued' AND available_at <= :now
+                     AND NOT cancel_requested
                      AND (:types IS NULL OR type IN (SELECT value FROM json_each(:types))))
         OR EXISTS (SELECT 1 FROM jobs WHERE state = 'running' AND lease_until < :now)
 """
@@ -157,8 +175,85 @@ def _positive(name: str, value: float) -> None:
         raise UsageError(f"{name} must be > 0, got {value!r}")
 
 
+# Primary result codes (the low byte of an extended code) that mean the file's content is
+# damaged: retrying cannot help, and a worker must give up instead of polling forever.
+_CORRUPT_CODES: Final = frozenset({11, 26})  # SQLITE_CORRUPT, SQLITE_NOTADB
+# A read-only open of a WAL database whose -shm is missing and cannot be created.
+_NO_SHM_CODES: Final = frozenset({14, 8})  # SQLITE_CANTOPEN, SQLITE_READONLY (_DIRECTORY etc.)
+
+
+def _store_error(path: Path, exc: sqlite3.Error) -> OperationalError:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int) and code & 0xFF in _CORRUPT_CODES:
+        return StoreCorrupt(
+            f"jobs database {path}: {exc} (the file is damaged; `homeops jobs check` "
+            "lists the problems)"
+        )
+    return OperationalError(f"jobs database {path}: {exc}")
+
+
+@dataclass(eq=False)
+class _Connection:
+    """One SQLite connection of this process to one database file, and who shares it."""
+
+    conn: sqlite3.Connection
+    key: tuple[int, int, bool]
+    busy_ms: int
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    refs: int = 1
+
+
+# (st_dev, st_ino, read-only) -> the connection every queue on that file shares. Keyed by
+# inode, so two spellings of one path (symlink, relative) are one entry, and a file deleted
+# and created again under the same name is another.
+_OPEN: dict[tuple[int, int, bool], _Connection] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+def _forget_inherited() -> None:
+    # A forked child must neither use nor close its parent's connections (closing would drop
+    # the child's own locks on the file): it starts with no entries and opens its own.
+    global _OPEN_LOCK
+    _OPEN.clear()
+    _OPEN_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_inherited)
+
+
+def _key(st: os.stat_result, readonly: bool) -> tuple[int, int, bool]:
+    return (st.st_dev, st.st_ino, readonly)
+
+
+def _create_if_absent(path: Path) -> os.stat_result:
+    """Stat the database file, creating it 0600 first if it does not exist.
+
+    The descriptor opened here is safe to close: the file did not exist a moment ago, so no
+    connection of this process can hold a lock on it (opens are serialised by _OPEN_LOCK). An
+    existing file is never opened outside SQLite.
+    """
+    try:
+        return path.stat()
+    except FileNotFoundError:
+        pass
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:  # another process created it just now
+        return path.stat()
+    try:
+        # Exactly 0600 whatever the umask; SQLite gives -wal and -shm the same mode.
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    return path.stat()
+
+
 class SqliteJobQueue:
-    """:class:`~homeops.core.jobs.queue.JobQueue` on one SQLite file (created 0600, dir 0700)."""
+    """:class:`~homeops.core.jobs.queue.JobQueue` on one SQLite file (created 0600, dir 0700).
+
+    With ``readonly`` only the reading calls work (get, list, counts, integrity_check), and
+    a missing store reads as empty.
+    """
 
     def __init__(
         self,
@@ -169,6 +264,7 @@ class SqliteJobQueue:
         backoff_base_s: float = 1.0,
         backoff_max_s: float = 300.0,
         busy_timeout_s: float = 10.0,
+        readonly: bool = False,
     ) -> None:
         self.path = Path(path)
         self._clock = clock
@@ -176,48 +272,144 @@ class SqliteJobQueue:
         self._backoff_base_s = backoff_base_s
         self._backoff_max_s = backoff_max_s
         self.busy_timeout_s = busy_timeout_s
-        self._lock = threading.Lock()
-        try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            # Create the file ourselves so it is never world-readable, even for an instant;
-            # SQLite gives the -wal and -shm files the same mode as the database.
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-            os.chmod(self.path, 0o600)
-        except OSError as exc:
-            where = f" ({exc.filename})" if exc.filename and exc.filename != str(self.path) else ""
-            raise OperationalError(
-                f"jobs database {self.path}: {exc.strerror or exc}{where}"
-            ) from exc
-        try:
-            self._conn = sqlite3.connect(
-                self.path,
-                timeout=busy_timeout_s,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-        except sqlite3.Error as exc:
-            raise OperationalError(f"jobs database {self.path}: {exc}") from exc
-        try:
-            self._setup(busy_timeout_s)
-        except BaseException:
-            self._conn.close()
-            raise
+        self.readonly = readonly
+        self._busy_ms = int(busy_timeout_s * 1000)
+        self._closed = False
+        # None with ``readonly`` and no store yet: every read answers "nothing there".
+        self._shared: _Connection | None = None
+        with _OPEN_LOCK:
+            self._shared = self._open_readonly() if readonly else self._open_writable()
 
     # -- plumbing -------------------------------------------------------------------------
+
+    def _os_error(self, exc: OSError) -> OperationalError:
+        where = f" ({exc.filename})" if exc.filename and exc.filename != str(self.path) else ""
+        return OperationalError(f"jobs database {self.path}: {exc.strerror or exc}{where}")
+
+    def _share(self, key: tuple[int, int, bool]) -> _Connection | None:
+        shared = _OPEN.get(key)
+        if shared is not None:
+            shared.refs += 1
+        return shared
+
+    def _open_writable(self) -> _Connection:
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            st = _create_if_absent(self.path)
+            shared = self._share(_key(st, False))
+            if shared is not None:
+                return shared
+            if stat.S_IMODE(st.st_mode) != 0o600:
+                os.chmod(self.path, 0o600)
+        except OSError as exc:
+            raise self._os_error(exc) from exc
+        conn = self._connect(str(self.path), uri=False)
+        shared = _Connection(conn, _key(st, False), self._busy_ms)
+        try:
+            self._setup(shared)
+        except BaseException:
+            conn.close()
+            raise
+        _OPEN[shared.key] = shared
+        return shared
+
+    def _open_readonly(self) -> _Connection | None:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise self._os_error(exc) from exc
+        # A writer of this process already has the file open: read through its connection.
+        shared = self._share(_key(st, False)) or self._share(_key(st, True))
+        if shared is not None:
+            return shared
+        uri = self.path.absolute().as_uri() + "?mode=ro"
+        conn = self._connect(uri, uri=True)
+        shared = _Connection(conn, _key(st, True), self._busy_ms)
+        try:
+            version = self._read_version(shared)
+        except OperationalError as exc:
+            conn.close()
+            cause = exc.__cause__
+            code = getattr(cause, "sqlite_errorcode", None)
+            shm = self.path.with_name(self.path.name + "-shm")
+            wal = self.path.with_name(self.path.name + "-wal")
+            no_shm = isinstance(code, int) and code & 0xFF in _NO_SHM_CODES
+            if not no_shm or shm.exists():
+                raise
+            # A WAL database read by someone who may not create its -shm file (another
+            # user's store, a read-only directory): readable only while its owner has it
+            # open (then the -shm exists), or when nothing is left in a WAL to recover.
+            if wal.exists():
+                raise OperationalError(
+                    f"jobs database {self.path}: cannot read it read-only: its -shm file is "
+                    f"missing and cannot be created here ({cause}); run this as the store's "
+                    "owner, or while a worker has the store open"
+                ) from cause
+            # No -wal and no -shm: no process has the store open and every commit is in the
+            # main file, so reading that alone (immutable: no locks, no -shm) sees what a
+            # normal reader would. A writer starting meanwhile could make this one read stale
+            # or torn; that is the price of reading a store one cannot lock.
+            conn = self._connect(uri + "&immutable=1", uri=True)
+            shared = _Connection(conn, _key(st, True), self._busy_ms)
+            try:
+                version = self._read_version(shared)
+            except BaseException:
+                conn.close()
+                raise
+        except BaseException:
+            conn.close()
+            raise
+        if version == 0:  # created, never set up: no jobs in it
+            conn.close()
+            return None
+        _OPEN[shared.key] = shared
+        return shared
+
+    def _connect(self, target: str, *, uri: bool) -> sqlite3.Connection:
+        try:
+            return sqlite3.connect(
+                target,
+                timeout=self.busy_timeout_s,
+                isolation_level=None,
+                check_same_thread=False,
+                uri=uri,
+            )
+        except sqlite3.Error as exc:
+            raise _store_error(self.path, exc) from exc
+
+    def _read_version(self, shared: _Connection) -> int:
+        try:
+            version = int(shared.conn.execute("PRAGMA user_version").fetchone()[0])
+        except sqlite3.Error as exc:
+            raise _store_error(self.path, exc) from exc
+        if version > SCHEMA_VERSION:
+            raise OperationalError(
+                f"jobs database {self.path} has schema version {version}; this homeops "
+                f"understands up to {SCHEMA_VERSION} (upgrade homeops)"
+            )
+        return version
 
     @contextmanager
     def _guard(self) -> Iterator[sqlite3.Connection]:
         """Hold the connection; SQLite errors become OperationalError naming the file."""
-        with self._lock:
+        shared = self._shared
+        if shared is None or self._closed:
+            raise OperationalError(f"jobs database {self.path}: queue is closed")
+        with shared.lock:
             try:
-                yield self._conn
+                if shared.busy_ms != self._busy_ms:  # shared with a queue that waits longer
+                    shared.conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+                    shared.busy_ms = self._busy_ms
+                yield shared.conn
             except sqlite3.Error as exc:
-                raise OperationalError(f"jobs database {self.path}: {exc}") from exc
+                raise _store_error(self.path, exc) from exc
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, taken up front so concurrent claimers queue, not deadlock."""
-        with self._guard() as conn:
+        with self._writing() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -227,38 +419,110 @@ class SqliteJobQueue:
                     conn.execute("ROLLBACK")
                 raise
 
-    def _setup(self, busy_timeout_s: float) -> None:
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """The connection for a statement that writes; refused on a read-only queue."""
+        if self.readonly:
+            raise OperationalError(f"jobs database {self.path}: opened read-only")
         with self._guard() as conn:
-            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            yield conn
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection | None]:
+        """The connection for a read; None for a read-only queue on a store not created yet."""
+        if self._shared is None and self.readonly and not self._closed:
+            yield None
+            return
+        with self._guard() as conn:
+            yield conn
+
+    def _setup(self, shared: _Connection) -> None:
+        conn = shared.conn
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {shared.busy_ms}")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             conn.execute("PRAGMA synchronous = NORMAL")
-        if str(mode).lower() != "wal":
-            raise OperationalError(f"jobs database {self.path}: cannot enable WAL ({mode})")
-        self._migrate()
+            if str(mode).lower() != "wal":
+                raise OperationalError(f"jobs database {self.path}: cannot enable WAL ({mode})")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._migrate(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise _store_error(self.path, exc) from exc
 
-    def _migrate(self) -> None:
-        with self._write() as conn:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                for stmt in _SCHEMA:
-                    conn.execute(stmt)
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version > SCHEMA_VERSION:
-                raise OperationalError(
-                    f"jobs database {self.path} has schema version {version}; this homeops "
-                    f"understands up to {SCHEMA_VERSION} (upgrade homeops)"
-                )
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            for stmt in _SCHEMA:
+                conn.execute(stmt)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        elif version > SCHEMA_VERSION:
+            raise OperationalError(
+                f"jobs database {self.path} has schema version {version}; this homeops "
+                f"understands up to {SCHEMA_VERSION} (upgrade homeops)"
+            )
+        # Earlier versions could hand a job back as queued with its cancel request still set;
+        # claims skip such rows, so finish them here, where every writer passes once.
+        now = self._clock()
+        conn.execute(
+            "UPDATE jobs SET state = 'cancelled', finished_at = ?, updated_at = ?, "
+            "error = COALESCE(error, 'cancelled') WHERE state = 'queued' AND cancel_requested",
+            (now, now),
+        )
 
     def close(self) -> None:
-        """Close the connection (the queue is unusable afterwards)."""
-        with self._lock:
-            self._conn.close()
+        """Let go of the connection (closed with the last queue sharing it); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        shared, self._shared = self._shared, None
+        if shared is None:
+            return
+        with _OPEN_LOCK:
+            shared.refs -= 1
+            if shared.refs > 0:
+                return
+            if _OPEN.get(shared.key) is shared:
+                del _OPEN[shared.key]
+        with shared.lock:
+            shared.conn.close()
+
+    @property
+    def exists(self) -> bool:
+        """False only for a read-only queue on a store that has not been created yet."""
+        return not (self.readonly and self._shared is None and not self._closed)
 
     def __enter__(self) -> SqliteJobQueue:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def integrity_check(self, *, quick: bool = False, max_errors: int = 100) -> builtins.list[str]:
+        """Problems ``PRAGMA integrity_check`` (or the faster ``quick_check``) finds; [] if none.
+
+        ``quick_check`` skips the comparison of indexes with their tables, so only the full
+        check finds rows missing from an index. A check that cannot even read the file
+        reports that as its one problem.
+        """
+        pragma = "quick_check" if quick else "integrity_check"
+        with self._reading() as conn:
+            if conn is None:
+                return []
+            try:
+                rows = conn.execute(f"PRAGMA {pragma}({int(max_errors)})").fetchall()
+            except sqlite3.DatabaseError as exc:
+                code = getattr(exc, "sqlite_errorcode", None)
+                if isinstance(code, int) and code & 0xFF in _CORRUPT_CODES:
+                    return [str(exc)]
+                raise
+        problems = [str(r[0]) for r in rows]
+        return [] if problems == ["ok"] else problems
 
     # -- the JobQueue contract -----------------------------------------------------------
 
@@ -331,7 +595,7 @@ class SqliteJobQueue:
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )
         if idempotency_key is None:
-            with self._guard() as conn:
+            with self._writing() as conn:
                 conn.execute(insert, row)
         else:
             # Look-up and insert in one write transaction: two processes enqueueing the same key
@@ -390,7 +654,7 @@ class SqliteJobQueue:
         rows: builtins.list[Any] = []
         # An idle worker polls often; a plain read (no write lock in WAL mode) keeps idle
         # workers from queueing behind each other and behind enqueuers for nothing.
-        with self._guard() as conn:
+        with self._writing() as conn:
             if not conn.execute(_ANY_RUNNABLE, {"now": now, "types": types_json}).fetchone()[0]:
                 return []
         with self._write() as conn:
@@ -472,7 +736,7 @@ class SqliteJobQueue:
         if not job_ids:
             return HeartbeatResult()
         now = self._clock()
-        with self._guard() as conn:
+        with self._writing() as conn:
             rows = conn.execute(
                 "UPDATE jobs SET lease_until = ?, updated_at = ? "
                 "WHERE id IN (SELECT value FROM json_each(?)) "
@@ -491,7 +755,7 @@ class SqliteJobQueue:
         except (TypeError, ValueError) as exc:
             raise UsageError(f"job {job_id} result is not JSON-serialisable: {exc}") from exc
         now = self._clock()
-        with self._guard() as conn:
+        with self._writing() as conn:
             cur = conn.execute(
                 "UPDATE jobs SET state = 'succeeded', result = ?, error = NULL, finished_at = ?, "
                 "updated_at = ?, lease_until = NULL "
@@ -536,17 +800,38 @@ class SqliteJobQueue:
     def requeue(self, job_id: str, worker_id: str) -> bool:
         """Give a running job back without using up its attempt (worker shutdown).
 
-        ``available_at`` is left as it was, so the job goes back to the front of the queue.
+        The job goes behind the jobs already due (``available_at`` = now), so a job handed
+        back again and again cannot starve the rest. A job whose cancel was requested is not
+        handed back but ends ``cancelled``: a cancel request wins over every hand-back.
         """
         now = self._clock()
-        with self._guard() as conn:
-            cur = conn.execute(
-                "UPDATE jobs SET state = 'queued', attempts = MAX(attempts - 1, 0), "
-                "updated_at = ?, started_at = NULL, lease_until = NULL, worker_id = NULL "
-                "WHERE id = ? AND worker_id = ? AND state = 'running'",
-                (now, job_id, worker_id),
+        with self._writing() as conn:
+            row = conn.execute(
+                "UPDATE jobs SET "
+                "state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END, "
+                "attempts = CASE WHEN cancel_requested THEN attempts "
+                "ELSE MAX(attempts - 1, 0) END, "
+                "available_at = CASE WHEN cancel_requested THEN available_at ELSE ? END, "
+                "started_at = CASE WHEN cancel_requested THEN started_at END, "
+                "finished_at = CASE WHEN cancel_requested THEN ? END, "
+                "error = CASE WHEN cancel_requested THEN COALESCE(error, 'cancelled') "
+                "ELSE error END, "
+                "updated_at = ?, lease_until = NULL, "
+                "worker_id = CASE WHEN cancel_requested THEN worker_id END "
+                "WHERE id = ? AND worker_id = ? AND state = 'running' "
+                "RETURNING state, trace_id",
+                (now, now, now, job_id, worker_id),
+            ).fetchone()
+        if row is None:
+            return False
+        if row[0] == JobState.CANCELLED:
+            _log.info(
+                "requeue",
+                "cancel was requested; job cancelled instead of handed back",
+                job_id=job_id,
+                trace_id=row[1],
             )
-            return cur.rowcount == 1
+        return True
 
     def cancel(self, job_id: str) -> Job:
         """Cancel: queued at once, running by request to its worker, terminal left unchanged.
@@ -596,7 +881,7 @@ class SqliteJobQueue:
     def mark_cancelled(self, job_id: str, worker_id: str) -> bool:
         """Record that the worker stopped a running job because its cancel was requested."""
         now = self._clock()
-        with self._guard() as conn:
+        with self._writing() as conn:
             cur = conn.execute(
                 "UPDATE jobs SET state = 'cancelled', cancel_requested = 1, finished_at = ?, "
                 "updated_at = ?, lease_until = NULL, error = COALESCE(error, 'cancelled') "
@@ -608,8 +893,12 @@ class SqliteJobQueue:
     def get(self, job_id: str) -> Job:
         """The job with ``job_id``; an unknown id is a UsageError (exit 2)."""
         validate_job_id(job_id)
-        with self._guard() as conn:
-            row = conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        with self._reading() as conn:
+            row = None
+            if conn is not None:
+                row = conn.execute(
+                    f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)
+                ).fetchone()
         if row is None:
             raise UsageError(f"no such job: {job_id}")
         return _row_to_job(row)
@@ -635,21 +924,57 @@ class SqliteJobQueue:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
-        with self._guard() as conn:
-            rows = conn.execute(sql, (*params, limit)).fetchall()
+        with self._reading() as conn:
+            rows = [] if conn is None else conn.execute(sql, (*params, limit)).fetchall()
         return [_row_to_job(r) for r in rows]
 
     def counts(self, *, types: Sequence[str] | None = None) -> dict[JobState, int]:
         """How many jobs (of ``types``, if given) are in each state; every state present."""
         types_json = None if types is None else json.dumps(sorted(set(types)))
-        with self._guard() as conn:
-            rows = conn.execute(
-                "SELECT state, COUNT(*) FROM jobs WHERE "
-                "(:types IS NULL OR type IN (SELECT value FROM json_each(:types))) "
-                "GROUP BY state",
-                {"types": types_json},
-            ).fetchall()
+        with self._reading() as conn:
+            rows = (
+                []
+                if conn is None
+                else conn.execute(
+                    "SELECT state, COUNT(*) FROM jobs WHERE "
+                    "(:types IS NULL OR type IN (SELECT value FROM json_each(:types))) "
+                    "GROUP BY state",
+                    {"types": types_json},
+                ).fetchall()
+            )
         out = dict.fromkeys(JobState, 0)
         for state, n in rows:
             out[JobState(state)] = n
         return out
+
+
+@dataclass(frozen=True)
+class StoreCheck:
+    """What :func:`check_store` found: whether the store exists, and its problems (if any)."""
+
+    path: Path
+    exists: bool
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        """True when the check found nothing wrong (a store not created yet is fine)."""
+        return not self.problems
+
+
+def check_store(path: Path, *, quick: bool = False, max_errors: int = 100) -> StoreCheck:
+    """Open the store read-only and run ``integrity_check`` (``quick_check`` with ``quick``).
+
+    A file SQLite cannot read as a database at all is reported as the one problem, not
+    raised; other failures to open (permissions, a lock) raise OperationalError.
+    """
+    try:
+        queue = SqliteJobQueue(path, readonly=True)
+    except StoreCorrupt as exc:
+        return StoreCheck(Path(path), True, (str(exc.__cause__ or exc),))
+    with queue:
+        return StoreCheck(
+            Path(path),
+            queue.exists,
+            tuple(queue.integrity_check(quick=quick, max_errors=max_errors)),
+        )
