@@ -9,6 +9,11 @@ signal skips the grace period. If ``run()`` itself is cancelled, running jobs (a
 claim still in flight) are stopped and handed back the same way, without the grace period,
 before the cancellation goes on.
 
+A queue call that finds the store damaged (:class:`~homeops.core.jobs.queue.StoreCorrupt`)
+ends the worker: running jobs are stopped as for a cancelled ``run()`` and ``run()`` raises
+the error, because every later call would fail the same way (a worker that retried would
+poll forever and a ``--drain`` would never end).
+
 Queue calls never run on the event loop: they go, one at a time, to a thread of the worker's
 own, so a database lock held by another process (SQLite waits up to its busy timeout) delays
 only bookkeeping, never handlers, per-job timeouts, cancels or the heartbeat's lease checks.
@@ -51,7 +56,7 @@ from typing import Any, Final, Literal, ParamSpec, TypeVar
 
 from homeops.core.errors import HomeopsError, OperationalError, UsageError
 from homeops.core.jobs.model import Job, JobState, validate_job_id
-from homeops.core.jobs.queue import JobQueue, MetricsSink
+from homeops.core.jobs.queue import JobQueue, MetricsSink, StoreCorrupt
 from homeops.core.logging import Logger, get_logger, timed
 
 _log = get_logger("core.jobs")
@@ -225,6 +230,8 @@ class Worker:
         self._calls = _QueueThread()
         # A claim whose answer run()'s cancellation left behind (its jobs go back at once).
         self._claim_in_flight: asyncio.Future[list[Job]] | None = None
+        # Set when a queue call found the store damaged: run() stops and raises it.
+        self._fatal: StoreCorrupt | None = None
 
     @property
     def running_ids(self) -> list[str]:
@@ -263,6 +270,8 @@ class Worker:
             await self._claim_loop(drain)
             await self._shutdown()
             shut_down = True
+            if self._fatal is not None:  # found while the last runs were being recorded
+                raise self._fatal
         finally:
             try:
                 if not shut_down:
@@ -297,7 +306,18 @@ class Worker:
 
     async def _call(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """Run one queue call in the worker's queue thread, off the event loop."""
-        return await self._calls.call(functools.partial(fn, *args, **kwargs))
+        try:
+            return await self._calls.call(functools.partial(fn, *args, **kwargs))
+        except StoreCorrupt as exc:
+            self._corrupt(exc)
+            raise
+
+    def _corrupt(self, exc: StoreCorrupt) -> None:
+        """A damaged store: every later call would fail the same way, so stop the worker."""
+        if self._fatal is None:
+            self._fatal = exc
+            self._log.error("store", "job store is corrupt; stopping the worker", err=exc)
+        self._wake.set()
 
     async def _watch(self, stop: asyncio.Event) -> None:
         await stop.wait()
@@ -305,6 +325,10 @@ class Worker:
 
     async def _claim_loop(self, drain: bool) -> None:
         while not self._stop.is_set():
+            if self._fatal is not None:
+                # Out through run()'s hand-back path: running jobs are stopped at once, as
+                # their outcomes cannot be recorded anyway.
+                raise self._fatal
             self._wake.clear()
             free = self.slots - len(self._running)
             claimed = 0
@@ -321,6 +345,9 @@ class Worker:
                     jobs = await asyncio.shield(claim)
                 except asyncio.CancelledError:
                     self._claim_in_flight = claim
+                    raise
+                except StoreCorrupt as exc:
+                    self._corrupt(exc)
                     raise
                 except HomeopsError as exc:
                     self._log.error("claim", "claim failed; will retry", err=exc)
@@ -353,6 +380,8 @@ class Worker:
     async def _queue_idle(self) -> bool:
         try:
             counts = await self._call(self.queue.counts, types=self._types)
+        except StoreCorrupt:
+            raise
         except HomeopsError as exc:
             self._log.warn("drain", "cannot read job counts; not idle", err=exc)
             return False
