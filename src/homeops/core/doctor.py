@@ -79,24 +79,38 @@ def state_dir_probe(path: Path) -> Callable[[], Awaitable[CheckOutcome]]:
 
 
 def job_store_probe(path: Path) -> Callable[[], Awaitable[CheckOutcome]]:
-    """Open (creating if new) the SQLite job store and count its jobs."""
+    """Create the SQLite job store if new; read an existing one: quick_check, then counts.
 
-    def open_and_count() -> dict[str, int]:
-        from homeops.core.jobs.sqlite import SqliteJobQueue
+    An existing store is opened read-only (no write lock, no mode change). ``quick_check``
+    reads every page but does not compare indexes with their tables; `homeops jobs check`
+    runs the full ``integrity_check``, which also finds broken indexes.
+    """
 
-        queue = SqliteJobQueue(path)
-        try:
-            return {str(k): v for k, v in queue.counts().items()}
-        finally:
-            queue.close()
+    def check_and_count() -> tuple[tuple[str, ...], dict[str, int]]:
+        from homeops.core.jobs.sqlite import SqliteJobQueue, check_store
+
+        found = check_store(path, quick=True, max_errors=5)
+        if not found.exists:
+            # Proves the store can be created where the settings say, before a worker needs it.
+            SqliteJobQueue(path).close()
+        elif found.problems:
+            return found.problems, {}
+        with SqliteJobQueue(path, readonly=True) as queue:
+            return (), {str(k): v for k, v in queue.counts().items()}
 
     async def probe() -> CheckOutcome:
         try:
-            counts = await asyncio.to_thread(open_and_count)
+            problems, counts = await asyncio.to_thread(check_and_count)
         except Exception as exc:  # any failure to open or read the store is the finding
             # Store errors already name the file; others get it added.
             text = str(exc)
             return CheckOutcome(Status.FAIL, text if str(path) in text else f"{path}: {text}")
+        if problems:
+            return CheckOutcome(
+                Status.FAIL,
+                f"{path}: corrupt: {problems[0]} (`homeops jobs check` lists every problem)",
+                {"problems": list(problems)},
+            )
         summary = ", ".join(f"{k}={v}" for k, v in counts.items() if v) or "empty"
         return CheckOutcome(Status.OK, f"{path} ({summary})", {"counts": dict(counts)})
 

@@ -1,9 +1,14 @@
-"""``homeops jobs list|status|cancel``: inspect and cancel jobs in the configured store."""
+"""``homeops jobs list|status|cancel|enqueue|check``: jobs in the configured store.
+
+``list`` and ``status`` only read: they open the store read-only and never create it, change
+its mode or take its write lock; a store that does not exist yet has no jobs.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -27,15 +32,25 @@ app = typer.Typer(
 )
 
 
+# A payload is a job's input, not bulk data; the bound keeps `--payload @/dev/zero`-like
+# mistakes (and a runaway pipe on stdin) from eating memory.
+MAX_PAYLOAD_BYTES = 1 << 20
+# integrity_check stops after this many problems; the text report shows the first few.
+_CHECK_MAX_PROBLEMS = 100
+_CHECK_SHOWN = 10
+
+
 @contextmanager
-def _queue(ctx: typer.Context, job_id: str | None = None) -> Iterator[SqliteJobQueue]:
+def _queue(
+    ctx: typer.Context, job_id: str | None = None, *, readonly: bool = False
+) -> Iterator[SqliteJobQueue]:
     """The configured store, opened for one command; ``job_id`` is validated first."""
     from homeops.core.jobs.model import validate_job_id
     from homeops.core.jobs.sqlite import SqliteJobQueue
 
     if job_id is not None:
         validate_job_id(job_id)
-    queue = SqliteJobQueue(load_core(ctx).settings.jobs_db)
+    queue = SqliteJobQueue(load_core(ctx).settings.jobs_db, readonly=readonly)
     try:
         yield queue
     finally:
@@ -71,7 +86,7 @@ def list_jobs(
         except ValueError:
             names = "|".join(s.value for s in JobState)
             raise UsageError(f"--state: unknown state {state!r} (one of {names})") from None
-    with _queue(ctx) as queue:
+    with _queue(ctx, readonly=True) as queue:
         jobs = queue.list(state=wanted, type=job_type, limit=limit)
     if as_json:
         print_json([j.to_dict() for j in jobs])
@@ -108,7 +123,7 @@ def status(
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Show one job."""
-    with _queue(ctx, job_id) as queue:
+    with _queue(ctx, job_id, readonly=True) as queue:
         job = queue.get(job_id)
     if as_json:
         print_json(job.to_dict())
@@ -137,15 +152,66 @@ def cancel(
         print_text(f"{job.id}: cancel requested; its worker stops it within a second")
 
 
-def _no_constant(name: str) -> Any:  # noqa: ANN401
-    raise ValueError(f"{name} is not valid JSON")
+def _payload_bytes(value: str) -> bytes | str:
+    """The text of ``--payload``: given inline, ``@path`` (a regular file) or ``-`` (stdin)."""
+    import sys
+
+    from homeops.core.config import _read_small_file
+    from homeops.core.errors import UsageError
+
+    if value == "-":
+        data = sys.stdin.buffer.read(MAX_PAYLOAD_BYTES + 1)
+        if len(data) > MAX_PAYLOAD_BYTES:
+            raise UsageError(f"--payload -: stdin is larger than {MAX_PAYLOAD_BYTES // 1024} KiB")
+        return data
+    if not value.startswith("@"):
+        return value
+    name = value[1:]
+    if not name:
+        raise UsageError("--payload @: a file name must follow '@' (or use - for stdin)")
+    try:
+        # The config reader's rules: regular files only (a FIFO is refused without waiting
+        # for a writer), and bounded.
+        return _read_small_file(Path(name).expanduser(), MAX_PAYLOAD_BYTES)
+    except OSError as exc:
+        raise UsageError(f"--payload {value}: cannot read: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise UsageError(f"--payload {value}: cannot read: {exc}") from None
+
+
+def _parse_payload(value: str) -> dict[str, Any]:
+    """``--payload`` as a JSON object; refused like a config file: duplicate keys, NaN."""
+    import json
+
+    from homeops.core.config import _no_constants, _no_duplicates
+    from homeops.core.errors import UsageError
+
+    raw = _payload_bytes(value)
+    where = "--payload" if raw is value else f"--payload {value}"
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{where}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        data = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+    except (json.JSONDecodeError, RecursionError, ValueError) as exc:
+        reason = str(exc) or type(exc).__name__
+        raise UsageError(f"{where}: not valid JSON: {reason}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{where}: must be a JSON object, not {type(data).__name__}")
+    return data
 
 
 @app.command("enqueue")
 def enqueue(
     ctx: typer.Context,
     job_type: str = typer.Argument(..., metavar="TYPE", help="e.g. core.artifacts-sweep"),
-    payload: str = typer.Option("{}", "--payload", metavar="JSON", help="Job input object."),
+    payload: str = typer.Option(
+        "{}",
+        "--payload",
+        metavar="JSON|@FILE|-",
+        help="Job input object: inline JSON, @FILE to read a file, or - to read stdin.",
+    ),
     idempotency_key: str = typer.Option(
         None,
         "--idempotency-key",
@@ -159,16 +225,7 @@ def enqueue(
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Queue a job; a worker serving its type runs it (see `homeops jobs worker`)."""
-    import json
-
-    from homeops.core.errors import UsageError
-
-    try:
-        data = json.loads(payload, parse_constant=_no_constant)
-    except (json.JSONDecodeError, RecursionError, ValueError) as exc:
-        raise UsageError(f"--payload: not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"--payload: must be a JSON object, not {type(data).__name__}")
+    data = _parse_payload(payload)
     timeout_s = None if timeout is None else duration_flag("--timeout", timeout)
     with _queue(ctx) as queue:
         attempts = max_attempts or load_core(ctx).settings.jobs.max_attempts
@@ -183,3 +240,37 @@ def enqueue(
         print_json(job.to_dict())
     else:
         print_text(job.id)
+
+
+@app.command("check")
+def check(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Check the store's file with SQLite's integrity_check (exit 0 ok, 1 corrupt)."""
+    from homeops.core.jobs.sqlite import check_store
+
+    path = load_core(ctx).settings.jobs_db
+    found = check_store(path, max_errors=_CHECK_MAX_PROBLEMS)
+    if as_json:
+        print_json(
+            {
+                "path": str(path),
+                "exists": found.exists,
+                "ok": found.ok,
+                "problems": list(found.problems),
+            }
+        )
+    elif not found.exists:
+        print_text(f"ok: {path} (not created yet)")
+    elif found.ok:
+        print_text(f"ok: {path}")
+    else:
+        shown = found.problems[:_CHECK_SHOWN]
+        lines = [f"corrupt: {path}", *(f"  {p}" for p in shown)]
+        if len(found.problems) > len(shown):
+            more = len(found.problems) - len(shown)
+            lines.append(f"  ... {more} more (--json lists up to {_CHECK_MAX_PROBLEMS})")
+        print_text("\n".join(lines))
+    if not found.ok:
+        raise typer.Exit(1)
