@@ -8,7 +8,6 @@ import io
 import os
 import signal
 import stat
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -33,7 +32,15 @@ from homeops.core.ssh import (
     SshPool,
 )
 from tests.fixtures.common import free_port
-from tests.fixtures.sshd import SshdHandle, generate_key, is_root, start_sshd
+from tests.fixtures.sshd import (
+    SshdHandle,
+    generate_key,
+    is_root,
+    kill_leftovers,
+    start_sshd,
+    wait_gone,
+    wait_started,
+)
 
 # Some valid public key that belongs to no server here.
 UNRELATED_KEY = (
@@ -44,8 +51,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 # Headroom for wall-clock bounds: they catch hangs, not a slow (loaded) machine.
 SLACK_S = 3.0
-# Channels a connection gives to commands; the last one is kept for the fallback killer.
-COMMAND_CHANNELS = MAX_CHANNELS_PER_CONNECTION - 1
+# Every channel of a connection carries commands: fallback kills use a connection of their own.
+COMMAND_CHANNELS = MAX_CHANNELS_PER_CONNECTION
 
 
 class SleepRecorder:
@@ -69,43 +76,6 @@ async def pool(sleeps: SleepRecorder) -> AsyncIterator[SshPool]:
         yield p
 
 
-def remote_pids(marker: str) -> list[int]:
-    """Pids whose command line holds ``marker`` (the sshd runs on this machine)."""
-    done = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True, timeout=10)
-    return [int(p) for p in done.stdout.split()]
-
-
-async def wait_gone(marker: str, seconds: float = 10.0) -> list[int]:
-    """Poll until no process carries ``marker``; return what is left at the deadline.
-
-    Async, so a kill still running in the pool's background is not starved meanwhile.
-    """
-    deadline = time.monotonic() + seconds
-    while True:
-        left = remote_pids(marker)
-        if not left or time.monotonic() >= deadline:
-            return left
-        await asyncio.sleep(0.05)
-
-
-def kill_leftovers(marker: str) -> None:
-    """Clean up after a failed test: each remote shell leads its own group (sshd's setsid)."""
-    for pid in remote_pids(marker):
-        with contextlib.suppress(ProcessLookupError):
-            group = os.getpgid(pid)
-            os.kill(pid, signal.SIGKILL)
-            if group != os.getpgrp():
-                os.killpg(group, signal.SIGKILL)
-
-
-async def wait_started(marker: str, count: int = 1, seconds: float = 10.0) -> None:
-    """Poll (without blocking the loop for long) until ``count`` processes carry ``marker``."""
-    deadline = time.monotonic() + seconds
-    while len(remote_pids(marker)) < count:
-        assert time.monotonic() < deadline, f"fewer than {count} {marker!r} started"
-        await asyncio.sleep(0.05)
-
-
 def timeout_kills(log_stream: io.StringIO) -> list[str]:
     """The ``kill=`` field of every "command timed out" warning logged so far."""
     return [
@@ -123,27 +93,27 @@ def wrong_key(tmp_path: Path) -> Path:
 
 async def test_run_returns_status_stdout_stderr(pool: SshPool, sshd: SshdHandle) -> None:
     result = await pool.run(sshd.target(), "echo out; echo err >&2; exit 7", timeout=10)
-    assert (result.exit_status, result.stdout, result.stderr) == (7, "out\n", "err\n")
+    assert (result.exit_status, result.stdout, result.stderr) == (7, b"out\n", b"err\n")
     assert not result.ok
     assert result.duration_ms > 0
 
 
 async def test_runs_as_login_user_in_plain_sh(pool: SshPool, sshd: SshdHandle) -> None:
     result = await pool.run(sshd.target(), "id -un; echo $0", timeout=10)
-    assert result.stdout.split() == [sshd.user, "sh"]
+    assert result.stdout_text.split() == [sshd.user, "sh"]
 
 
 async def test_stdin_is_passed(pool: SshPool, sshd: SshdHandle) -> None:
     text = await pool.run(sshd.target(), "cat", stdin="line one\nline two\n", timeout=10)
-    assert text.stdout == "line one\nline two\n"
+    assert text.stdout == b"line one\nline two\n"
     raw = await pool.run(sshd.target(), "wc -c", stdin=b"\x00\x01\xff" * 1000, timeout=10)
-    assert raw.stdout.strip() == "3000"
+    assert raw.stdout.strip() == b"3000"
 
 
 async def test_no_stdin_means_eof(pool: SshPool, sshd: SshdHandle) -> None:
     # A command that reads stdin must see EOF at once, not wait for the timeout.
     result = await pool.run(sshd.target(), "cat; echo done", timeout=5)
-    assert result.stdout == "done\n"
+    assert result.stdout == b"done\n"
 
 
 async def test_killed_by_signal_reports_128_plus_signal(pool: SshPool, sshd: SshdHandle) -> None:
@@ -193,7 +163,7 @@ async def test_timed_out_command_is_killed_remotely(
         assert "by process group" not in log_stream.getvalue()
         assert await wait_gone(marker) == []
         # The connection survives a killed command.
-        assert (await pool.run(sshd.target(), "echo alive", timeout=10)).stdout == "alive\n"
+        assert (await pool.run(sshd.target(), "echo alive", timeout=10)).stdout == b"alive\n"
     finally:
         kill_leftovers(marker)
 
@@ -283,7 +253,7 @@ async def test_cancelled_root_command_is_killed(
         assert await wait_gone(marker) == []
         assert "by process group" in log_stream.getvalue()
         # The connection is still usable afterwards.
-        assert (await pool.run(root_sshd.target(), "echo alive", timeout=10)).stdout == "alive\n"
+        assert (await pool.run(root_sshd.target(), "echo alive", timeout=10)).stdout == b"alive\n"
     finally:
         kill_leftovers(marker)
 
@@ -449,7 +419,7 @@ async def test_accept_new_records_unknown_host(sshd: SshdHandle, tmp_path: Path)
             "echo hi",
             timeout=10,
         )
-    assert result.stdout == "hi\n"
+    assert result.stdout == b"hi\n"
     assert known.read_text() == sshd.known_hosts_line() + "\n"
     assert stat.S_IMODE(known.stat().st_mode) == 0o600
     assert stat.S_IMODE(known.parent.stat().st_mode) == 0o700

@@ -74,18 +74,20 @@ def test_target_defaults_are_strict_with_home_known_hosts() -> None:
     target = SshTarget(host="h", user="u")
     assert target.host_key_policy is HostKeyPolicy.STRICT
     assert target.known_hosts_path() == Path("~/.ssh/known_hosts").expanduser()
+    # A dead peer is noticed within ~10 s: 3 s keepalives, given up after 2 unanswered.
     assert (target.connect_timeout, target.keepalive_interval, target.keepalive_count_max) == (
         10.0,
-        15.0,
-        3,
+        3.0,
+        2,
     )
+    assert target.max_sessions is None
 
 
 @pytest.mark.parametrize(
     ("status", "ok"), [pytest.param(0, True, id="zero"), pytest.param(1, False, id="one")]
 )
 def test_result_ok(status: int, ok: bool) -> None:
-    assert SshResult(status, "", "", 1.0).ok is ok
+    assert SshResult(status, b"", b"", 1.0).ok is ok
 
 
 def test_append_known_host_creates_private_file_and_dirs(tmp_path: Path) -> None:

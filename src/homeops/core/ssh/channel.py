@@ -1,0 +1,334 @@
+"""One remote command's channel: its output streams, how it ended, and the session slots.
+
+Duck-typed against asyncssh's ``SSHClientSession`` callbacks, so this module needs no
+asyncssh import at load time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import inspect
+import signal as _signal
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final, cast
+
+from homeops.core.ssh.kill import Kill
+from homeops.core.ssh.model import MAX_CHANNELS_PER_CONNECTION, OutputSink
+
+if TYPE_CHECKING:
+    from asyncssh import SSHClientChannel, SSHClientConnection, SSHClientSession
+
+# OpenSSH's ssh exits 255 when the server sends no exit status; callers know that convention.
+NO_EXIT_STATUS: Final = 255
+_EXTENDED_DATA_STDERR: Final = 1
+# Kept of each stream's end whatever the cap or sink, for error messages ("last stderr line").
+_TAIL_BYTES: Final = 4096
+
+
+class Abandoned(Exception):
+    """The caller gave up before the server confirmed the channel; it was closed unused."""
+
+
+def _writer(sink: OutputSink | None) -> Callable[[bytes], object] | None:
+    if sink is None:
+        return None
+    write = getattr(sink, "write", None)
+    return cast("Callable[[bytes], object]", write if callable(write) else sink)
+
+
+class OutputStream:
+    """stdout or stderr of one command: handed to a sink, or kept up to ``cap`` bytes."""
+
+    def __init__(self, sink: OutputSink | None, cap: int | None) -> None:
+        self._write = _writer(sink)
+        self._cap = cap
+        self._chunks: list[bytes] = []
+        self._kept = 0
+        self.dropped = 0
+        self.tail = b""
+
+    def feed(self, data: bytes) -> object:
+        """Take one chunk; returns what the sink returned (maybe an awaitable)."""
+        self.tail = data[-_TAIL_BYTES:] if len(data) >= _TAIL_BYTES else self.tail + data
+        self.tail = self.tail[-_TAIL_BYTES:]
+        if self._write is not None:
+            return self._write(data)
+        room = len(data) if self._cap is None else max(0, self._cap - self._kept)
+        if room < len(data):
+            self.dropped += len(data) - room
+            data = data[:room]
+        if data:
+            self._chunks.append(data)
+            self._kept += len(data)
+        return None
+
+    def value(self) -> bytes:
+        """The kept bytes (once: the chunks are released)."""
+        data = b"".join(self._chunks)
+        self._chunks = []
+        return data
+
+    def last_line(self) -> str | None:
+        """The last non-empty line of the stream, decoded leniently."""
+        lines = self.tail.decode("utf-8", "replace").strip().splitlines()
+        return lines[-1] if lines else None
+
+
+class ChannelCount:
+    """Session channels open on one connection (server-confirmed and not yet closed)."""
+
+    def __init__(self) -> None:
+        self.open = 0
+
+
+class Collector:
+    """One remote command's session: routes output, records how it ended.
+
+    ``ended`` is set only when the server reports an exit status or signal: that alone proves
+    the command is over. ``done`` is set when the channel is gone, which may also mean the
+    connection died with the command still running.
+    """
+
+    def __init__(
+        self,
+        stdout: OutputStream,
+        stderr: OutputStream,
+        count: ChannelCount | None = None,
+        on_open: Callable[[int], None] | None = None,
+    ) -> None:
+        self.stdout = stdout
+        self.stderr = stderr
+        self._count = count
+        self._on_open = on_open
+        self.opened = False
+        self.abandoned = False
+        # The server accepted the exec request: OpenSSH's sshd has forked the command by then.
+        self.started = False
+        self.chan: SSHClientChannel[bytes] | None = None
+        self.exit_status: int | None = None
+        self.exit_signal: str | None = None
+        self.error: Exception | None = None
+        self.sink_error: BaseException | None = None
+        self._pending: asyncio.Future[object] | None = None
+        self.kill: asyncio.Task[Kill] | None = None  # the one kill of this command, once begun
+        # Events, not Futures: a timeout cancelling the waiter must not cancel the result.
+        self.ended = asyncio.Event()
+        self.done = asyncio.Event()
+        # Channel gone and every sink write finished, or a sink failed.
+        self.finished = asyncio.Event()
+
+    # The callback signatures are asyncssh's; unused arguments are part of that protocol.
+    def connection_made(self, chan: object) -> None:
+        # Called once the server confirmed the channel open, before the exec request is
+        # sent. A caller that gave up meanwhile must not start the command late: close the
+        # channel (so it holds no server session) and stop asyncssh before it sends exec.
+        channel = cast("SSHClientChannel[bytes]", chan)
+        if self.abandoned:
+            channel.close()
+            raise Abandoned
+        self.opened = True
+        self.chan = channel
+        if self._count is not None:
+            self._count.open += 1
+            if self._on_open is not None:
+                self._on_open(self._count.open)
+
+    def session_started(self) -> None:
+        self.started = True
+
+    def data_received(self, data: bytes, datatype: int | None) -> None:
+        if self.sink_error is not None:
+            return
+        stream = self.stderr if datatype == _EXTENDED_DATA_STDERR else self.stdout
+        try:
+            result = stream.feed(data)
+        except Exception as exc:  # the caller's sink: its failure ends the command
+            self._fail(exc)
+            return
+        if inspect.isawaitable(result):
+            # Hold the server back (the SSH window fills) until the sink caught up.
+            assert self.chan is not None
+            self.chan.pause_reading()
+            self._pending = asyncio.ensure_future(cast("Awaitable[object]", result))
+            self._pending.add_done_callback(self._write_done)
+
+    def _write_done(self, fut: asyncio.Future[object]) -> None:
+        self._pending = None
+        exc = asyncio.CancelledError() if fut.cancelled() else fut.exception()
+        if exc is not None:
+            self._fail(exc)
+            return
+        if self.chan is not None and not self.done.is_set():
+            self.chan.resume_reading()  # may deliver the next chunk (and a new write) at once
+        self._check_finished()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.sink_error is None:
+            self.sink_error = exc
+        self.finished.set()
+
+    def _check_finished(self) -> None:
+        if self.done.is_set() and self._pending is None:
+            self.finished.set()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def pause_writing(self) -> None:
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    def xon_xoff_requested(self, client_can_do: bool) -> None:
+        pass
+
+    def exit_status_received(self, status: int) -> None:
+        self.exit_status = status
+        self.ended.set()
+
+    def exit_signal_received(
+        self,
+        signal: str,
+        core_dumped: bool,  # noqa: ARG002
+        msg: str,  # noqa: ARG002
+        lang: str,  # noqa: ARG002
+    ) -> None:
+        self.exit_signal = signal
+        self.ended.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.opened and self._count is not None:
+            self._count.open -= 1
+        self.error = exc
+        self.done.set()
+        self._check_finished()
+
+    def factory(self) -> Callable[[], SSHClientSession[bytes]]:
+        """A session factory for ``create_session`` that hands out this collector."""
+        return lambda: cast("SSHClientSession[bytes]", self)
+
+    def status(self) -> int:
+        if self.exit_status is not None:
+            return self.exit_status
+        if self.exit_signal is not None:
+            try:
+                return 128 + int(_signal.Signals[f"SIG{self.exit_signal}"])
+            except KeyError:
+                return 128
+        return NO_EXIT_STATUS
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    # A late open's outcome matters to nobody; fetch it so asyncio does not report it.
+    if not task.cancelled():
+        task.exception()
+
+
+async def open_channel(
+    conn: SSHClientConnection, session: Collector, command: str
+) -> SSHClientChannel[bytes]:
+    """Open a session channel running ``command`` with ``session`` as its callbacks.
+
+    The open runs in a task of its own: cancelling the caller (its timeout) does not leave
+    asyncssh half-way, with a channel the server confirms later and nobody closes (each
+    such channel holds one of the server's MaxSessions). The caller's session is marked
+    abandoned instead, and :meth:`Collector.connection_made` closes a late channel unused.
+    """
+    task = asyncio.ensure_future(
+        conn.create_session(session.factory(), command, encoding=None, request_pty=False)
+    )
+    try:
+        chan, _ = await asyncio.shield(task)
+    except asyncio.CancelledError:
+        session.abandoned = True
+        task.add_done_callback(_retrieve)
+        raise
+    return chan
+
+
+class SessionSlots:
+    """How many session channels one host's connection may have at once; who waits for one.
+
+    The limit starts at the target's ``max_sessions`` (then fixed), else at OpenSSH's default
+    and is lowered when the server refuses an open: the number of our channels open at that
+    moment is what it allows. sshd frees a closed channel's slot a moment after the close,
+    so a refusal can also be spurious; ``proven`` (most channels ever open at once) tells the
+    two apart, as the server allowed that many before.
+    """
+
+    def __init__(self, limit: int | None) -> None:
+        self.fixed = limit is not None
+        self.limit = limit if limit is not None else MAX_CHANNELS_PER_CONNECTION
+        self.held = 0
+        self.proven = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def seen_open(self, count: int) -> None:
+        self.proven = max(self.proven, count)
+
+    def refused(self, open_now: int, *, force: bool = False) -> bool:
+        """A refusal with ``open_now`` channels open: lower the limit if it says so.
+
+        Returns whether the refused open should queue for a slot (the server is full) rather
+        than pause and try again. ``force`` trusts a refusal below ``proven`` (it repeated).
+        """
+        if not self.fixed and 1 <= open_now < self.limit and (force or open_now >= self.proven):
+            self.limit = open_now
+        return open_now >= 1 and open_now >= self.limit
+
+    async def acquire(self) -> None:
+        if self.held < self.limit and not self._waiters:
+            self.held += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed a slot just as the caller gave up: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        self.held -= 1
+        while self._waiters and self.held < self.limit:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.held += 1
+                waiter.set_result(None)
+
+
+class Slot:
+    """One caller's hold on a :class:`SessionSlots` (idempotent release, handed over)."""
+
+    def __init__(self, slots: SessionSlots) -> None:
+        self.slots = slots
+        self.held = False
+
+    async def acquire(self) -> None:
+        if not self.held:
+            await self.slots.acquire()
+            self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.slots.release()
+
+
+async def wait_any(seconds: float, *events: asyncio.Event) -> None:
+    """Wait until one of ``events`` is set, at most ``seconds``."""
+    if any(e.is_set() for e in events):
+        return
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
