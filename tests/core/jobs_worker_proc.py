@@ -1,7 +1,10 @@
 """A worker process for the multi-process job tests: ``python jobs_worker_proc.py DB RUNS …``.
 
-Runs handler ``t.rec``, which appends ``<pid> <job_id> <attempt> start|done`` lines to RUNS
-(O_APPEND writes of one short line are atomic, so several processes can share the file).
+Runs handler ``t.rec``, which appends ``<pid> <job_id> <attempt> start|done|stop <t>`` lines to
+RUNS (O_APPEND writes of one short line are atomic, so several processes can share the file;
+``t`` is CLOCK_MONOTONIC, the same clock in every process). ``--sweep ROOT`` also serves the
+core's real ``core.artifacts-sweep`` handler on ROOT, which reads the store inside this process.
+Once the worker has its queue open, ``<pid> - 0 ready <t>`` is written.
 Payload ``sleep`` makes the job take that long (capped by ``--cap-sleep``); ``hang_first``
 makes the first attempt hang, so a test can kill the process mid-job.
 """
@@ -12,16 +15,18 @@ import argparse
 import asyncio
 import os
 import sys
+import time
 from pathlib import Path
 
 from homeops.core import logging as hlog
-from homeops.core.jobs import JobContext, SqliteJobQueue, Worker, install_signal_handlers
+from homeops.core.housekeeping import SWEEP_ARTIFACTS, sweep_handler
+from homeops.core.jobs import Handler, JobContext, SqliteJobQueue, Worker, install_signal_handlers
 
 
 def record(runs: Path, line: str) -> None:
     fd = os.open(runs, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
-        os.write(fd, f"{os.getpid()} {line}\n".encode())
+        os.write(fd, f"{os.getpid()} {line} {time.monotonic():.6f}\n".encode())
     finally:
         os.close(fd)
 
@@ -35,6 +40,7 @@ async def main() -> int:
     parser.add_argument("--grace", type=float, default=10.0)
     parser.add_argument("--cap-sleep", type=float, default=None)
     parser.add_argument("--drain", action="store_true")
+    parser.add_argument("--sweep", type=Path, default=None, help="artifacts root")
     args = parser.parse_args()
     hlog.configure(stream=sys.stderr)
 
@@ -46,13 +52,21 @@ async def main() -> int:
             delay = 3600.0
         if args.cap_sleep is not None:
             delay = min(delay, args.cap_sleep)
-        if delay:
-            await asyncio.sleep(delay)
+        try:
+            if delay:
+                await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            record(args.runs, f"{job.id} {job.attempts} stop")
+            raise
         record(args.runs, f"{job.id} {job.attempts} done")
         return os.getpid()
 
+    handlers: dict[str, Handler] = {"t.rec": rec}
+    if args.sweep is not None:
+        handlers[SWEEP_ARTIFACTS] = sweep_handler(args.sweep, args.db, 0.0)
     queue = SqliteJobQueue(args.db)
-    worker = Worker(queue, {"t.rec": rec}, slots=args.slots, lease_s=args.lease, grace_s=args.grace)
+    worker = Worker(queue, handlers, slots=args.slots, lease_s=args.lease, grace_s=args.grace)
+    record(args.runs, "- 0 ready")
     install_signal_handlers(worker)
     await worker.run(drain=args.drain)
     queue.close()
