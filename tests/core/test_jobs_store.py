@@ -403,3 +403,9 @@ def test_not_a_database_is_corrupt_not_a_crash(tmp_path: Path) -> None:
     assert "not a database" in found.problems[0]
     with pytest.raises(StoreCorrupt):
         SqliteJobQueue(path)
+
+
+def test_a_directory_is_not_a_store(tmp_path: Path) -> None:
+    for readonly in (False, True):
+        with pytest.raises(OperationalError, match="not a regular file"):
+            SqliteJobQueue(tmp_path, readonly=readonly)

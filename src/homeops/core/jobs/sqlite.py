@@ -286,6 +286,11 @@ class SqliteJobQueue:
         where = f" ({exc.filename})" if exc.filename and exc.filename != str(self.path) else ""
         return OperationalError(f"jobs database {self.path}: {exc.strerror or exc}{where}")
 
+    def _require_regular(self, st: os.stat_result) -> None:
+        # SQLite's own error for a directory or device is a bare "disk I/O error".
+        if not stat.S_ISREG(st.st_mode):
+            raise OperationalError(f"jobs database {self.path}: not a regular file")
+
     def _share(self, key: tuple[int, int, bool]) -> _Connection | None:
         shared = _OPEN.get(key)
         if shared is not None:
@@ -296,6 +301,7 @@ class SqliteJobQueue:
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             st = _create_if_absent(self.path)
+            self._require_regular(st)
             shared = self._share(_key(st, False))
             if shared is not None:
                 return shared
@@ -320,6 +326,7 @@ class SqliteJobQueue:
             return None
         except OSError as exc:
             raise self._os_error(exc) from exc
+        self._require_regular(st)
         # A writer of this process already has the file open: read through its connection.
         shared = self._share(_key(st, False)) or self._share(_key(st, True))
         if shared is not None:
