@@ -438,8 +438,9 @@ async def test_lapsed_lease_is_not_run_twice_by_the_same_worker(
 async def test_lapsed_lease_is_not_run_by_two_workers_at_once(
     state_dir: Path, log_stream: io.StringIO, monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
-    # Worker 1's heartbeat fails or hangs for longer than its lease while worker 2 (its own
-    # connection, as another process would have) waits to take the lapsed job.
+    # Worker 1's heartbeat fails or hangs for longer than its lease while worker 2 waits to
+    # take the lapsed job. (In one process both queues share one connection; the hang is in
+    # worker 1's call, outside it, as a slow heartbeat of another process would be.)
     path = state_dir / "jobs.db"
     with SqliteJobQueue(path) as q1, SqliteJobQueue(path) as q2:
         job = q1.enqueue("t.x", {}, max_attempts=20)
