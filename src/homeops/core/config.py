@@ -20,6 +20,7 @@ pydantic does the validation.
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import os
 import stat
@@ -27,7 +28,7 @@ import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import (
@@ -37,6 +38,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     SecretStr,
+    TypeAdapter,
     ValidationError,
 )
 
@@ -137,6 +139,66 @@ def is_secret(annotation: Any) -> bool:  # noqa: ANN401
 
 def _is_structured(annotation: Any) -> bool:  # noqa: ANN401
     return any(typing.get_origin(a) in (list, dict, tuple, set) for a in _union_args(annotation))
+
+
+def _is_path(annotation: Any) -> bool:  # noqa: ANN401
+    return any(isinstance(a, type) and issubclass(a, PurePath) for a in _union_args(annotation))
+
+
+def expand_path(text: str, environ: Mapping[str, str]) -> str:
+    """``text`` with a leading ``~`` or ``~/`` replaced by ``$HOME``; ValueError if unusable.
+
+    An empty path would silently mean the current directory (an artifact root of "" once
+    let a sweep delete photos/ and src/ there), so it is refused. ``~user`` is refused rather
+    than looked up: nothing else in a settings file depends on the passwd database.
+    """
+    if not text.strip():
+        raise ValueError("empty path (leave the setting out to use the default)")
+    if text != "~" and not text.startswith("~/"):
+        if text.startswith("~"):
+            raise ValueError(f"{text!r}: only ~ and ~/... are expanded, not ~user")
+        return text
+    home = environ.get("HOME")
+    if not home:
+        try:
+            home = str(Path.home())
+        except RuntimeError:
+            raise ValueError(f"{text!r}: cannot expand ~: no home directory") from None
+    if not os.path.isabs(home):
+        raise ValueError(f"{text!r}: cannot expand ~: HOME={home!r} is not absolute")
+    return home + text[1:]
+
+
+@functools.cache
+def _strict_adapter(model: type[BaseModel], name: str) -> TypeAdapter[Any]:
+    info = model.model_fields[name]
+    annotation: Any = info.annotation
+    if info.metadata:
+        # The constraints and validators (durations, ranges) live in the metadata, not the type.
+        annotation = Annotated[(annotation, *info.metadata)]
+    return TypeAdapter(annotation)
+
+
+def _check_file_value(
+    model: type[BaseModel], name: str, value: object, label: str, where: str
+) -> None:
+    """Validate one value from the JSON file as JSON, strictly: no type coercion.
+
+    Lax validation is right for environment variables, which are strings by nature, but a
+    file that says ``"slots": true`` or ``"retention_days": false`` has a mistake in it
+    (the latter once meant 0 days: a sweep deleted everything). JSON-mode strictness still
+    takes strings for paths and secrets, and durations like ``"30s"`` are parsed first.
+    """
+    try:
+        _strict_adapter(model, name).validate_json(json.dumps(value), strict=True)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        msg = _reason({**first, "input": None})
+        if is_secret(model.model_fields[name].annotation):
+            raise ConfigError(label, where, msg) from None
+        shown = json.dumps(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise ConfigError(label, where, f"{msg} (got {shown})") from None
 
 
 def _leaves(model: type[BaseModel], prefix: str, path: tuple[str, ...] = ()) -> Iterator[_Leaf]:
@@ -261,9 +323,11 @@ def _check_file_keys(
     model: type[BaseModel],
     data: Mapping[str, Any],
     label: str,
+    environ: Mapping[str, str],
     path: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Refuse unknown keys (with a suggestion) and resolve ``<secret>_file`` keys."""
+    """Refuse unknown keys (with a suggestion) and wrongly typed values; expand paths;
+    resolve ``<secret>_file`` keys."""
     out: dict[str, Any] = {}
     fields = model.model_fields
     for key, value in data.items():
@@ -275,9 +339,15 @@ def _check_file_keys(
                     kind = type(value).__name__
                     raise ConfigError(label, here, f"expected an object (section), got {kind}")
                 sub = typing.cast(type[BaseModel], annotation)
-                out[key] = _check_file_keys(sub, value, label, (*path, key))
-            else:
-                out[key] = value
+                out[key] = _check_file_keys(sub, value, label, environ, (*path, key))
+                continue
+            _check_file_value(model, key, value, label, here)
+            if isinstance(value, str) and _is_path(annotation):
+                try:
+                    value = expand_path(value, environ)
+                except ValueError as exc:
+                    raise ConfigError(label, here, str(exc)) from None
+            out[key] = value
             continue
         base = key.removesuffix(FILE_SUFFIX)
         if key.endswith(FILE_SUFFIX) and base in fields and is_secret(fields[base].annotation):
@@ -326,7 +396,7 @@ def load_settings(
     file_label = ""
     if path is not None:
         file_label = str(path)
-        file_data = _check_file_keys(spec.model, _read_json(path), file_label)
+        file_data = _check_file_keys(spec.model, _read_json(path), file_label, environ)
         data = _merge(data, file_data)
         for leaf in _leaves(spec.model, spec.env_prefix):
             node: Any = file_data
@@ -351,6 +421,11 @@ def load_settings(
                         raw = json.loads(environ[name])
                     except json.JSONDecodeError as exc:
                         raise ConfigError(name, leaf.dotted, f"expected JSON: {exc.msg}") from exc
+                elif _is_path(leaf.annotation):
+                    try:
+                        raw = expand_path(environ[name], environ)
+                    except ValueError as exc:
+                        raise ConfigError(name, leaf.dotted, str(exc)) from None
                 _set(env_data, leaf.path, raw)
                 sources[leaf.dotted] = f"env:{name}"
                 break
