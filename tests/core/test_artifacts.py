@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import os
 import stat
@@ -465,18 +466,38 @@ async def test_sweep_exact_boundary_keeps(store: ArtifactStore, clock: Clock) ->
     assert store.sweep(7) == []
 
 
-@pytest.mark.parametrize("manifest", [None, b"garbage"], ids=["no-manifest", "corrupt"])
-def test_sweep_falls_back_to_dir_mtime(
-    store: ArtifactStore, clock: Clock, manifest: bytes | None
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        pytest.param(None, id="no-manifest"),
+        pytest.param(b"garbage", id="corrupt"),
+        pytest.param(
+            json.dumps(
+                {"job_id": "other", "trace_id": "", "created_at": "2020-01-01T00:00:00Z",
+                 "artifacts": []}
+            ).encode(),
+            id="other-jobs-manifest",
+        ),
+    ],
+)  # fmt: skip
+def test_sweep_keeps_dirs_without_a_valid_manifest(
+    store: ArtifactStore, clock: Clock, manifest: bytes | None, log_stream: io.StringIO
 ) -> None:
-    for name, mtime in (("stale", T0 - 10 * DAY_S), ("fresh", T0 - 1 * DAY_S)):
-        job_dir = store.root / name
-        job_dir.mkdir(parents=True)
-        if manifest is not None:
-            (job_dir / "manifest.json").write_bytes(manifest)
-        os.utime(job_dir, (mtime, mtime))
-    assert store.sweep(7) == ["stale"]
-    assert store.list_jobs() == ["fresh"]
+    """An old directory is not a job's unless its own manifest says so: age alone is no proof."""
+    store.ensure_job("expired", "t")
+    job_dir = store.root / "stale"
+    job_dir.mkdir(parents=True)
+    (job_dir / "keep.txt").write_text("mine")
+    if manifest is not None:
+        (job_dir / "manifest.json").write_bytes(manifest)
+    old = T0 - 100 * DAY_S
+    os.utime(job_dir, (old, old))
+    clock.now = T0 + 10 * DAY_S
+    assert store.sweep(7) == ["expired"]
+    assert (job_dir / "keep.txt").read_text() == "mine"
+    # Without a manifest it is not even listed as a job; a bad one is worth a warning.
+    assert store.list_jobs() == ([] if manifest is None else ["stale"])
+    assert ("directory kept" in log_stream.getvalue()) is (manifest is not None)
 
 
 def test_sweep_rejects_negative_retention(store: ArtifactStore) -> None:
@@ -503,3 +524,141 @@ async def test_sweep_never_leaves_root(store: ArtifactStore, clock: Clock, tmp_p
     assert store.sweep(7) == ["job1"]
     assert (outside / "precious.txt").read_text() == "keep me"
     assert store.root.joinpath("evil").is_symlink()
+
+
+# -- hostile store contents ---------------------------------------------------------------
+
+
+async def test_sweep_deletes_only_job_dirs_it_made(tmp_path: Path, clock: Clock) -> None:
+    """A root misconfigured to a home directory: old photos/ docs/ src/ there survive."""
+    home = tmp_path / "home"
+    store = ArtifactStore(home, clock=clock)
+    store.ensure_job("job1", "t")
+    for name in ("photos", "docs", "src", "job2"):
+        (home / name).mkdir()
+        (home / name / "precious.txt").write_text(name)
+        old = T0 - 100 * DAY_S
+        os.utime(home / name, (old, old))
+    clock.now = T0 + 10 * DAY_S
+    assert store.sweep(7) == ["job1"]
+    assert sorted(p.name for p in home.iterdir()) == ["docs", "job2", "photos", "src"]
+    assert store.list_jobs() == []
+
+
+@pytest.mark.timeout(20)  # the bug was a hang: fail in seconds, not at the suite's limit
+async def test_fifo_manifest_refused_without_waiting(
+    store: ArtifactStore, tmp_path: Path, clock: Clock
+) -> None:
+    store.ensure_job("job1", "t")
+    manifest = store.root / "job1" / "manifest.json"
+    manifest.unlink()
+    os.mkfifo(manifest)
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(
+        OperationalError, match=r"manifest\.json: cannot read manifest: not a regular"
+    ):
+        store.manifest("job1")
+    with pytest.raises(OperationalError, match="not a regular file"):
+        store.fetch("job1", tmp_path / "out")
+    with pytest.raises(OperationalError, match="not a regular file"):
+        await store.add_bytes("job1", "x.txt", b"x", type="ssh")
+    clock.now = T0 + 100 * DAY_S
+    assert store.sweep(7) == []
+    assert stat.S_ISFIFO(manifest.lstat().st_mode)
+    assert len(os.listdir("/proc/self/fd")) == before, "file descriptor leaked"
+
+
+@pytest.mark.timeout(20)
+async def test_fifo_artifact_refused_without_waiting(store: ArtifactStore, tmp_path: Path) -> None:
+    await store.add_bytes("job1", "stdout.txt", b"out", type="ssh")
+    target = store.root / "job1" / "stdout.txt"
+    target.unlink()
+    os.mkfifo(target)
+    with pytest.raises(OperationalError, match=r"stdout\.txt: cannot read: not a regular file"):
+        store.fetch("job1", tmp_path / "out")
+    assert leftovers(tmp_path / "out") == []
+
+
+async def test_manifest_symlink_not_followed(store: ArtifactStore, tmp_path: Path) -> None:
+    """A manifest.json swapped for a symlink is refused even when it points at a valid one."""
+    store.ensure_job("job1", "t")
+    manifest = store.root / "job1" / "manifest.json"
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_bytes(manifest.read_bytes())  # this very job's manifest: it would parse
+    manifest.unlink()
+    manifest.symlink_to(elsewhere)
+    with pytest.raises(OperationalError, match=r"manifest\.json: cannot read manifest: "):
+        store.manifest("job1")
+    with pytest.raises(OperationalError, match=r"manifest\.json: cannot read manifest: "):
+        await store.add_bytes("job1", "x.txt", b"x", type="ssh")
+    assert json.loads(elsewhere.read_bytes())["artifacts"] == []
+    assert manifest.is_symlink()
+
+
+@pytest.mark.parametrize("out", ["/proc", "/sys/kernel"])
+async def test_fetch_into_unwritable_dir_is_one_error(store: ArtifactStore, out: str) -> None:
+    await store.add_bytes("job1", "stdout.txt", b"out", type="ssh")
+    with pytest.raises(OperationalError) as info:
+        store.fetch("job1", Path(out))
+    assert str(info.value).startswith(f"{out}: cannot write: ")
+    assert "\n" not in str(info.value)
+
+
+def test_root_that_is_a_file(tmp_path: Path) -> None:
+    root = tmp_path / "afile"
+    root.write_text("x")
+    store = ArtifactStore(root)
+    with pytest.raises(OperationalError, match="artifact root is not a directory"):
+        store.manifest("job1")
+    with pytest.raises(OperationalError, match="cannot list artifacts: Not a directory"):
+        store.list_jobs()
+    with pytest.raises(OperationalError, match="cannot create"):
+        store.ensure_job("job1", "t")
+
+
+def test_manifest_readers_never_see_a_partial_write(tmp_path: Path) -> None:
+    """Manifests are replaced by rename: a reader sees the old or the new one, never half.
+
+    Written in place, about a third of concurrent reads saw a truncated file.
+    """
+    root = tmp_path / "artifacts"
+    writer = ArtifactStore(root)
+    writer.ensure_job("job1", "t")
+    manifest = root / "job1" / "manifest.json"
+    # ~16 KB of entries, so each rewrite is a sizeable write.
+    doc = json.loads(manifest.read_bytes())
+    doc["artifacts"] = [
+        {"type": "ssh", "path": f"old/{i:04d}.txt", "size_bytes": i, "sha256": sha(b"%d" % i)}
+        for i in range(120)
+    ]
+    manifest.write_text(json.dumps(doc, indent=2))
+    writes = 150
+    reads = 0
+    torn: list[str] = []
+    done = threading.Event()
+
+    def read_until_done() -> None:
+        nonlocal reads
+        reader = ArtifactStore(root)
+        while not done.is_set():
+            try:
+                reader.manifest("job1")
+            except OperationalError as exc:
+                torn.append(str(exc))
+            reads += 1
+
+    thread = threading.Thread(target=read_until_done)
+    thread.start()
+    try:
+        for i in range(writes):
+            seen = reads
+            asyncio.run(writer.add_bytes("job1", f"new{i}.txt", b"x", type="ssh"))
+            # At least one read per write, so the test cannot pass by never reading.
+            while reads == seen and thread.is_alive():
+                os.sched_yield()
+    finally:
+        done.set()
+        thread.join()
+    assert reads >= writes
+    assert torn == []
+    assert len(writer.manifest("job1").artifacts) == 120 + writes

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -50,6 +51,8 @@ DIR_MODE: Final = 0o700
 FILE_MODE: Final = 0o600
 _CHUNK: Final = 1024 * 1024
 DAY_S: Final = 86400.0
+# A manifest lists file names and digests; far past any real one, and a bound on memory.
+MAX_MANIFEST_BYTES: Final = 64 * 1024 * 1024
 
 
 def validate_artifact_type(kind: str) -> str:
@@ -182,6 +185,31 @@ def _parse_entry(entry: object) -> Artifact:
     )
 
 
+def _open_regular(path: Path) -> int:
+    """A read descriptor of the regular file ``path``, never following a final symlink.
+
+    O_NONBLOCK: opening a FIFO would otherwise wait for a writer (``artifacts list`` hung,
+    and a worker sweeping in a thread could not exit on SIGTERM) before fstat can refuse
+    it. On a regular file the flag changes nothing.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        os.close(fd)
+        raise
+    if not regular:
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    return fd
+
+
+def _read_reason(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "is a symlink; refusing to follow"
+    return exc.strerror or str(exc)
+
+
 def _fsync_dir(path: Path) -> None:
     # The rename itself is only durable once the directory entry is flushed.
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -272,6 +300,10 @@ class ArtifactStore:
             st = path.lstat()
         except FileNotFoundError:
             raise UsageError(f"no artifacts for job {job_id!r} under {self.root}") from None
+        except NotADirectoryError:
+            raise OperationalError(f"{self.root}: artifact root is not a directory") from None
+        except OSError as exc:
+            raise OperationalError(f"{path}: cannot read: {exc.strerror or exc}") from exc
         if not stat.S_ISDIR(st.st_mode):
             raise OperationalError(f"{path}: not a directory (symlink or file); refusing to use")
         return path
@@ -325,13 +357,20 @@ class ArtifactStore:
     def _read_manifest(self, job_dir: Path) -> Manifest | None:
         path = job_dir / MANIFEST
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            fd = _open_regular(path)
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise OperationalError(f"{path}: cannot read manifest: {exc.strerror}") from exc
-        with os.fdopen(fd, "rb") as fh:
-            raw = fh.read()
+            raise OperationalError(f"{path}: cannot read manifest: {_read_reason(exc)}") from exc
+        try:
+            with os.fdopen(fd, "rb") as fh:
+                raw = fh.read(MAX_MANIFEST_BYTES + 1)
+        except OSError as exc:
+            raise OperationalError(f"{path}: cannot read manifest: {_read_reason(exc)}") from exc
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise OperationalError(
+                f"{path}: corrupt manifest: larger than {MAX_MANIFEST_BYTES >> 20} MiB"
+            )
         manifest = parse_manifest(raw, source=str(path))
         if manifest.job_id != job_dir.name:
             raise OperationalError(
@@ -348,7 +387,11 @@ class ArtifactStore:
         return Manifest(job_id, trace_id, format_ts(self._clock()), ())
 
     def _ensure_job_sync(self, job_id: str, trace_id: str) -> Manifest:
-        job_dir = self._make_job_dir(job_id)
+        try:
+            job_dir = self._make_job_dir(job_id)
+        except OSError as exc:
+            where = self.job_dir(job_id)
+            raise OperationalError(f"{where}: cannot create: {exc.strerror or exc}") from exc
         with self._locked(job_id, job_dir):
             manifest = self._read_manifest(job_dir)
             if manifest is None:
@@ -379,7 +422,12 @@ class ArtifactStore:
         return manifest
 
     def list_jobs(self) -> list[str]:
-        """Ids of every job directory under the root, sorted (symlinks are ignored)."""
+        """Ids of the job directories under the root, sorted.
+
+        A job directory has a valid job id as its name and a ``manifest.json`` regular file
+        in it; symlinks, stray files and other directories (the root may be misconfigured
+        to be somebody's home) are not jobs.
+        """
         try:
             entries = list(os.scandir(self.root))
         except FileNotFoundError:
@@ -392,8 +440,13 @@ class ArtifactStore:
         for entry in entries:
             if not entry.is_dir(follow_symlinks=False):
                 continue
-            with contextlib.suppress(UsageError):
-                jobs.append(validate_job_id(entry.name))
+            try:
+                job_id = validate_job_id(entry.name)
+                manifest = os.lstat(os.path.join(entry.path, MANIFEST))
+            except (UsageError, OSError):
+                continue
+            if stat.S_ISREG(manifest.st_mode):
+                jobs.append(job_id)
         return sorted(jobs)
 
     # -- adding ----------------------------------------------------------------------
@@ -517,12 +570,17 @@ class ArtifactStore:
         _make_out_dir(dest_parent)
         dest = dest_parent / src.name
         try:
-            fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+            fd = _open_regular(src)
         except FileNotFoundError:
             raise OperationalError(f"{src}: missing") from None
         except OSError as exc:
-            raise OperationalError(f"{src}: cannot read: {exc.strerror}") from exc
-        tmp = _TempArtifact(dest_parent)
+            raise OperationalError(f"{src}: cannot read: {_read_reason(exc)}") from exc
+        try:
+            tmp = _TempArtifact(dest_parent)
+        except OSError as exc:
+            os.close(fd)
+            # /proc, /sys/kernel, a read-only mount: one line naming the directory.
+            raise OperationalError(f"{dest_parent}: cannot write: {exc.strerror or exc}") from exc
         try:
             with os.fdopen(fd, "rb") as fh:
                 while chunk := fh.read(_CHUNK):
@@ -543,14 +601,17 @@ class ArtifactStore:
 
     # -- retention -------------------------------------------------------------------
 
-    def _job_age_epoch(self, job_dir: Path) -> float:
+    def _job_created(self, job_dir: Path) -> float | None:
+        """When the job of ``job_dir`` was created, or None if it is not a job dir we made."""
         try:
             manifest = self._read_manifest(job_dir)
-            if manifest is not None:
-                return manifest.created_epoch()
         except OperationalError as exc:
-            _log.warn("sweep", "manifest unreadable, using dir mtime", err=exc)
-        return job_dir.lstat().st_mtime
+            _log.warn("sweep", "manifest unreadable; directory kept", err=exc)
+            return None
+        if manifest is None:
+            _log.warn("sweep", "no manifest; directory kept", path=job_dir)
+            return None
+        return manifest.created_epoch()
 
     def sweep(
         self, retention_days: float, *, keep: Callable[[str], bool] | None = None
@@ -560,8 +621,10 @@ class ArtifactStore:
         ``keep(job_id)`` true spares a directory whatever its age (a job still queued or
         running is still writing its artifacts).
 
-        Entries that are not real directories with a valid job id (symlinks included)
-        are left alone, so nothing outside the root is ever touched.
+        Only directories this store made are deleted: a valid job id as the name and a
+        readable manifest with that id inside. Everything else (symlinks, corrupt or missing
+        manifests, a misconfigured root's photos/ and src/) is left alone, so nothing outside
+        the store is ever touched.
         """
         # NaN would compare false against every age and delete everything: refuse it.
         if not math.isfinite(retention_days) or retention_days < 0:
@@ -571,8 +634,8 @@ class ArtifactStore:
         for job_id in self.list_jobs():
             job_dir = self.root / job_id
             try:
-                created = self._job_age_epoch(job_dir)
-                if created >= cutoff or (keep is not None and keep(job_id)):
+                created = self._job_created(job_dir)
+                if created is None or created >= cutoff or (keep is not None and keep(job_id)):
                     continue
                 # rmtree never follows symlinks inside the tree (fd-based on Linux).
                 shutil.rmtree(job_dir)

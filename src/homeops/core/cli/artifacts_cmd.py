@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,12 +50,18 @@ def list_artifacts(
 def fetch(
     ctx: typer.Context,
     job: str = typer.Option(..., "--job", metavar="JOB_ID", help="Whose artifacts."),
-    out: Path = typer.Option(..., "--out", help="Directory to copy them into."),
+    # str, not Path: Typer turns "" into Path("."), and `--out ''` must not mean "here".
+    out: str = typer.Option(..., "--out", metavar="DIR", help="Directory to copy them into."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Copy a job's artifacts to --out, verifying every sha256 on the way."""
+    from homeops.core.errors import UsageError
+
+    if not out.strip():
+        raise UsageError("--out: empty path")
     store, _ = _store(ctx)
-    paths = store.fetch(job, out)
+    # os.path.expanduser leaves an unknown ~user alone instead of raising.
+    paths = store.fetch(job, Path(os.path.expanduser(out)))
     if as_json:
         print_json([str(p) for p in paths])
     else:
