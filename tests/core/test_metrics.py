@@ -15,6 +15,7 @@ import pytest
 from homeops.core.errors import UsageError
 from homeops.core.metrics import (
     SEED_METRICS,
+    WORKER_METRICS,
     MetricKind,
     MetricsEmitter,
     MetricsRegistry,
@@ -51,7 +52,8 @@ def test_registry_satisfies_job_worker_sink() -> None:
 
 def test_seed_metrics_start_at_zero() -> None:
     reg = MetricsRegistry.with_seed_metrics()
-    assert reg.snapshot() == dict.fromkeys(sorted(s.name for s in SEED_METRICS), 0.0)
+    want = dict.fromkeys(sorted(s.name for s in (*SEED_METRICS, *WORKER_METRICS)), 0.0)
+    assert reg.snapshot() == want
     assert {s.kind for s in SEED_METRICS} == {MetricKind.COUNTER}
     assert len(SEED_METRICS) == 6
 
@@ -159,6 +161,7 @@ def test_prometheus_text_exact() -> None:
         "# HELP jobs_failed_total Total jobs failed\n"
         "# TYPE jobs_failed_total counter\n"
         "jobs_failed_total 2\n"
+        "# HELP undescribed_total undescribed_total (no description registered)\n"
         "# TYPE undescribed_total counter\n"
         "undescribed_total 1\n"
         '# HELP weird back\\\\slash\\nnewline "quoted"\n'
@@ -202,7 +205,7 @@ async def test_emitter_writes_blocks_to_stdout(capsys: pytest.CaptureFixture[str
     out = capsys.readouterr()
     lines = out.out.splitlines()
     # Two full intervals, then the third sleep is interrupted by stop: the final block.
-    assert len(lines) == 3 * len(SEED_METRICS)
+    assert len(lines) == 3 * (len(SEED_METRICS) + len(WORKER_METRICS))
     assert all(LINE_RE.fullmatch(line) for line in lines)
     assert fake.sleeps == [30, 30, 30]
     assert lines[0] == "metric=aloha_runs_total value=1 ts=2026-11-22T00:00:30.000Z"
@@ -283,3 +286,77 @@ async def test_emitter_survives_unwritable_path(tmp_path: Path, log_stream: io.S
 def test_emitter_rejects_bad_interval() -> None:
     with pytest.raises(UsageError, match="interval"):
         MetricsEmitter(MetricsRegistry(), interval_s=0)
+
+
+# A strict reader of text format 0.0.4 as `promtool check metrics` lints it (prometheus_client
+# is not in the dev lock): every family has one HELP and one TYPE before its samples, families
+# are contiguous, names and values are well formed.
+_PROM_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+_HELP_RE = re.compile(rf"# HELP ({_PROM_NAME}) (.*)")
+_TYPE_RE = re.compile(rf"# TYPE ({_PROM_NAME}) (counter|gauge|histogram|summary|untyped)")
+_SAMPLE_RE = re.compile(rf"({_PROM_NAME}) (\S+)")
+
+
+def parse_prometheus(text: str) -> dict[str, dict[str, object]]:
+    assert text.endswith("\n"), "exposition must end with a newline"
+    families: dict[str, dict[str, object]] = {}
+    current: str | None = None
+    for line in text[:-1].split("\n"):
+        if m := _HELP_RE.fullmatch(line):
+            name, field, value = m[1], "help", m[2]
+        elif m := _TYPE_RE.fullmatch(line):
+            name, field, value = m[1], "type", m[2]
+        elif m := _SAMPLE_RE.fullmatch(line):
+            name, field, value = m[1], "samples", m[2]
+            float(value)  # NaN, +Inf, -Inf and decimals all parse; anything else raises
+        else:
+            raise AssertionError(f"not a text-format line: {line!r}")
+        if name != current:
+            assert name not in families, f"{name}: family split across the exposition"
+            families[name] = {"samples": []}
+            current = name
+        family = families[name]
+        if field == "samples":
+            family["samples"].append(float(value))  # type: ignore[attr-defined]
+            continue
+        assert field not in family, f"{name}: second {field.upper()} line"
+        assert not family["samples"], f"{name}: {field.upper()} after a sample"
+        family[field] = value
+    return families
+
+
+def test_every_prometheus_metric_has_help_and_type() -> None:
+    # What the job worker's registry holds once it has run: the seed's counters, its own
+    # gauge (set with no describe) and a domain's counter nobody described.
+    reg = MetricsRegistry.with_seed_metrics()
+    reg.set("jobs_running", 2)
+    reg.inc("jobs_completed_total")
+    reg.inc("builds_cache_hits_total")
+    families = parse_prometheus(prometheus_text(reg))
+    assert set(families) == {
+        *(s.name for s in SEED_METRICS),
+        "jobs_running",
+        "builds_cache_hits_total",
+    }
+    for name, family in families.items():
+        assert family.get("help"), f"{name}: no HELP"
+        assert family.get("type") in ("counter", "gauge"), f"{name}: no TYPE"
+        assert len(family["samples"]) == 1  # type: ignore[arg-type]
+    assert families["jobs_running"]["type"] == "gauge"
+    assert families["jobs_running"]["samples"] == [2.0]
+    assert families["builds_cache_hits_total"]["type"] == "counter"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param("x 1\n# HELP x late\n", id="help-after-sample"),
+        pytest.param("# TYPE x gauge\n# TYPE x gauge\nx 1\n", id="two-types"),
+        pytest.param("# HELP x a\n# TYPE x gauge\nx 1\ny 2\nx 3\n", id="split-family"),
+        pytest.param("# TYPE x gauge\nx one\n", id="bad-value"),
+        pytest.param("# TYPE x gauge\nx 1", id="no-final-newline"),
+    ],
+)
+def test_prometheus_parser_is_strict(bad: str) -> None:
+    with pytest.raises((AssertionError, ValueError)):
+        parse_prometheus(bad)

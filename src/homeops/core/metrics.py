@@ -57,6 +57,9 @@ SEED_METRICS: Final[tuple[MetricSpec, ...]] = (
     MetricSpec("playwright_sessions_total", MetricKind.COUNTER, "Total Playwright sessions"),
     MetricSpec("aloha_runs_total", MetricKind.COUNTER, "Total Aloha runs"),
 )
+WORKER_METRICS: Final[tuple[MetricSpec, ...]] = (
+    MetricSpec("jobs_running", MetricKind.GAUGE, "Jobs this worker is running now"),
+)
 
 
 @runtime_checkable
@@ -95,8 +98,8 @@ class MetricsRegistry:
 
     @classmethod
     def with_seed_metrics(cls) -> MetricsRegistry:
-        """A registry holding the seed's six counters at 0."""
-        return cls(SEED_METRICS)
+        """A registry holding the seed's six counters and the worker's gauge, at 0."""
+        return cls((*SEED_METRICS, *WORKER_METRICS))
 
     def describe(self, name: str, kind: MetricKind | str, help: str) -> None:
         """Register HELP and TYPE for ``name``; the value starts at 0 if unset."""
@@ -171,14 +174,18 @@ def _escape_help(text: str) -> str:
 
 
 def prometheus_text(registry: MetricsRegistry) -> str:
-    """The registry in Prometheus text exposition format 0.0.4 (ends with a newline)."""
+    """The registry in Prometheus text exposition format 0.0.4 (ends with a newline).
+
+    Every metric gets HELP and TYPE, described or not: ``promtool check metrics`` flags a
+    metric without HELP, and one that sprang into existence by ``inc``/``set`` has none.
+    """
     values = registry.snapshot()
     lines: list[str] = []
     for spec in registry.specs():
         if spec.name not in values:
             continue
-        if spec.help:
-            lines.append(f"# HELP {spec.name} {_escape_help(spec.help)}")
+        text = spec.help or f"{spec.name} (no description registered)"
+        lines.append(f"# HELP {spec.name} {_escape_help(text)}")
         lines.append(f"# TYPE {spec.name} {spec.kind}")
         lines.append(f"{spec.name} {format_value(values[spec.name])}")
     return "".join(line + "\n" for line in lines)
