@@ -119,3 +119,25 @@ def test_asyncssh_info_hidden_unless_debug():
     logging.getLogger("asyncssh").info("channel opened")
     assert "channel opened" in buf.getvalue()
     hlog.configure(stream=io.StringIO())
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        pytest.param('pa"ss-word', id="quote"),
+        pytest.param("pa\\ss-word", id="backslash"),
+        pytest.param("pa ss\tword", id="space-and-tab"),
+        pytest.param("pässwörd", id="non-ascii"),
+    ],
+)
+def test_secret_masked_before_escaping(log_stream, secret):
+    # Escaping rewrites the secret (" becomes \", ö becomes \u00f6): a mask applied to the
+    # escaped text no longer finds it, and the secret is printed in its escaped spelling.
+    escaped = hlog.encode_value(secret).strip('"')  # before it is registered as a secret
+    assert escaped != secret
+    hlog.register_secret(secret)
+    hlog.get_logger("core.test").info("op", f"token={secret}", err=secret, arg=f"[{secret}]")
+    out = log_stream.getvalue()
+    assert secret not in out
+    assert escaped not in out
+    assert out.count("***") == 3
