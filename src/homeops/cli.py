@@ -88,10 +88,11 @@ def build_app() -> "typer.Typer":
         # Both are consumed by main() before Typer parses; declared here for --help.
         # Logging is set up here, not in main(), so `--help` never imports it.
         from homeops.core import logging as hlog
-        from homeops.core.cli.common import options
+        from homeops.core.cli.common import REGISTRY_META, options
 
         del config, debug
         hlog.configure(debug=options(ctx).debug)
+        ctx.meta[REGISTRY_META] = build_registry
 
     @app.command("version")
     def version(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
@@ -193,46 +194,24 @@ def build_app() -> "typer.Typer":
     return app
 
 
-def _report(exc: BaseException) -> int:
-    from homeops.core.errors import ConfigError, HomeopsError
-    from homeops.core.logging import mask
-
-    # Masked like every log line: an error message may quote a command or a URL.
-    if isinstance(exc, ConfigError):
-        sys.stderr.write(f"{mask(str(exc))}\n")
-    elif isinstance(exc, HomeopsError):
-        sys.stderr.write(f"error: {mask(str(exc))}\n")
-    return int(getattr(exc, "exit_code", 1))
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``homeops`` console script."""
     try:
-        _main(list(sys.argv[1:] if argv is None else argv))
+        code = _main(list(sys.argv[1:] if argv is None else argv))
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
-        sys.exit(130)
+        code = 130
+    if code:
+        sys.exit(code)
 
 
-def _main(args: list[str]) -> None:
+def _main(args: list[str]) -> int:
     if args in (["version"], ["version", "--json"], ["--version"]):
         sys.stdout.write(_version_payload("--json" in args) + "\n")
-        return
-    from homeops.core.cli.common import split_global_options
+        return 0
+    from homeops.core.cli.common import run_app
 
-    opts, rest = split_global_options(args)
-    app = build_app()
-    try:
-        app(args=rest, prog_name="homeops", obj=opts)
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:
-        # Imported only on this path: a run that succeeds never loads the error classes.
-        from homeops.core.errors import HomeopsError
-
-        if isinstance(exc, HomeopsError):
-            sys.exit(_report(exc))
-        raise
+    return run_app(build_app, args, prog_name="homeops")
 
 
 if __name__ == "__main__":

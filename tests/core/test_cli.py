@@ -58,15 +58,15 @@ def run_main(capsys, *args):
             id="after-double-dash",
         ),
         pytest.param(
-            ["doctor", "--config"],
-            GlobalOptions(),
-            ["doctor", "--config"],
-            id="missing-value-left-for-typer",
+            ["--config", "./doctor", "doctor"],
+            GlobalOptions(Path("doctor")),
+            ["doctor"],
+            id="file-named-like-a-command",
         ),
     ],
 )
 def test_split_global_options(argv, opts, rest):
-    assert split_global_options(argv) == (opts, rest)
+    assert split_global_options(argv, {"doctor", "config", "show", "jobs"}) == (opts, rest)
 
 
 def test_version_fast_path(capsys):

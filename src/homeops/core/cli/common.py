@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import typer
 
 if TYPE_CHECKING:
     from homeops.core.config import Loaded
+    from homeops.core.registry import Registry
     from homeops.core.settings import CoreSettings
 
 JSON_HELP = "Print machine-readable JSON on stdout."
+# ctx.meta key: the umbrella app's registry factory, so settings can be checked against what
+# the domains register (failpoint names) without core importing any domain.
+REGISTRY_META: Final = "homeops.registry"
+# An error line quoting a 5,000-character argument is no longer one readable line.
+MAX_ERROR_CHARS: Final = 400
+_HEAD_CHARS: Final = 260
+_TAIL_CHARS: Final = 100
 
 
 @dataclass(frozen=True)
@@ -26,13 +35,21 @@ class GlobalOptions:
     debug: bool = False
 
 
-def split_global_options(argv: Sequence[str]) -> tuple[GlobalOptions, list[str]]:
+def split_global_options(
+    argv: Sequence[str], commands: Collection[str] = ()
+) -> tuple[GlobalOptions, list[str]]:
     """Pull ``--config PATH``/``--config=PATH`` and ``--debug`` out of ``argv`` wherever they are.
 
     Click only accepts group options before the subcommand; users (and the seeds' scripts)
-    put ``--config`` after it too. Everything after ``--`` is left alone. A ``--config``
-    without a value is left in place so Typer reports the usage error.
+    put ``--config`` after it too. Everything after ``--`` is left alone.
+
+    :class:`UsageError` when the value is missing or empty: ``--config=`` would read the
+    current directory, and ``--config doctor`` (value forgotten) would read a file called
+    doctor and run no command. A value that is one of ``commands`` counts as missing; a file
+    of that name is still reachable as ``--config=doctor`` or ``--config ./doctor``.
     """
+    from homeops.core.errors import UsageError
+
     config: Path | None = None
     debug = False
     rest: list[str] = []
@@ -45,9 +62,20 @@ def split_global_options(argv: Sequence[str]) -> tuple[GlobalOptions, list[str]]
         if arg == "--debug":
             debug = True
         elif arg.startswith("--config="):
-            config = Path(arg.split("=", 1)[1])
-        elif arg == "--config" and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-            config = Path(argv[i + 1])
+            value = arg.split("=", 1)[1]
+            if not value.strip():
+                raise UsageError("--config: empty path")
+            config = Path(value)
+        elif arg == "--config":
+            following = argv[i + 1] if i + 1 < len(argv) else None
+            if following is None or following.startswith("-") or following in commands:
+                after = "" if following is None else f" before {following!r}"
+                if following in commands:
+                    after += f" (for a file named {following}: --config ./{following})"
+                raise UsageError(f"--config: missing value{after}")
+            if not following.strip():
+                raise UsageError("--config: empty path")
+            config = Path(following)
             i += 1
         else:
             rest.append(arg)
@@ -71,7 +99,37 @@ def load_core(ctx: typer.Context) -> Loaded[CoreSettings]:
     opts = options(ctx)
     loaded = load_settings(CORE_SPEC, environ=os.environ, config_path=opts.config)
     hlog.configure(debug=opts.debug, level=loaded.settings.log.level)
+    factory = ctx.meta.get(REGISTRY_META)
+    if factory is not None:
+        check_failpoint(loaded, factory(), opts.config)
     return loaded
+
+
+def check_failpoint(
+    loaded: Loaded[CoreSettings], registry: Registry, config_path: Path | None
+) -> None:
+    """:class:`ConfigError` unless ``supervisor.failpoint`` is unset or a registered check.
+
+    Checked on every settings load, so ``config show`` and ``doctor`` refuse the same
+    settings ``supervise`` would, naming the variable or file that set the value.
+    """
+    from homeops.core.errors import ConfigError
+    from homeops.core.registry import DomainContext
+
+    failpoint = loaded.settings.supervisor.failpoint
+    if failpoint is None:
+        return
+    checks = registry.collect(DomainContext(os.environ, config_path, loaded.settings))
+    names = [c.name for c in checks]
+    if failpoint in names:
+        return
+    source = loaded.sources.get("supervisor.failpoint", "")
+    label = source.split(":", 1)[1] if ":" in source else source
+    raise ConfigError(
+        label,
+        "supervisor.failpoint",
+        f"unknown check {failpoint!r} (known: {', '.join(names) or 'none'})",
+    )
 
 
 def print_json(data: Any) -> None:  # noqa: ANN401
@@ -109,3 +167,122 @@ def duration_flag(flag: str, value: str) -> float:
     if seconds <= 0:
         raise UsageError(f"{flag}: must be greater than 0")
     return seconds
+
+
+# -- the console entry: every error is one line on stderr -----------------------------------
+
+
+_CONTROL_ESCAPES: Final = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(ch: str) -> str:
+    if ch.isascii() and ch.isprintable():
+        return ch
+    if ch in _CONTROL_ESCAPES:
+        return _CONTROL_ESCAPES[ch]
+    # Python's own escapes: whoever reads the line can paste them back into a string.
+    code = ord(ch)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def error_line(message: str) -> str:
+    """``message`` made safe for one stderr line: secrets masked, ASCII, at most ~400 chars.
+
+    Masking comes first: escaping or truncating first could split a secret so that the
+    mask no longer matches and part of it is printed. Long input is elided in the middle,
+    so the start (what was wrong) and the end (the reason) both survive.
+    """
+    from homeops.core.logging import mask
+
+    pieces = [_escape(ch) for ch in mask(message)]
+    if sum(map(len, pieces)) <= MAX_ERROR_CHARS:
+        return "".join(pieces)
+    head = tail = 0  # piece counts; an escape sequence is never cut in half
+    size = 0
+    while size < _HEAD_CHARS:
+        size += len(pieces[head])
+        head += 1
+    size = 0
+    while size < _TAIL_CHARS:
+        tail += 1
+        size += len(pieces[-tail])
+    elided = len(pieces) - head - tail
+    return f"{''.join(pieces[:head])}... ({elided} characters elided) ...{''.join(pieces[-tail:])}"
+
+
+def report_error(message: str, prefix: str = "error: ") -> None:
+    """Write one error line to stderr."""
+    sys.stderr.write(prefix + error_line(message) + "\n")
+
+
+def _click_exceptions() -> Any:  # noqa: ANN401
+    # Typer 0.2x vendors click as typer._click; older releases depend on click itself.
+    try:
+        return importlib.import_module("typer._click.exceptions")
+    except ImportError:
+        return importlib.import_module("click.exceptions")
+
+
+def _command_names(command: Any) -> set[str]:  # noqa: ANN401
+    names: set[str] = set()
+    for name, sub in getattr(command, "commands", {}).items():
+        names.add(name)
+        names |= _command_names(sub)
+    return names
+
+
+def run_app(
+    build: Callable[[], typer.Typer],
+    args: Sequence[str],
+    *,
+    prog_name: str,
+) -> int:
+    """Run a Typer app as a console script and return its exit code.
+
+    Usage errors (Typer's three-line "Usage/Try/Error" block), :class:`HomeopsError` and
+    OS errors nobody translated all become one ``error: ...`` line: this is the one place
+    errors are printed, for the core's commands and every domain's alike.
+    """
+    from homeops.core.errors import ConfigError, ExitCode, HomeopsError
+
+    exceptions = _click_exceptions()
+    debug = "--debug" in args
+    try:
+        app = build()
+        command = typer.main.get_command(app)
+        opts, rest = split_global_options(args, _command_names(command))
+        result = command.main(args=rest, prog_name=prog_name, obj=opts, standalone_mode=False)
+    except exceptions.NoArgsIsHelpError as exc:
+        # `homeops jobs` alone: the help is the useful answer, not an error line.
+        sys.stderr.write(exc.format_message() + "\n")
+        return int(ExitCode.USAGE)
+    except exceptions.UsageError as exc:
+        message = exc.format_message()
+        if exc.ctx is not None:
+            message += f" (see '{exc.ctx.command_path} --help')"
+        report_error(message)
+        return int(ExitCode.USAGE)
+    except exceptions.ClickException as exc:
+        report_error(exc.format_message())
+        return int(exc.exit_code)
+    except typer.Abort:
+        report_error("aborted")
+        return int(ExitCode.FAILURE)
+    except ConfigError as exc:
+        # Its message already starts "config error: ", as the docs show it.
+        report_error(str(exc), prefix="")
+        return int(exc.exit_code)
+    except HomeopsError as exc:
+        report_error(str(exc))
+        return int(exc.exit_code)
+    except OSError as exc:
+        # A filesystem error no layer translated: still one line, not a traceback
+        # (--debug keeps the traceback for whoever is fixing that layer).
+        if debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        report_error(f"{where}{exc.strerror or exc}")
+        return int(ExitCode.FAILURE)
+    return result if isinstance(result, int) else int(ExitCode.OK)
