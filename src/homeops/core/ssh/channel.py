@@ -10,6 +10,7 @@ import asyncio
 import collections
 import contextlib
 import inspect
+import io
 import signal as _signal
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, cast
@@ -25,6 +26,11 @@ NO_EXIT_STATUS: Final = 255
 _EXTENDED_DATA_STDERR: Final = 1
 # Kept of each stream's end whatever the cap or sink, for error messages ("last stderr line").
 _TAIL_BYTES: Final = 4096
+# Output queued for an async sink before reading pauses, and below which it resumes. Reading
+# is paused for a batch, not per chunk: asyncssh reopens the whole SSH window on every chunk
+# it delivers, so pausing after each chunk would let its own buffer grow without bound.
+_QUEUE_HIGH: Final = 1024 * 1024
+_QUEUE_LOW: Final = _QUEUE_HIGH // 2
 
 
 class Abandoned(Exception):
@@ -44,7 +50,9 @@ class OutputStream:
     def __init__(self, sink: OutputSink | None, cap: int | None) -> None:
         self._write = _writer(sink)
         self._cap = cap
-        self._chunks: list[bytes] = []
+        # BytesIO, not a list joined at the end: its getvalue() hands over the buffer without
+        # a copy, so capturing N bytes peaks at about N, not 2N.
+        self._kept_bytes = io.BytesIO()
         self._kept = 0
         self.dropped = 0
         self.tail = b""
@@ -60,14 +68,14 @@ class OutputStream:
             self.dropped += len(data) - room
             data = data[:room]
         if data:
-            self._chunks.append(data)
+            self._kept_bytes.write(data)
             self._kept += len(data)
         return None
 
     def value(self) -> bytes:
-        """The kept bytes (once: the chunks are released)."""
-        data = b"".join(self._chunks)
-        self._chunks = []
+        """The kept bytes (once: the buffer is released)."""
+        data = self._kept_bytes.getvalue()
+        self._kept_bytes = io.BytesIO()
         return data
 
     def last_line(self) -> str | None:
@@ -111,7 +119,11 @@ class Collector:
         self.exit_signal: str | None = None
         self.error: Exception | None = None
         self.sink_error: BaseException | None = None
-        self._pending: asyncio.Future[object] | None = None
+        self._pump: asyncio.Future[None] | None = None  # awaiting an async sink
+        self._queue: collections.deque[tuple[OutputStream, bytes]] = collections.deque()
+        self._queued = 0
+        self._paused = False
+        self._flushing = False
         self.kill: asyncio.Task[Kill] | None = None  # the one kill of this command, once begun
         # Events, not Futures: a timeout cancelling the waiter must not cancel the result.
         self.ended = asyncio.Event()
@@ -142,35 +154,67 @@ class Collector:
         if self.sink_error is not None:
             return
         stream = self.stderr if datatype == _EXTENDED_DATA_STDERR else self.stdout
+        if self._pump is not None:  # an async sink is busy: keep the order, queue
+            self._queue.append((stream, data))
+            self._queued += len(data)
+            if self._queued > _QUEUE_HIGH and not self._paused and not self._flushing:
+                self._pause()
+            return
         try:
             result = stream.feed(data)
         except Exception as exc:  # the caller's sink: its failure ends the command
             self._fail(exc)
             return
         if inspect.isawaitable(result):
-            # Hold the server back (the SSH window fills) until the sink caught up.
-            assert self.chan is not None
-            self.chan.pause_reading()
-            self._pending = asyncio.ensure_future(cast("Awaitable[object]", result))
-            self._pending.add_done_callback(self._write_done)
+            self._pump = asyncio.ensure_future(self._drain(result))
 
-    def _write_done(self, fut: asyncio.Future[object]) -> None:
-        self._pending = None
-        exc = asyncio.CancelledError() if fut.cancelled() else fut.exception()
-        if exc is not None:
+    async def _drain(self, first: Awaitable[object]) -> None:
+        """Await the async sink's writes in order, resuming reading as the queue empties."""
+        try:
+            await first
+            while self._queue:
+                stream, data = self._queue.popleft()
+                self._queued -= len(data)
+                if self._paused and self._queued <= _QUEUE_LOW:
+                    self._resume()
+                result = stream.feed(data)
+                if inspect.isawaitable(result):
+                    await result
+        # The caller's sink (run() re-raises it); a cancelled pump must end the wait too.
+        except BaseException as exc:
             self._fail(exc)
-            return
-        if self.chan is not None and not self.done.is_set():
-            self.chan.resume_reading()  # may deliver the next chunk (and a new write) at once
-        self._check_finished()
+        finally:
+            self._pump = None
+            if self._paused and self.sink_error is None:
+                self._resume()
+            self._check_finished()
+
+    def _pause(self) -> None:
+        assert self.chan is not None
+        self._paused = True
+        self.chan.pause_reading()
+
+    def _resume(self) -> None:
+        assert self.chan is not None
+        self._paused = False
+        # asyncssh hands over everything it buffered meanwhile, right here: take it all
+        # into the queue (no pausing half-way), then pause again if that is too much.
+        self._flushing = True
+        try:
+            self.chan.resume_reading()
+        finally:
+            self._flushing = False
+        if self._queued > _QUEUE_HIGH and self._pump is not None:
+            self._pause()
 
     def _fail(self, exc: BaseException) -> None:
         if self.sink_error is None:
             self.sink_error = exc
+        self._queue.clear()
         self.finished.set()
 
     def _check_finished(self) -> None:
-        if self.done.is_set() and self._pending is None:
+        if self.done.is_set() and self._pump is None:
             self.finished.set()
 
     def eof_received(self) -> bool:

@@ -198,6 +198,12 @@ class SshPool:
         try:
             # Shielded: one waiter cancelled must not cancel the connect the others wait for.
             return await asyncio.shield(pending), True
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if pending.cancelled() and task is not None and not task.cancelling():
+                # The connect was stopped, not this caller (the pool is closing).
+                raise OperationalError("ssh pool is closed") from None
+            raise
         finally:
             left = self._connect_waiters[key] - 1
             if left:
@@ -206,6 +212,9 @@ class SshPool:
                 del self._connect_waiters[key]
                 if not pending.done():
                     pending.cancel()
+                    # Forgotten at once: the next caller starts afresh, not on a dying task.
+                    if self._connecting.get(key) is pending:
+                        del self._connecting[key]
 
     async def _establish(self, target: SshTarget, key: _PoolKey) -> _Conn:
         entry = await self._new_conn(target, reconnect=key in self._seen)
@@ -343,6 +352,14 @@ class SshPool:
         slots = slot.slots
         before = slots.limit
         open_now = entry.count.open
+        _log.debug(
+            "run",
+            "server refused a channel",
+            err=one_line(exc),
+            open_channels=open_now,
+            max_sessions=before,
+            **self._fields(target),
+        )
         queue = slots.refused(open_now)
         if not queue:
             pause = next(pauses, None)
