@@ -20,8 +20,6 @@ CANCEL_GRACE_S: Final = 0.5
 CANCEL_KILL_BUDGET_S: Final = 3.0
 # How long the server gets to report the exit after a SIGKILL "signal" request.
 SIGKILL_WAIT_S: Final = 0.2
-# After the fallback killed the process group, how long to wait for the exit status.
-KILL_WAIT_S: Final = 1.0
 # The whole fallback kill (connect, open, script) in its background task.
 FALLBACK_BUDGET_S: Final = 5.0
 

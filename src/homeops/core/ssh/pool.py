@@ -48,7 +48,6 @@ from homeops.core.ssh.kill import (
     KILL_BUDGET_S,
     KILL_GRACE_S,
     KILL_SCRIPT,
-    KILL_WAIT_S,
     SIGKILL_WAIT_S,
     Fallback,
     Kill,
@@ -648,7 +647,8 @@ class SshPool:
                     return Kill.SIGNAL
             found = await self._kill_by_script(target, entry, command)
             if found is Fallback.KILLED:
-                await wait_any(KILL_WAIT_S, session.ended, session.done)
+                # Its report is the confirmation: waiting for an exit status would only wait
+                # out a stopped or dead sshd.
                 return Kill.PROCESS_GROUP
             if session.ended.is_set():
                 return Kill.SIGNAL
