@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from homeops.core.errors import UsageError
+from homeops.core.errors import OperationalError, UsageError
 from homeops.core.metrics import (
     SEED_METRICS,
     WORKER_METRICS,
@@ -281,6 +281,33 @@ async def test_emitter_survives_unwritable_path(tmp_path: Path, log_stream: io.S
     )
     await emitter.run(stop)
     assert log_stream.getvalue().count("metrics block not written") == 2
+
+
+@pytest.mark.timeout(20)  # the bug was a hang: fail in seconds, not at the suite's limit
+def test_emitter_refuses_a_fifo_without_waiting(tmp_path: Path) -> None:
+    fifo = tmp_path / "metrics.fifo"
+    os.mkfifo(fifo)
+    emitter = MetricsEmitter(MetricsRegistry.with_seed_metrics(), interval_s=1, path=fifo)
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(OperationalError, match="cannot write metrics: a FIFO with no reader"):
+        emitter.emit_once()
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        with pytest.raises(OperationalError, match="not a regular file or device"):
+            emitter.emit_once()
+        assert os.read(reader, 100) == b""  # nothing was written into it
+    finally:
+        os.close(reader)
+    assert len(os.listdir("/proc/self/fd")) == before, "file descriptor leaked"
+
+
+def test_emitter_writes_to_a_device() -> None:
+    # /dev/null (or a terminal) is a fine place for metrics: only FIFOs, sockets and
+    # directories are refused.
+    emitter = MetricsEmitter(
+        MetricsRegistry.with_seed_metrics(), interval_s=1, path=Path("/dev/null")
+    )
+    assert len(emitter.emit_once()) == 7
 
 
 def test_emitter_rejects_bad_interval() -> None:

@@ -9,9 +9,11 @@ Prometheus text rendering exists so a scrape endpoint can be added without a cli
 from __future__ import annotations
 
 import asyncio
+import errno
 import math
 import os
 import re
+import stat
 import sys
 import threading
 import time
@@ -230,8 +232,18 @@ class MetricsEmitter:
         assert self.path is not None
         existed = self.path.exists()
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+            # O_NONBLOCK: opening a FIFO for writing waits for a reader, and this runs on the
+            # worker's event loop: a FIFO as metrics.path kept the worker alive after SIGTERM.
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC
+            fd = os.open(self.path, flags, FILE_MODE)
             try:
+                mode = os.fstat(fd).st_mode
+                if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):
+                    raise OperationalError(
+                        f"{self.path}: cannot write metrics: not a regular file or device"
+                    )
+                # Back to blocking writes: a terminal may otherwise refuse a block half-way.
+                os.set_blocking(fd, True)
                 if not existed:
                     # The umask may have widened or narrowed the mode; metrics files are 0640.
                     os.fchmod(fd, FILE_MODE)
@@ -239,7 +251,8 @@ class MetricsEmitter:
             finally:
                 os.close(fd)
         except OSError as exc:
-            raise OperationalError(f"{self.path}: cannot write metrics: {exc.strerror}") from exc
+            reason = "a FIFO with no reader" if exc.errno == errno.ENXIO else exc.strerror
+            raise OperationalError(f"{self.path}: cannot write metrics: {reason}") from exc
 
     async def run(self, stop: asyncio.Event) -> None:
         """Emit every ``interval_s`` until ``stop`` is set, then emit a final block."""
