@@ -306,3 +306,22 @@ def test_known_failpoint_in_file_accepted(capsys, state_dir, tmp_path):
     code, _, err = run_main(capsys, "--config", str(cfg), "config", "show")
     assert code == 2
     assert one_line(err).startswith(f"config error: {cfg}: supervisor.failpoint: unknown check")
+
+
+# -- the backstop: an OSError nobody translated ---------------------------------------------
+
+
+def test_untranslated_os_error_is_one_line_unless_debugging(capsys, state_dir, monkeypatch):
+    from homeops.core.artifacts import ArtifactStore
+
+    def refuse(self):
+        raise PermissionError(13, "Permission denied", "/srv/somewhere")
+
+    monkeypatch.setattr(ArtifactStore, "list_jobs", refuse)
+    code, out, err = run_main(capsys, "artifacts", "list")
+    assert code == 1
+    assert out == ""
+    assert one_line(err) == "error: /srv/somewhere: Permission denied"
+    # --debug keeps the traceback for whoever fixes the layer that should have translated it.
+    with pytest.raises(PermissionError):
+        main(["artifacts", "list", "--debug"])
