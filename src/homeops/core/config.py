@@ -244,7 +244,7 @@ MAX_CONFIG_BYTES = 1 << 20
 MAX_SECRET_BYTES = 64 << 10
 
 
-def _read_small_file(path: Path, limit: int) -> bytes:
+def read_small_file(path: Path, limit: int) -> bytes:
     """Bytes of a regular file of at most ``limit`` bytes; OSError/ValueError otherwise."""
     # O_NONBLOCK: opening a FIFO would otherwise wait for a writer before fstat can refuse it.
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -267,7 +267,7 @@ def _read_small_file(path: Path, limit: int) -> bytes:
 def _read_secret_file(path_text: str, source: str, where: str) -> str:
     path = Path(path_text).expanduser()
     try:
-        raw = _read_small_file(path, MAX_SECRET_BYTES)
+        raw = read_small_file(path, MAX_SECRET_BYTES)
         return raw.decode("utf-8").rstrip("\r\n")
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -291,10 +291,15 @@ def _no_constants(name: str) -> Any:  # noqa: ANN401
     raise ValueError(f"{name} is not valid JSON")
 
 
+def loads_strict(text: str) -> Any:  # noqa: ANN401
+    """JSON as the config files are read: duplicate keys and NaN/Infinity are ValueErrors."""
+    return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     label = str(path)
     try:
-        raw = _read_small_file(path, MAX_CONFIG_BYTES)
+        raw = read_small_file(path, MAX_CONFIG_BYTES)
     except OSError as exc:
         raise ConfigError(label, "", f"cannot read: {exc.strerror or exc}") from exc
     except ValueError as exc:
@@ -304,7 +309,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise ConfigError(label, "", f"not UTF-8 text (byte {exc.start})") from exc
     try:
-        data = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        data = loads_strict(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(
             label, "", f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"

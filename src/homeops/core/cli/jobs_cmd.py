@@ -156,7 +156,7 @@ def _payload_bytes(value: str) -> bytes | str:
     """The text of ``--payload``: given inline, ``@path`` (a regular file) or ``-`` (stdin)."""
     import sys
 
-    from homeops.core.config import _read_small_file
+    from homeops.core.config import read_small_file
     from homeops.core.errors import UsageError
 
     if value == "-":
@@ -172,7 +172,7 @@ def _payload_bytes(value: str) -> bytes | str:
     try:
         # The config reader's rules: regular files only (a FIFO is refused without waiting
         # for a writer), and bounded.
-        return _read_small_file(Path(name).expanduser(), MAX_PAYLOAD_BYTES)
+        return read_small_file(Path(name).expanduser(), MAX_PAYLOAD_BYTES)
     except OSError as exc:
         raise UsageError(f"--payload {value}: cannot read: {exc.strerror or exc}") from None
     except ValueError as exc:
@@ -183,7 +183,7 @@ def _parse_payload(value: str) -> dict[str, Any]:
     """``--payload`` as a JSON object; refused like a config file: duplicate keys, NaN."""
     import json
 
-    from homeops.core.config import _no_constants, _no_duplicates
+    from homeops.core.config import loads_strict
     from homeops.core.errors import UsageError
 
     raw = _payload_bytes(value)
@@ -193,7 +193,7 @@ def _parse_payload(value: str) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise UsageError(f"{where}: not UTF-8 text (byte {exc.start})") from None
     try:
-        data = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        data = loads_strict(text)
     except (json.JSONDecodeError, RecursionError, ValueError) as exc:
         reason = str(exc) or type(exc).__name__
         raise UsageError(f"{where}: not valid JSON: {reason}") from None
