@@ -301,6 +301,24 @@ def test_emitter_refuses_a_fifo_without_waiting(tmp_path: Path) -> None:
     assert len(os.listdir("/proc/self/fd")) == before, "file descriptor leaked"
 
 
+@pytest.mark.parametrize("dangling", [False, True], ids=["to-a-file", "dangling"])
+def test_emitter_refuses_a_symlinked_path(tmp_path: Path, dangling: bool) -> None:
+    # A root worker must not append to whatever a planted link points at (/etc/passwd), nor
+    # create the link's target.
+    target = tmp_path / "victim"
+    if not dangling:
+        target.write_text("root:x:0:0\n")
+    link = tmp_path / "metrics.log"
+    link.symlink_to(target)
+    emitter = MetricsEmitter(MetricsRegistry.with_seed_metrics(), interval_s=1, path=link)
+    with pytest.raises(OperationalError, match="symlink; refusing to follow"):
+        emitter.emit_once()
+    if dangling:
+        assert not target.exists()
+    else:
+        assert target.read_text() == "root:x:0:0\n"
+
+
 def test_emitter_writes_to_a_device() -> None:
     # /dev/null (or a terminal) is a fine place for metrics: only FIFOs, sockets and
     # directories are refused.

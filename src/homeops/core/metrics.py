@@ -234,7 +234,16 @@ class MetricsEmitter:
         try:
             # O_NONBLOCK: opening a FIFO for writing waits for a reader, and this runs on the
             # worker's event loop: a FIFO as metrics.path kept the worker alive after SIGTERM.
-            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC
+            # O_NOFOLLOW: a worker often runs as root; a symlink planted at metrics.path must
+            # not make it append to /etc/passwd or create a file where the link points.
+            flags = (
+                os.O_WRONLY
+                | os.O_APPEND
+                | os.O_CREAT
+                | os.O_NONBLOCK
+                | os.O_CLOEXEC
+                | os.O_NOFOLLOW
+            )
             fd = os.open(self.path, flags, FILE_MODE)
             try:
                 mode = os.fstat(fd).st_mode
@@ -251,7 +260,11 @@ class MetricsEmitter:
             finally:
                 os.close(fd)
         except OSError as exc:
-            reason = "a FIFO with no reader" if exc.errno == errno.ENXIO else exc.strerror
+            reasons = {
+                errno.ENXIO: "a FIFO with no reader",
+                errno.ELOOP: "it is a symlink; refusing to follow it",
+            }
+            reason = reasons.get(exc.errno or 0, exc.strerror)
             raise OperationalError(f"{self.path}: cannot write metrics: {reason}") from exc
 
     async def run(self, stop: asyncio.Event) -> None:
