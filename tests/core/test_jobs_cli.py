@@ -40,6 +40,59 @@ def test_list_and_status_on_a_missing_store_create_nothing(capsys, tmp_path, mon
     assert not state.exists()
 
 
+def test_cancel_of_an_unknown_job_on_a_missing_store_creates_nothing(capsys, tmp_path, monkeypatch):
+    state = tmp_path / "never-made"
+    monkeypatch.setenv("HOMEOPS_STATE_DIR", str(state))
+    code, _, err = run_main(capsys, "jobs", "cancel", "abc123")
+    assert code == 2
+    assert "no such job: abc123" in err
+    assert not state.exists()
+
+
+def test_sigterm_ends_the_worker_even_when_a_handler_thread_ignores_it(state_dir, tmp_path):
+    # A handler blocked in asyncio.to_thread cannot be cancelled: after its job is handed
+    # back the process must still end (before, it stayed alive running the work).
+    with SqliteJobQueue(db_of(state_dir)) as q:
+        job = q.enqueue("t.block", {"sleep": 120})
+    err_path = tmp_path / "worker.err"
+    env = {**os.environ, "HOMEOPS_STATE_DIR": str(state_dir), "HOMEOPS_JOBS_GRACE": "200ms"}
+    script = Path(__file__).with_name("blocking_worker_cli.py")
+    with err_path.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), "jobs", "worker", "--slots", "1"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            cwd=Path(__file__).parents[2],
+        )
+    try:
+        for _ in range(300):  # up to 30 s for the job to start
+            if f"started {job.id}" in err_path.read_text():
+                break
+            if proc.poll() is not None:
+                break
+            import time
+
+            time.sleep(0.1)
+        assert f"started {job.id}" in err_path.read_text(), err_path.read_text()
+        proc.send_signal(15)
+        try:
+            code = proc.wait(20)
+        except subprocess.TimeoutExpired:
+            pytest.fail("worker still alive 20 s after SIGTERM with a lingering handler thread")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == 0, err_path.read_text()
+    log = err_path.read_text()
+    assert "exiting without them" in log
+    with SqliteJobQueue(db_of(state_dir), readonly=True) as q:
+        back = q.get(job.id)
+    assert back.state.value == "queued"
+    assert back.attempts == 0
+
+
 def test_list_and_status_take_no_write_lock_and_keep_the_mode(capsys, state_dir, monkeypatch):
     with SqliteJobQueue(db_of(state_dir)) as q:
         job = q.enqueue("t.x", {})

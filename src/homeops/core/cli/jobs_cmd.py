@@ -138,8 +138,10 @@ def cancel(
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Cancel a job: a queued one at once, a running one within a second (its worker stops it)."""
+    # Looked up read-only first: cancelling an unknown job must not create a missing store.
+    with _queue(ctx, job_id, readonly=True) as reader:
+        was_terminal = reader.get(job_id).state.terminal
     with _queue(ctx, job_id) as queue:
-        was_terminal = queue.get(job_id).state.terminal
         job = queue.cancel(job_id)
     if as_json:
         print_json(job.to_dict())

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -113,5 +114,79 @@ def run_worker(
                 queue.close()
             remove()
 
-    asyncio.run(main())
+    _run_without_joining_handlers(main)
     return 0
+
+
+def _run_without_joining_handlers(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """``asyncio.run(main())``, except that the loop's thread pool is not waited for.
+
+    ``asyncio.run`` joins the default executor's threads on the way out, so a handler thread
+    that outlived its job's hand-back kept the "stopped" worker alive.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from homeops.core.errors import HomeopsError
+
+    executor = ThreadPoolExecutor(thread_name_prefix="homeops-worker")
+
+    async def with_executor() -> None:
+        asyncio.get_running_loop().set_default_executor(executor)
+        await main()
+
+    def release() -> None:
+        executor.shutdown(wait=False, cancel_futures=True)
+        # Idle pool threads see the shutdown and end at once; only busy ones remain.
+        for thread in list(getattr(executor, "_threads", ())):
+            thread.join(timeout=0.2)
+
+    with asyncio.Runner() as runner:
+        try:
+            runner.run(with_executor())
+        except HomeopsError as exc:
+            release()
+            _exit_if_handler_threads_linger(int(exc.exit_code), f"error: {exc}")
+            raise
+        except BaseException:
+            release()
+            _exit_if_handler_threads_linger(1, "error: worker stopped by an unexpected error")
+            raise
+        release()
+        _exit_if_handler_threads_linger(0, None)
+
+
+def _exit_if_handler_threads_linger(code: int, message: str | None) -> None:
+    """End the process now if a handler's thread outlived its job's hand-back.
+
+    Python cannot stop a thread: a handler blocked in ``asyncio.to_thread`` (or ignoring
+    cancellation) keeps running after its job was handed back and may already be running
+    elsewhere, and the interpreter would join that thread at exit, so a "stopped" worker stayed
+    alive doing the work. Ending the process is the only way to stop that work; everything the
+    worker owed the store was written before this point.
+    """
+    import sys
+    import threading
+
+    from homeops.core.logging import get_logger
+
+    lingering = [
+        t
+        for t in threading.enumerate()
+        if t is not threading.main_thread() and t.is_alive() and not t.daemon
+    ]
+    if not lingering:
+        return
+    get_logger("core.jobs").warn(
+        "stop",
+        "handler threads still running after the worker stopped; exiting without them",
+        threads=len(lingering),
+    )
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+    if message is not None:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(message.replace("\n", " ") + "\n")
+            sys.stderr.flush()
+    os._exit(code)
