@@ -6,6 +6,7 @@ needs. ``homeops version`` skips typer altogether (it is what scripts call in lo
 
 # No `from __future__ import annotations` here: Typer evaluates the nested commands'
 # annotations in this module's globals, where `typer` is only a local of build_app.
+import errno
 import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -207,7 +208,20 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _main(args: list[str]) -> int:
     if args in (["version"], ["version", "--json"], ["--version"]):
-        sys.stdout.write(_version_payload("--json" in args) + "\n")
+        if sys.stdout is None:
+            sys.stderr.write("error: cannot write output: stdout is closed\n")
+            return 1
+        try:
+            sys.stdout.write(_version_payload("--json" in args) + "\n")
+            sys.stdout.flush()  # a full stdout fails here, not as a traceback at exit
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:
+                raise
+            sys.stderr.write(f"error: cannot write output to stdout: {exc.strerror or exc}\n")
+            import os
+
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the unwritable buffer is dropped
+            return 1
         return 0
     from homeops.core.cli.common import run_app
 

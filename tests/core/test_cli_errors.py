@@ -211,10 +211,56 @@ def test_console_script_usage_error(state_dir):
 
 
 def test_group_without_command_still_shows_help(capsys, state_dir):
+    # Asking a group what it has is not an error: help on stdout, exit 0, as with --help.
     code, out, err = run_main(capsys, "jobs")
-    assert code == 2
-    assert out == ""
-    assert "Commands:" in err
+    assert code == 0
+    assert err == ""
+    assert "Commands:" in out
+    code, out, _ = run_main(capsys)
+    assert code == 0
+    assert "Commands:" in out
+
+
+def test_table_cells_cannot_break_lines_or_send_escapes():
+    from homeops.core.cli.common import table
+
+    text = table(["id", "error"], [["j1", "boom\nsecond line \x1b[31mred"], ["j2", "café"]])
+    lines = text.splitlines()
+    assert len(lines) == 3
+    assert "\x1b" not in text
+    assert "boom\\nsecond line \\x1b[31mred" in lines[1]
+    assert lines[2].endswith("café")
+
+
+@pytest.mark.parametrize("args", [["version"], ["version", "--json"], ["jobs", "list"]])
+def test_closed_or_full_stdout_is_one_line(state_dir, args):
+    env = {**os.environ, "HOMEOPS_STATE_DIR": str(state_dir)}
+    closed = subprocess.run(  # the shell starts homeops with fd 1 closed (`>&-`)
+        ["sh", "-c", 'exec "$0" "$@" >&-', HOMEOPS, *args],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert closed.returncode == 1
+    assert closed.stderr.strip().splitlines()[-1] == "error: cannot write output: stdout is closed"
+    assert "Traceback" not in closed.stderr
+    with open("/dev/full", "w") as full:
+        res = subprocess.run(
+            [HOMEOPS, *args],
+            env=env,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1] == (
+        "error: cannot write output to stdout: No space left on device"
+    )
 
 
 # -- H: long and non-ASCII input is truncated and escaped -----------------------------------

@@ -137,18 +137,55 @@ def print_json(data: Any) -> None:  # noqa: ANN401
     import json
 
     # allow_nan=False: NaN/Infinity are not JSON; refuse rather than print what jq rejects.
-    sys.stdout.write(json.dumps(data, indent=2, default=str, allow_nan=False) + "\n")
+    write_stdout(json.dumps(data, indent=2, default=str, allow_nan=False) + "\n")
 
 
 def print_text(text: str) -> None:
     """Write payload text to stdout."""
-    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    write_stdout(text if text.endswith("\n") else text + "\n")
+
+
+def write_stdout(text: str) -> None:
+    """Write to stdout and flush; a closed or full stdout is an OperationalError saying so."""
+    import errno
+
+    from homeops.core.errors import OperationalError
+
+    stream = sys.stdout
+    if stream is None:  # started with fd 1 closed (`homeops jobs list >&-`)
+        raise OperationalError("cannot write output: stdout is closed")
+    try:
+        stream.write(text)
+        stream.flush()
+    except OSError as exc:
+        if exc.errno == errno.EPIPE:
+            raise  # the reader went away (`| head`): not an error worth a message
+        _drop_stdout()
+        raise OperationalError(f"cannot write output to stdout: {exc.strerror or exc}") from exc
+
+
+def _drop_stdout() -> None:
+    # What could not be written stays buffered; without this the interpreter's flush at exit
+    # fails again and prints a traceback after our one-line error.
+    import os
+
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives until the process exits
+
+
+def _printable(cell: str) -> str:
+    # Table cells come from job errors, tool version lines, remote output: a newline or a
+    # terminal escape in one must not break the table or recolour the user's terminal.
+    if cell.isprintable():
+        return cell
+    return "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in cell
+    )
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """Plain aligned columns (no colour codes: stdout is often piped)."""
     cells = [[str(h).upper() for h in headers]] + [
-        ["-" if c is None else str(c) for c in row] for row in rows
+        ["-" if c is None else _printable(str(c)) for c in row] for row in rows
     ]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
@@ -255,9 +292,10 @@ def run_app(
         opts, rest = split_global_options(args, _command_names(command))
         result = command.main(args=rest, prog_name=prog_name, obj=opts, standalone_mode=False)
     except exceptions.NoArgsIsHelpError as exc:
-        # `homeops jobs` alone: the help is the useful answer, not an error line.
-        sys.stderr.write(exc.format_message() + "\n")
-        return int(ExitCode.USAGE)
+        # `homeops jobs` alone asks what is there: the help is the answer, on stdout, exit 0
+        # (as `--help`), not an error.
+        write_stdout(exc.format_message() + "\n")
+        return int(ExitCode.OK)
     except exceptions.UsageError as exc:
         message = exc.format_message()
         if exc.ctx is not None:
