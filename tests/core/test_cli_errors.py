@@ -371,3 +371,54 @@ def test_untranslated_os_error_is_one_line_unless_debugging(capsys, state_dir, m
     # --debug keeps the traceback for whoever fixes the layer that should have translated it.
     with pytest.raises(PermissionError):
         main(["artifacts", "list", "--debug"])
+
+
+def test_sigterm_during_doctor_kills_its_probes(state_dir, tmp_path):
+    # SIGTERM used to end doctor at once and leave a hung probe (`git --version`) under init.
+    import signal
+    import time
+
+    marker = f"homeops-hung-git-{os.getpid()}"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "git"
+    fake.write_text(f"#!/bin/sh\n# {marker}\nsleep 30\n")
+    fake.chmod(0o755)
+    env = {
+        **os.environ,
+        "HOMEOPS_STATE_DIR": str(state_dir),
+        "HOMEOPS_HEALTH_CHECK_TIMEOUT": "25s",
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+    }
+
+    def probes() -> list[str]:
+        out = subprocess.run(
+            ["pgrep", "-f", str(fake)], capture_output=True, text=True, check=False, timeout=10
+        )
+        return out.stdout.split()
+
+    proc = subprocess.Popen(
+        [HOMEOPS, "doctor"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        for _ in range(200):  # up to 20 s for the probe to start
+            if probes():
+                break
+            time.sleep(0.1)
+        assert probes(), "the fake git probe never started"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    for _ in range(50):  # the kill is synchronous; allow a moment for the reaping
+        if not probes():
+            break
+        time.sleep(0.1)
+    left = probes()
+    for pid in left:
+        os.kill(int(pid), signal.SIGKILL)
+    assert left == [], "doctor left its probe running after SIGTERM"
+    assert proc.returncode == 143
+    assert err.strip().splitlines()[-1] == "terminated"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -286,6 +287,7 @@ def run_app(
 
     exceptions = _click_exceptions()
     debug = "--debug" in args
+    previous = _terminate_like_interrupt()
     try:
         app = build()
         command = typer.main.get_command(app)
@@ -308,6 +310,9 @@ def run_app(
     except typer.Abort:
         report_error("aborted")
         return int(ExitCode.FAILURE)
+    except Terminated:
+        sys.stderr.write("terminated\n")
+        return 128 + signal.SIGTERM
     except ConfigError as exc:
         # Its message already starts "config error: ", as the docs show it.
         report_error(str(exc), prefix="")
@@ -323,4 +328,30 @@ def run_app(
         where = f"{exc.filename}: " if exc.filename else ""
         report_error(f"{where}{exc.strerror or exc}")
         return int(ExitCode.FAILURE)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return result if isinstance(result, int) else int(ExitCode.OK)
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived in a short command: unwinds like Ctrl-C (a BaseException, as that is)."""
+
+
+def _raise_terminated(_signum: int, _frame: object) -> None:
+    raise Terminated
+
+
+def _terminate_like_interrupt() -> signal.Handlers | Callable[..., object] | int | None:
+    """Make SIGTERM unwind the command the way SIGINT does, so its children are killed.
+
+    The default action ended `doctor` at once and left its probes (a hung `git --version`)
+    running under init. Raised as an exception, SIGTERM cancels asyncio.run's tasks, and the
+    process seam's cancellation kills each child's process group. Long-running commands
+    (worker, supervise) replace this with their own loop handlers.
+    """
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None  # signal handlers can only be set from the main thread (tests, embedding)
+    return signal.signal(signal.SIGTERM, _raise_terminated)
