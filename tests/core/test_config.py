@@ -521,3 +521,18 @@ def test_secret_file_line_ending_stripped(tmp_path, content):
         ws_path = loaded.settings.playwright.ws_path
         assert ws_path is not None
         assert ws_path.get_secret_value() == "s3cret-value"
+
+
+@pytest.mark.parametrize("lease", ["1ms", "0.5s", "999ms"])
+def test_a_lease_shorter_than_a_heartbeat_is_refused(lease, monkeypatch, capsys):
+    # HOMEOPS_JOBS_LEASE=1ms was accepted and every job then failed "lease expired".
+    from tests.core.test_cli import run_main
+
+    monkeypatch.setenv("HOMEOPS_JOBS_LEASE", lease)
+    code, _, err = run_main(capsys, "config", "show")
+    assert code == 2
+    assert "jobs.lease" in err
+    assert "must be at least 1s" in err
+    monkeypatch.setenv("HOMEOPS_JOBS_LEASE", "1s")
+    code, _, err = run_main(capsys, "config", "show")
+    assert code == 0, err

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from homeops.core.config import Duration, PositiveDuration, Section, SettingsSpec, expand_path
 
@@ -33,6 +33,9 @@ def default_state_dir(environ: Mapping[str, str]) -> Path:
     return Path(home) / ".local" / "state" / "homeops"
 
 
+MIN_LEASE_S = 1.0
+
+
 class JobsSettings(Section):
     """The job queue and its workers."""
 
@@ -54,6 +57,18 @@ class JobsSettings(Section):
         default=10.0, description="On SIGTERM, how long running jobs may finish before requeue"
     )
     max_attempts: int = Field(default=3, ge=1, le=100, description="Attempts per job")
+
+    @field_validator("lease")
+    @classmethod
+    def _lease_outlives_a_heartbeat(cls, value: float) -> float:
+        # A lease of a few milliseconds expires between two heartbeats: every job then burns
+        # all its attempts as "lease expired" within a second, and looks like a broken worker.
+        if value < MIN_LEASE_S:
+            raise ValueError(
+                f"must be at least {MIN_LEASE_S:g}s (a worker renews its leases by heartbeat; "
+                "keep it above the store's 10s busy timeout, default 30s)"
+            )
+        return value
 
 
 class ArtifactsSettings(Section):
