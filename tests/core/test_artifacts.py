@@ -662,3 +662,45 @@ def test_manifest_readers_never_see_a_partial_write(tmp_path: Path) -> None:
     assert reads >= writes
     assert torn == []
     assert len(writer.manifest("job1").artifacts) == 120 + writes
+
+
+async def test_sweep_that_cannot_delete_everything_fails_and_hides_the_half_deleted_dir(
+    store: ArtifactStore, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An immutable file (chattr +i) stopped rmtree half-way: the sweep said "removed: []" with
+    # exit 0 and left a job dir whose manifest listed a deleted file.
+    import shutil as real_shutil
+
+    clock.now = T0
+    store.ensure_job("stuck", "t")
+    await store.add_bytes("stuck", "log.txt", b"x", type="ssh")
+    await store.add_bytes("stuck", "keep.bin", b"y", type="ssh")
+    clock.now = T0 + 8 * DAY_S
+    real_rmtree = real_shutil.rmtree
+
+    def half_rmtree(path: str | os.PathLike[str], **kw: object) -> None:
+        # Delete one file, then fail on the next as EPERM would.
+        target = Path(path)
+        (target / "ssh" / "log.txt").unlink(missing_ok=True)
+        handler = kw.get("onexc") or kw.get("onerror")
+        exc = PermissionError(1, "Operation not permitted", str(target / "ssh" / "keep.bin"))
+        if not callable(handler):
+            raise exc
+        if "onexc" in kw:
+            handler(os.unlink, exc.filename, exc)
+        else:
+            handler(os.unlink, exc.filename, (type(exc), exc, None))
+
+    monkeypatch.setattr("homeops.core.artifacts.shutil.rmtree", half_rmtree)
+    with pytest.raises(OperationalError) as info:
+        store.sweep(7)
+    message = str(info.value)
+    assert "keep.bin: Operation not permitted" in message
+    assert str(store.root) in message
+    assert "\n" not in message
+    # Not listed (so never fetched) as a job whose manifest lies about its files.
+    assert store.list_jobs() == []
+    # Once the file can go, the next sweep finishes the job.
+    monkeypatch.setattr("homeops.core.artifacts.shutil.rmtree", real_rmtree)
+    assert store.sweep(7) == []
+    assert sorted(os.listdir(store.root)) == []

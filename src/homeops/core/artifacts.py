@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import stat
+import sys
 import tempfile
 import threading
 import time
@@ -43,6 +44,9 @@ _log = get_logger("core.artifacts")
 _TYPE_RE: Final = re.compile(r"[a-z][a-z0-9_-]*")
 _SHA256_RE: Final = re.compile(r"[0-9a-f]{64}")
 MANIFEST: Final = "manifest.json"
+# A swept job dir is renamed to this prefix + its id before it is deleted; not a job id, so
+# never listed as a job.
+SWEEP_TRASH_PREFIX: Final = ".sweep-"
 LOCK_FILE: Final = ".manifest.lock"
 # Names the store itself uses inside a job dir; an artifact must never overwrite them.
 _RESERVED: Final = frozenset({MANIFEST, LOCK_FILE})
@@ -53,6 +57,14 @@ _CHUNK: Final = 1024 * 1024
 DAY_S: Final = 86400.0
 # A manifest lists file names and digests; far past any real one, and a bound on memory.
 MAX_MANIFEST_BYTES: Final = 64 * 1024 * 1024
+
+
+def _is_job_id(name: str) -> bool:
+    try:
+        validate_job_id(name)
+    except UsageError:
+        return False
+    return True
 
 
 def validate_artifact_type(kind: str) -> str:
@@ -631,18 +643,62 @@ class ArtifactStore:
             raise UsageError(f"retention must be a finite number >= 0 days, got {retention_days}")
         cutoff = self._clock() - retention_days * DAY_S
         removed = []
+        # Dirs a previous sweep moved aside but could not delete: try again.
+        retried = (self._remove_tree(trash) for trash in self._sweep_leftovers())
+        failed = [problem for problem in retried if problem is not None]
         for job_id in self.list_jobs():
             job_dir = self.root / job_id
             try:
                 created = self._job_created(job_dir)
                 if created is None or created >= cutoff or (keep is not None and keep(job_id)):
                     continue
-                # rmtree never follows symlinks inside the tree (fd-based on Linux).
-                shutil.rmtree(job_dir)
+                # Moved aside first: a delete that fails half-way must not leave a job dir
+                # whose manifest lists files that are gone (fetch would then fail on it).
+                trash = self.root / f"{SWEEP_TRASH_PREFIX}{job_id}"
+                os.rename(job_dir, trash)
             except OSError as exc:
-                _log.warn("sweep", "job dir not removed", err=exc, job_id=job_id)
+                failed.append(f"{job_dir}: {exc.strerror or exc}")
                 continue
             removed.append(job_id)
+            if (problem := self._remove_tree(trash)) is not None:
+                failed.append(problem)
         if removed:
             _log.info("sweep", "expired artifacts removed", count=len(removed))
+        if failed:
+            more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+            raise OperationalError(
+                f"artifact sweep: {len(removed)} job dir(s) removed, but not all of it could be "
+                f"deleted: {failed[0]}{more}; what is left is under {self.root}/"
+                f"{SWEEP_TRASH_PREFIX}* and the next sweep tries again"
+            )
         return removed
+
+    def _sweep_leftovers(self) -> list[Path]:
+        try:
+            entries = list(os.scandir(self.root))
+        except OSError:
+            return []  # list_jobs reports an unreadable root
+        return [
+            Path(entry.path)
+            for entry in entries
+            if entry.name.startswith(SWEEP_TRASH_PREFIX)
+            and _is_job_id(entry.name[len(SWEEP_TRASH_PREFIX) :])
+            and entry.is_dir(follow_symlinks=False)
+        ]
+
+    @staticmethod
+    def _remove_tree(path: Path) -> str | None:
+        """Delete ``path``; a one-line description of what stopped it, or None."""
+        problems: list[str] = []
+
+        def note(_func: object, name: str, exc: BaseException) -> None:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            problems.append(f"{name}: {reason}")
+
+        # rmtree never follows symlinks inside the tree (fd-based on Linux). onerror is
+        # deprecated from 3.12 on (onexc replaces it), and nixpkgs' Python is newer than ours.
+        if sys.version_info >= (3, 12):
+            shutil.rmtree(path, onexc=note)
+        else:
+            shutil.rmtree(path, onerror=lambda f, n, info: note(f, n, info[1]))
+        return problems[0] if problems else None
