@@ -536,3 +536,28 @@ def test_a_lease_shorter_than_a_heartbeat_is_refused(lease, monkeypatch, capsys)
     monkeypatch.setenv("HOMEOPS_JOBS_LEASE", "1s")
     code, _, err = run_main(capsys, "config", "show")
     assert code == 0, err
+
+
+@pytest.mark.parametrize("text", ["\u0663s", "\u0663", "1\u0660m", "\uff15s"])
+def test_durations_take_only_ascii_digits(text):
+    from homeops.core.durations import parse_duration
+
+    with pytest.raises(ValueError, match="invalid duration"):
+        parse_duration(text)
+
+
+def test_home_of_slash_expands_without_a_double_slash():
+    from homeops.core.config import expand_path
+
+    assert expand_path("~/x", {"HOME": "/"}) == "/x"
+    assert expand_path("~", {"HOME": "/home/a"}) == "/home/a"
+    assert expand_path("~/x/y", {"HOME": "/home/a/"}) == "/home/a/x/y"
+
+
+def test_failpoint_from_the_environment_is_trimmed(monkeypatch, capsys):
+    from tests.core.test_cli import run_main
+
+    monkeypatch.setenv("HOMEOPS_SUPERVISOR_FAILPOINT", " tool.git ")
+    code, out, err = run_main(capsys, "config", "show", "--json")
+    assert code == 0, err
+    assert json.loads(out)["settings"]["supervisor.failpoint"]["value"] == "tool.git"

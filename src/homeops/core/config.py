@@ -166,7 +166,8 @@ def expand_path(text: str, environ: Mapping[str, str]) -> str:
             raise ValueError(f"{text!r}: cannot expand ~: no home directory") from None
     if not os.path.isabs(home):
         raise ValueError(f"{text!r}: cannot expand ~: HOME={home!r} is not absolute")
-    return home + text[1:]
+    # Joined, not concatenated: HOME=/ must give /x, not //x.
+    return os.path.join(home, text[2:]) if text != "~" else home
 
 
 @functools.cache

@@ -18,6 +18,10 @@ def parse_duration(value: str | float) -> float:
     if not isinstance(value, str):
         raise ValueError(f"invalid duration {value!r} (use e.g. 30s, 10m, 1h)")  # noqa: TRY004
     text = value.strip().lower()
+    if not text.isascii():
+        # float() and \d both take other scripts' digits ("٣s" read as 3 s): not a duration
+        # anybody types on purpose.
+        raise ValueError(f"invalid duration {value!r} (use e.g. 500ms, 30s, 10m, 1h30m)")
     try:
         number = float(text)
     except ValueError:

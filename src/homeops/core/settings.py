@@ -113,6 +113,14 @@ class SupervisorSettings(Section):
         default=None, description="Force this check to fail (testing the repair path)"
     )
 
+    @field_validator("failpoint")
+    @classmethod
+    def _failpoint_trimmed(cls, value: str | None) -> str | None:
+        # Trimmed like every other value: ' tool.git' from a shell quote names tool.git.
+        if value is None:
+            return None
+        return value.strip() or None
+
 
 class LogSettings(Section):
     """stderr logging."""
