@@ -288,3 +288,18 @@ def _write(path: Path, data: bytes) -> Path:
 def _fifo(path: Path) -> Path:
     os.mkfifo(path)
     return path
+
+
+@pytest.mark.parametrize(
+    "args", [["jobs", "list"], ["jobs", "check"], ["jobs", "enqueue", "t.x"], ["doctor"]]
+)
+def test_dangling_symlink_as_the_store_is_one_answer(capsys, state_dir, monkeypatch, args):
+    link = state_dir / "jobs.sqlite3"
+    link.symlink_to(state_dir / "gone" / "jobs.sqlite3")
+    code, out, err = run_main(capsys, *args)
+    assert code in (1, 3), err
+    said = out + err  # doctor reports it in its table
+    assert "is a symlink to" in said
+    assert "which does not exist" in said
+    assert link.is_symlink()
+    assert not (state_dir / "gone").exists()

@@ -225,6 +225,18 @@ def _key(st: os.stat_result, readonly: bool) -> tuple[int, int, bool]:
     return (st.st_dev, st.st_ino, readonly)
 
 
+def _refuse_dangling(path: Path) -> None:
+    """A missing store is fine (created, or read as empty), a link to nothing is not.
+
+    Otherwise `jobs list` said "no jobs", `jobs check` "not created yet" and `enqueue` a bare
+    "No such file or directory" for the same misconfiguration.
+    """
+    if path.is_symlink():
+        raise OperationalError(
+            f"jobs database {path}: is a symlink to {os.readlink(path)!r}, which does not exist"
+        )
+
+
 def _create_if_absent(path: Path) -> os.stat_result:
     """Stat the database file, creating it 0600 first if it does not exist.
 
@@ -235,7 +247,7 @@ def _create_if_absent(path: Path) -> os.stat_result:
     try:
         return path.stat()
     except FileNotFoundError:
-        pass
+        _refuse_dangling(path)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     except FileExistsError:  # another process created it just now
@@ -323,6 +335,7 @@ class SqliteJobQueue:
         try:
             st = self.path.stat()
         except FileNotFoundError:
+            _refuse_dangling(self.path)
             return None
         except OSError as exc:
             raise self._os_error(exc) from exc
