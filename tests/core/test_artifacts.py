@@ -704,3 +704,22 @@ async def test_sweep_that_cannot_delete_everything_fails_and_hides_the_half_dele
     monkeypatch.setattr("homeops.core.artifacts.shutil.rmtree", real_rmtree)
     assert store.sweep(7) == []
     assert sorted(os.listdir(store.root)) == []
+
+
+async def test_fetch_does_not_write_through_a_symlinked_subdir_of_out(
+    store: ArtifactStore, tmp_path: Path
+) -> None:
+    store.ensure_job("j", "t")
+    await store.add_bytes("j", "ssh/stdout.txt", b"data", type="ssh")
+    out = tmp_path / "out"
+    out.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (out / "ssh").symlink_to(elsewhere)
+    with pytest.raises(UsageError, match="is a symlink; refusing to write through it"):
+        store.fetch("j", out)
+    assert list(elsewhere.iterdir()) == []
+    # A real directory there is fine.
+    (out / "ssh").unlink()
+    assert store.fetch("j", out) == [out / "ssh" / "stdout.txt"]
+    assert (out / "ssh" / "stdout.txt").read_bytes() == b"data"

@@ -291,6 +291,30 @@ def _make_out_dir(path: Path) -> None:
         raise OperationalError(f"{path}: cannot create: {exc.strerror or exc}") from exc
 
 
+def _make_out_subdirs(out_dir: Path, parts: list[str]) -> Path:
+    """``out_dir/parts…``, created one level at a time without following symlinks.
+
+    ``out_dir`` itself is the user's choice and may be a link; below it, an ``ssh`` that is a
+    symlink to elsewhere would make a fetch write outside the directory it was given (the
+    source side already refuses symlinks).
+    """
+    path = out_dir
+    for part in parts:
+        path = path / part
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            _make_out_dir(path)
+            continue
+        except OSError as exc:
+            raise OperationalError(f"{path}: cannot create: {exc.strerror or exc}") from exc
+        if stat.S_ISLNK(st.st_mode):
+            raise UsageError(f"{path}: is a symlink; refusing to write through it")
+        if not stat.S_ISDIR(st.st_mode):
+            raise UsageError(f"{path}: exists and is not a directory")
+    return path
+
+
 class ArtifactStore:
     """Artifacts of many jobs under one root directory."""
 
@@ -578,8 +602,7 @@ class ArtifactStore:
         except FileNotFoundError:
             raise OperationalError(f"{job_dir / artifact.path}: missing") from None
         src = src_parent / artifact.path.rsplit("/", 1)[-1]
-        dest_parent = out_dir.joinpath(*artifact.path.split("/")[:-1])
-        _make_out_dir(dest_parent)
+        dest_parent = _make_out_subdirs(out_dir, artifact.path.split("/")[:-1])
         dest = dest_parent / src.name
         try:
             fd = _open_regular(src)
