@@ -303,3 +303,13 @@ def test_dangling_symlink_as_the_store_is_one_answer(capsys, state_dir, monkeypa
     assert "which does not exist" in said
     assert link.is_symlink()
     assert not (state_dir / "gone").exists()
+
+
+def test_drain_says_when_jobs_of_other_types_are_still_queued(capsys, state_dir):
+    with SqliteJobQueue(db_of(state_dir)) as q:
+        for _ in range(3):
+            q.enqueue("t.unserved", {})
+    code, _, err = run_main(capsys, "jobs", "worker", "--drain")
+    assert code == 0, err
+    assert "3 queued job(s) of other types wait for a worker that runs them" in err
+    assert "no jobs left; stopping" not in err

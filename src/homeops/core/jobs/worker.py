@@ -358,7 +358,7 @@ class Worker:
                     await self._give_back(give_back)
                 claimed = len(jobs)
             if drain and not claimed and not self._running and await self._queue_idle():
-                self._log.info("drain", "no jobs left; stopping")
+                await self._log_drained()
                 return
             if not self._wake.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -376,6 +376,24 @@ class Worker:
                 self._log.warn("claim", "could not hand job back", job_id=job.id, err=exc)
         # Until the local run has unwound, the job would come straight back to us.
         await asyncio.sleep(min(1.0, self.poll_interval * 10))
+
+    async def _log_drained(self) -> None:
+        # "No jobs left" read as "the queue is empty" when only this worker's types were: say
+        # what is still waiting for a worker of other types.
+        try:
+            every = await self._call(self.queue.counts)
+        except HomeopsError:
+            every = None
+        others = 0 if every is None else every[JobState.QUEUED]
+        if others:
+            self._log.info(
+                "drain",
+                "no jobs of this worker's types left; stopping "
+                f"({others} queued job(s) of other types wait for a worker that runs them)",
+                types=",".join(sorted(self._types)) if self._types is not None else "",
+            )
+        else:
+            self._log.info("drain", "no jobs left; stopping")
 
     async def _queue_idle(self) -> bool:
         try:
