@@ -87,16 +87,19 @@ def job_store_probe(path: Path) -> Callable[[], Awaitable[CheckOutcome]]:
     """
 
     def check_and_count() -> tuple[tuple[str, ...], dict[str, int]]:
-        from homeops.core.jobs.sqlite import SqliteJobQueue, check_store
+        from homeops.core.jobs.store import check_store_at, open_store_at
 
-        found = check_store(path, quick=True, max_errors=5)
+        found = check_store_at(path, quick=True, max_errors=5)
         if not found.exists:
             # Proves the store can be created where the settings say, before a worker needs it.
-            SqliteJobQueue(path).close()
+            open_store_at(path).close()
         elif found.problems:
             return found.problems, {}
-        with SqliteJobQueue(path, readonly=True) as queue:
+        queue = open_store_at(path, readonly=True)
+        try:
             return (), {str(k): v for k, v in queue.counts().items()}
+        finally:
+            queue.close()
 
     async def probe() -> CheckOutcome:
         try:

@@ -30,13 +30,13 @@ def sweep_artifacts(root: Path, jobs_db: Path, retention_days: float) -> list[st
     """Sweep old artifact dirs, sparing every job the store still has queued or running.
 
     The store is only read. Inside a worker this queue shares the worker's own connection
-    (SqliteJobQueue keeps one per file per process): a second connection, or any other
+    (the embedded store keeps one per file per process): a second connection, or any other
     descriptor of the file opened and closed here, would drop the worker's locks on it.
     """
     from homeops.core.artifacts import ArtifactStore
-    from homeops.core.jobs.sqlite import SqliteJobQueue
+    from homeops.core.jobs.store import open_store_at
 
-    queue = SqliteJobQueue(jobs_db, readonly=True)
+    queue = open_store_at(jobs_db, readonly=True)
     try:
 
         def unfinished(job_id: str) -> bool:

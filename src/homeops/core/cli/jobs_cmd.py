@@ -24,7 +24,7 @@ from homeops.core.cli.common import (
 
 if TYPE_CHECKING:
     from homeops.core.jobs.model import Job
-    from homeops.core.jobs.sqlite import SqliteJobQueue
+    from homeops.core.jobs.queue import JobClient
 
 app = typer.Typer(
     help="Queue, run, inspect and cancel jobs (builds, backups, deploys, Windows runs).",
@@ -43,14 +43,14 @@ _CHECK_SHOWN = 10
 @contextmanager
 def _queue(
     ctx: typer.Context, job_id: str | None = None, *, readonly: bool = False
-) -> Iterator[SqliteJobQueue]:
+) -> Iterator[JobClient]:
     """The configured store, opened for one command; ``job_id`` is validated first."""
     from homeops.core.jobs.model import validate_job_id
-    from homeops.core.jobs.sqlite import SqliteJobQueue
+    from homeops.core.jobs.store import open_store
 
     if job_id is not None:
         validate_job_id(job_id)
-    queue = SqliteJobQueue(load_core(ctx).settings.jobs_db, readonly=readonly)
+    queue = open_store(load_core(ctx).settings, readonly=readonly)
     try:
         yield queue
     finally:
@@ -250,10 +250,10 @@ def check(
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Check the store's file with SQLite's integrity_check (exit 0 ok, 1 corrupt)."""
-    from homeops.core.jobs.sqlite import check_store
+    from homeops.core.jobs.store import check_store_at
 
     path = load_core(ctx).settings.jobs_db
-    found = check_store(path, max_errors=_CHECK_MAX_PROBLEMS)
+    found = check_store_at(path, max_errors=_CHECK_MAX_PROBLEMS)
     if as_json:
         print_json(
             {

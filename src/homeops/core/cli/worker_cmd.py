@@ -29,8 +29,9 @@ def run_worker(
     """Work until SIGTERM/SIGINT (or, with ``drain``, until no job of ours is left)."""
     from homeops.core.asyncutil import sleep_or_stop
     from homeops.core.cli.signals import install, log_signal
-    from homeops.core.errors import OperationalError, UsageError
-    from homeops.core.jobs.sqlite import SqliteJobQueue
+    from homeops.core.errors import UsageError
+    from homeops.core.jobs.queue import LeaseQueue, StoreBusy
+    from homeops.core.jobs.store import open_worker_queue
     from homeops.core.jobs.worker import Worker
     from homeops.core.logging import get_logger
     from homeops.core.metrics import MetricsEmitter, MetricsRegistry
@@ -56,15 +57,13 @@ def run_worker(
     counters = MetricsRegistry.with_seed_metrics()
     _log = get_logger("core.jobs")
 
-    async def open_queue(stopping: asyncio.Event) -> SqliteJobQueue | None:
+    async def open_queue(stopping: asyncio.Event) -> LeaseQueue | None:
         # Another process holding the write lock for longer than SQLite's busy timeout is
         # not a reason to give up: keep trying until it lets go or we are told to stop.
         while not stopping.is_set():
             try:
-                return await asyncio.to_thread(SqliteJobQueue, settings.jobs_db, metrics=counters)
-            except OperationalError as exc:
-                if "locked" not in str(exc):
-                    raise
+                return await asyncio.to_thread(open_worker_queue, settings, metrics=counters)
+            except StoreBusy as exc:
                 _log.warn("start", "job store is locked; retrying", err=exc)
                 await sleep_or_stop(asyncio.sleep, 1.0, stopping)
         return None

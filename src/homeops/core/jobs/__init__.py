@@ -3,7 +3,7 @@ and the async worker that runs handlers.
 
 Import the pieces from here::
 
-    from homeops.core.jobs import Job, JobState, SqliteJobQueue, Worker
+    from homeops.core.jobs import Job, JobState, Worker, open_store, open_worker_queue
 """
 
 from homeops.core.jobs.model import (
@@ -18,8 +18,17 @@ from homeops.core.jobs.model import (
     validate_job_type,
     validate_trace_id,
 )
-from homeops.core.jobs.queue import HeartbeatResult, JobQueue, MetricsSink, StoreCorrupt
+from homeops.core.jobs.queue import (
+    HeartbeatResult,
+    JobClient,
+    JobQueue,
+    LeaseQueue,
+    MetricsSink,
+    StoreBusy,
+    StoreCorrupt,
+)
 from homeops.core.jobs.sqlite import SqliteJobQueue
+from homeops.core.jobs.store import open_store, open_store_at, open_worker_queue
 from homeops.core.jobs.worker import (
     Handler,
     JobContext,
@@ -33,11 +42,14 @@ __all__ = [
     "Handler",
     "HeartbeatResult",
     "Job",
+    "JobClient",
     "JobContext",
     "JobQueue",
     "JobState",
+    "LeaseQueue",
     "MetricsSink",
     "SqliteJobQueue",
+    "StoreBusy",
     "StoreCorrupt",
     "Worker",
     "backoff_delay",
@@ -45,6 +57,9 @@ __all__ = [
     "install_signal_handlers",
     "new_job_id",
     "new_trace_id",
+    "open_store",
+    "open_store_at",
+    "open_worker_queue",
     "validate_idempotency_key",
     "validate_job_id",
     "validate_job_type",

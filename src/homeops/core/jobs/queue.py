@@ -32,6 +32,14 @@ from homeops.core.jobs.model import Job, JobState
 from homeops.core.metrics import MetricsSink
 
 
+class StoreBusy(OperationalError):
+    """Another process holds the store's lock for longer than the busy timeout.
+
+    Its own class so callers decide on the type (the worker keeps waiting at start-up), never
+    by searching a message for "locked".
+    """
+
+
 class StoreCorrupt(OperationalError):
     """The store's data is damaged (not busy, not missing): no retry can succeed.
 
@@ -54,8 +62,12 @@ class HeartbeatResult:
     cancel_requested: frozenset[str] = frozenset()
 
 
-class JobQueue(Protocol):
-    """Durable job storage with leases: what a worker and the CLI need from a backend."""
+class JobClient(Protocol):
+    """The side of a store every caller uses: submit, look up, cancel, count.
+
+    A distributed backend (Hatchet) implements this and runs its own workers; the embedded
+    store also implements :class:`LeaseQueue` for homeops' own worker.
+    """
 
     def enqueue(
         self,
@@ -74,6 +86,32 @@ class JobQueue(Protocol):
         UsageError: one key names one piece of work.
         """
         ...
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel: queued at once, running by request to its worker, terminal left unchanged."""
+        ...
+
+    def get(self, job_id: str) -> Job:
+        """The job with ``job_id``; an unknown id is a UsageError (exit 2)."""
+        ...
+
+    def list(
+        self, state: JobState | None = None, type: str | None = None, limit: int = 100
+    ) -> builtins.list[Job]:
+        """Jobs newest first, optionally filtered by state and type."""
+        ...
+
+    def counts(self, *, types: Sequence[str] | None = None) -> dict[JobState, int]:
+        """How many jobs (of ``types``, if given) are in each state; every state present."""
+        ...
+
+    def close(self) -> None:
+        """Release the store (the client is unusable afterwards)."""
+        ...
+
+
+class LeaseQueue(JobClient, Protocol):
+    """The lease side, used only by the embedded worker: claim, heartbeat, finish, hand back."""
 
     def claim(
         self,
@@ -102,27 +140,21 @@ class JobQueue(Protocol):
         """Give a running job back without using up its attempt (worker shutdown)."""
         ...
 
-    def cancel(self, job_id: str) -> Job:
-        """Cancel: queued at once, running by request to its worker, terminal left unchanged."""
-        ...
-
     def mark_cancelled(self, job_id: str, worker_id: str) -> bool:
         """Record that the worker stopped a running job because its cancel was requested."""
         ...
 
-    def get(self, job_id: str) -> Job:
-        """The job with ``job_id``; an unknown id is a UsageError (exit 2)."""
-        ...
 
-    def list(
-        self, state: JobState | None = None, type: str | None = None, limit: int = 100
-    ) -> builtins.list[Job]:
-        """Jobs newest first, optionally filtered by state and type."""
-        ...
-
-    def counts(self, *, types: Sequence[str] | None = None) -> dict[JobState, int]:
-        """How many jobs (of ``types``, if given) are in each state; every state present."""
-        ...
+# The name the worker and tests used before the split: the whole embedded contract.
+JobQueue = LeaseQueue
 
 
-__all__ = ["HeartbeatResult", "JobQueue", "MetricsSink", "StoreCorrupt"]
+__all__ = [
+    "HeartbeatResult",
+    "JobClient",
+    "JobQueue",
+    "LeaseQueue",
+    "MetricsSink",
+    "StoreBusy",
+    "StoreCorrupt",
+]

@@ -62,7 +62,7 @@ from homeops.core.jobs.model import (
     validate_job_type,
     validate_trace_id,
 )
-from homeops.core.jobs.queue import HeartbeatResult, MetricsSink, StoreCorrupt
+from homeops.core.jobs.queue import HeartbeatResult, MetricsSink, StoreBusy, StoreCorrupt
 from homeops.core.logging import get_logger
 
 _log = get_logger("core.jobs")
@@ -178,12 +178,19 @@ def _positive(name: str, value: float) -> None:
 # Primary result codes (the low byte of an extended code) that mean the file's content is
 # damaged: retrying cannot help, and a worker must give up instead of polling forever.
 _CORRUPT_CODES: Final = frozenset({11, 26})  # SQLITE_CORRUPT, SQLITE_NOTADB
+# Another connection holds the lock past the busy timeout: worth waiting for, not damage.
+_BUSY_CODES: Final = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED
 # A read-only open of a WAL database whose -shm is missing and cannot be created.
 _NO_SHM_CODES: Final = frozenset({14, 8})  # SQLITE_CANTOPEN, SQLITE_READONLY (_DIRECTORY etc.)
 
 
 def _store_error(path: Path, exc: sqlite3.Error) -> OperationalError:
     code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int) and code & 0xFF in _BUSY_CODES:
+        return StoreBusy(
+            f"jobs database {path}: {exc} (another process holds its lock; it is retried "
+            "for the busy timeout first)"
+        )
     if isinstance(code, int) and code & 0xFF in _CORRUPT_CODES:
         return StoreCorrupt(
             f"jobs database {path}: {exc} (the file is damaged; `homeops jobs check` "

@@ -1,4 +1,4 @@
-"""Runs jobs from a :class:`~homeops.core.jobs.queue.JobQueue` in N async slots.
+"""Runs jobs from a :class:`~homeops.core.jobs.queue.LeaseQueue` in N async slots.
 
 One loop claims as many jobs as there are free slots (one transaction for the batch), each job
 runs as its own task, and one heartbeat task extends every lease this worker holds in a single
@@ -56,7 +56,7 @@ from typing import Any, Final, Literal, ParamSpec, TypeVar
 
 from homeops.core.errors import HomeopsError, OperationalError, UsageError
 from homeops.core.jobs.model import Job, JobState, validate_job_id
-from homeops.core.jobs.queue import JobQueue, MetricsSink, StoreCorrupt
+from homeops.core.jobs.queue import LeaseQueue, MetricsSink, StoreCorrupt
 from homeops.core.logging import Logger, get_logger, timed
 
 _log = get_logger("core.jobs")
@@ -186,7 +186,7 @@ class Worker:
 
     def __init__(
         self,
-        queue: JobQueue,
+        queue: LeaseQueue,
         handlers: Mapping[str, Handler],
         *,
         slots: int = 10,
