@@ -14,6 +14,13 @@ from dataclasses import dataclass
 from typing import Final, TypeVar
 
 from homeops.core.asyncutil import Sleep as Sleep  # re-exported: seams take `sleep=`
+from homeops.core.errors import (
+    HostKeyError,
+    JobCancelled,
+    SshAuthError,
+    ToolMissing,
+    UsageError,
+)
 from homeops.core.logging import get_logger
 
 T = TypeVar("T")
@@ -21,6 +28,24 @@ T = TypeVar("T")
 _log = get_logger("core.retry")
 
 RETRYABLE_HTTP_STATUS: Final = frozenset({502, 503, 504})
+
+# Failures that another attempt of the same job cannot fix: the input, the credentials, the
+# host's identity or a missing program stay as they are between attempts. Retrying them only
+# delays the report (an auth failure retried with backoff looked like a flaky host).
+_FINAL_JOB_ERRORS: Final = (UsageError, SshAuthError, HostKeyError, ToolMissing, JobCancelled)
+
+
+def is_retryable_job_error(exc: BaseException) -> bool:
+    """Whether a job whose handler raised ``exc`` should get another attempt.
+
+    An exception may decide for itself with a boolean ``retryable`` attribute (a domain's
+    error that knows it is permanent, or transient); otherwise usage, credential, host-key,
+    missing-tool and cancellation errors are final and everything else is retried.
+    """
+    own = getattr(exc, "retryable", None)
+    if isinstance(own, bool):
+        return own
+    return not isinstance(exc, _FINAL_JOB_ERRORS)
 
 
 @dataclass(frozen=True)

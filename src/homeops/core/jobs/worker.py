@@ -58,6 +58,7 @@ from homeops.core.errors import HomeopsError, OperationalError, UsageError
 from homeops.core.jobs.model import Job, JobState, validate_job_id
 from homeops.core.jobs.queue import LeaseQueue, MetricsSink, StoreCorrupt
 from homeops.core.logging import Logger, get_logger, timed
+from homeops.core.retry import is_retryable_job_error
 
 _log = get_logger("core.jobs")
 
@@ -505,10 +506,8 @@ class Worker:
                 error = f"timed out after {job.timeout_s:g}s"
             else:
                 error = _describe(exc)
-        except UsageError as exc:
-            error, retryable = _describe(exc), False
         except Exception as exc:  # any handler failure is a job failure
-            error = _describe(exc)
+            error, retryable = _describe(exc), is_retryable_job_error(exc)
         # From here on the run is only recording its outcome: no stop request cancels that.
         entry.finishing = True
         task = asyncio.current_task()
