@@ -16,18 +16,9 @@ import pytest
 from homeops.cli import main
 from homeops.core import logging as hlog
 from homeops.core.artifacts import DAY_S, ArtifactStore
+from tests.core.test_cli import run_main
 
 HOMEOPS = str(Path(sys.executable).with_name("homeops"))
-
-
-def run_main(capsys, *args):
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_line(err):
