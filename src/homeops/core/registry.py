@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from homeops.core.health import Check
+    from homeops.core.jobs.types import JobType
     from homeops.core.jobs.worker import Handler
     from homeops.core.settings import CoreSettings
 
@@ -31,6 +32,7 @@ CheckFactory = Callable[[DomainContext], Sequence["Check"]]
 Remediation = Callable[[], Awaitable[None]]
 RemediationFactory = Callable[[DomainContext], Mapping[str, Remediation]]
 HandlerFactory = Callable[[DomainContext], Mapping[str, "Handler"]]
+JobTypeFactory = Callable[[DomainContext], Sequence["JobType[Any]"]]
 
 
 @dataclass
@@ -40,6 +42,7 @@ class Registry:
     _checks: list[tuple[str, CheckFactory]] = field(default_factory=list)
     _remediations: list[tuple[str, RemediationFactory]] = field(default_factory=list)
     _handlers: list[tuple[str, HandlerFactory]] = field(default_factory=list)
+    _job_types: list[tuple[str, JobTypeFactory]] = field(default_factory=list)
 
     def add_checks(self, domain: str, factory: CheckFactory) -> None:
         """Register ``domain``'s checks; the first registered domain is reported first."""
@@ -53,7 +56,7 @@ class Registry:
 
     def domains(self) -> list[str]:
         """Registered domain names in order."""
-        every = [*self._checks, *self._remediations, *self._handlers]
+        every = [*self._checks, *self._remediations, *self._handlers, *self._job_types]
         return list(dict.fromkeys(name for name, _ in every))
 
     def check_domains(self, only: Sequence[str]) -> None:
@@ -97,4 +100,22 @@ class Registry:
                 if job_type in out:
                     raise ValueError(f"job type {job_type!r} registered twice")
                 out[job_type] = handler
+        return out
+
+    def add_job_types(self, domain: str, factory: JobTypeFactory) -> None:
+        """Register ``domain``'s job types (``<domain>.<verb>``), built lazily by ``factory``."""
+        self._job_types.append((domain, factory))
+
+    def collect_job_types(
+        self, ctx: DomainContext, only: Sequence[str] = ()
+    ) -> dict[str, JobType[Any]]:
+        """Every registered domain's job types (or those of ``only``), by name."""
+        out: dict[str, JobType[Any]] = {}
+        for name, factory in self._job_types:
+            if only and name not in only:
+                continue
+            for job_type in factory(ctx):
+                if job_type.name in out:
+                    raise ValueError(f"job type {job_type.name!r} registered twice")
+                out[job_type.name] = job_type
         return out
