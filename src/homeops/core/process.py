@@ -31,6 +31,17 @@ _CHUNK = 65536
 
 
 @dataclass(frozen=True)
+class RawProcessResult:
+    """A finished process's output as the bytes it wrote (what the Runner seam hands on)."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+    duration_ms: float
+
+
+@dataclass(frozen=True)
 class ProcessResult:
     """What a finished process left: exit code, captured output, and how long it ran."""
 
@@ -121,12 +132,49 @@ async def run(
     on_stderr_line: LineCallback | None = None,
     check: bool = False,
 ) -> ProcessResult:
-    """Run ``argv`` to completion within ``timeout`` seconds.
+    """Run ``argv`` to completion within ``timeout`` seconds; output decoded as UTF-8.
 
     ``env`` replaces the environment when given (pass ``{**os.environ, ...}`` to extend).
     Raises :class:`ToolMissing` (3) if the program is absent, :class:`HomeopsTimeout` (4)
     after killing the process group, and with ``check`` :class:`OperationalError` (1) on
     a non-zero exit.
+    """
+    raw = await run_bytes(
+        argv,
+        timeout=timeout,
+        cwd=cwd,
+        env=env,
+        stdin=stdin,
+        on_stdout_line=on_stdout_line,
+        on_stderr_line=on_stderr_line,
+    )
+    result = ProcessResult(
+        raw.argv,
+        raw.returncode,
+        raw.stdout.decode("utf-8", "replace"),
+        raw.stderr.decode("utf-8", "replace"),
+        raw.duration_ms,
+    )
+    if check and result.returncode != 0:
+        tail = result.stderr.strip().splitlines()[-1:] or ["no stderr"]
+        raise OperationalError(f"{display_argv(argv)}: exit {result.returncode}: {mask(tail[0])}")
+    return result
+
+
+async def run_bytes(
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    stdin: bytes | str | None = None,
+    on_stdout_line: LineCallback | None = None,
+    on_stderr_line: LineCallback | None = None,
+) -> RawProcessResult:
+    """Like :func:`run`, but the output stays bytes and a non-zero exit is only reported.
+
+    The machinery of every local spawn: :func:`run` and the local Runner
+    (:class:`homeops.core.runner.LocalRunner`) both come through here.
     """
     if not argv:
         raise ValueError("argv must not be empty")
@@ -210,15 +258,5 @@ async def run(
         await asyncio.shield(_terminate(proc))
         raise
     elapsed = (time.monotonic() - start) * 1000
-    result = ProcessResult(
-        tuple(argv),
-        rc,
-        b"".join(out).decode("utf-8", "replace"),
-        b"".join(err).decode("utf-8", "replace"),
-        elapsed,
-    )
     _log.debug("spawn", "process exited", argv=shown, rc=rc, duration_ms=elapsed)
-    if check and rc != 0:
-        tail = result.stderr.strip().splitlines()[-1:] or ["no stderr"]
-        raise OperationalError(f"{shown}: exit {rc}: {mask(tail[0])}")
-    return result
+    return RawProcessResult(tuple(argv), rc, b"".join(out), b"".join(err), elapsed)

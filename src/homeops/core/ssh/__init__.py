@@ -7,18 +7,29 @@ checked against a known_hosts file; ``accept-new`` must be asked for. Only estab
 connection is retried; authentication, host-key and remote command failures never are. Every
 asyncssh exception is translated here into a :mod:`homeops.core.errors` class.
 docs/ssh.md describes the behaviour: deadlines, retries, keepalive, session queueing,
-binary output and sinks, kill confirmation, SFTP atomicity.
+binary output and sinks, kill confirmation, SFTP atomicity, quoting, OpenSSH options.
 
 asyncssh costs about half a second to import, so it is imported inside the functions that
 need it: importing this package (and ``homeops --help``) stays cheap.
 
-Modules: ``model`` (targets, results, sinks), ``connect`` (retry predicate, trust, keys),
-``channel`` (one command's channel, session slots), ``kill`` (kill outcomes, the fallback
-killer), ``pool`` (:class:`SshPool`).
+Modules, one part each:
+
+- ``model``: targets and host-key policy, results, output sinks
+- ``errors``: the retry predicate and the translation of asyncssh's exceptions
+- ``connect``: trust (known_hosts, accept-new), keys, opening one connection
+- ``channel``: one command's session, its output, session slots (MaxSessions)
+- ``kill``: kill outcomes, the POSIX and PowerShell fallback killers, :class:`Killer`
+- ``pool``: :class:`SshPool`, the connection cache and ``run``
+- ``sftp``: atomic ``put``/``get``
+- ``shell``: argv quoting for the remote shell (POSIX, PowerShell)
+- ``openssh``: a target as OpenSSH client options (``NIX_SSHOPTS``, restic's sftp)
+
+The argv-level seam shared with local commands is :class:`homeops.core.runner.SshRunner`.
 """
 
 from homeops.core.ssh.channel import NO_EXIT_STATUS
-from homeops.core.ssh.connect import append_known_host, is_retryable_ssh_error
+from homeops.core.ssh.connect import append_known_host
+from homeops.core.ssh.errors import is_retryable_ssh_error
 from homeops.core.ssh.kill import (
     CANCEL_GRACE_S,
     CANCEL_KILL_BUDGET_S,
@@ -36,7 +47,15 @@ from homeops.core.ssh.model import (
     SshTarget,
     SupportsWriteBytes,
 )
+from homeops.core.ssh.openssh import nix_sshopts, openssh_options
 from homeops.core.ssh.pool import SshPool
+from homeops.core.ssh.shell import (
+    RemoteShell,
+    posix_command,
+    powershell_command,
+    powershell_script,
+    remote_command,
+)
 
 __all__ = [
     "CANCEL_GRACE_S",
@@ -50,10 +69,17 @@ __all__ = [
     "NO_EXIT_STATUS",
     "HostKeyPolicy",
     "OutputSink",
+    "RemoteShell",
     "SshPool",
     "SshResult",
     "SshTarget",
     "SupportsWriteBytes",
     "append_known_host",
     "is_retryable_ssh_error",
+    "nix_sshopts",
+    "openssh_options",
+    "posix_command",
+    "powershell_command",
+    "powershell_script",
+    "remote_command",
 ]

@@ -1,4 +1,7 @@
-"""One remote command's channel: its output streams, how it ended, and the session slots.
+"""One remote command's session: its channel, output streams, how it ended, session slots.
+
+Also the live connection box (:class:`Conn`) the pool, the killer and SFTP share, and what
+to do when a server refuses to open one more session on it.
 
 Duck-typed against asyncssh's ``SSHClientSession`` callbacks, so this module needs no
 asyncssh import at load time.
@@ -12,14 +15,27 @@ import contextlib
 import inspect
 import io
 import signal as _signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, cast
 
-from homeops.core.ssh.kill import Kill
-from homeops.core.ssh.model import MAX_CHANNELS_PER_CONNECTION, OutputSink
+from homeops.core.errors import SshUnavailable
+from homeops.core.logging import get_logger
+from homeops.core.ssh.errors import one_line
+from homeops.core.ssh.model import (
+    MAX_CHANNELS_PER_CONNECTION,
+    ConnectionKey,
+    OutputSink,
+    SshTarget,
+    log_fields,
+)
 
 if TYPE_CHECKING:
     from asyncssh import SSHClientChannel, SSHClientConnection, SSHClientSession
+
+    from homeops.core.ssh.kill import Kill
+
+_log = get_logger("core.ssh")
 
 # OpenSSH's ssh exits 255 when the server sends no exit status; callers know that convention.
 NO_EXIT_STATUS: Final = 255
@@ -31,6 +47,9 @@ _TAIL_BYTES: Final = 4096
 # it delivers, so pausing after each chunk would let its own buffer grow without bound.
 _QUEUE_HIGH: Final = 1024 * 1024
 _QUEUE_LOW: Final = _QUEUE_HIGH // 2
+# Pauses before trying again a channel open the server refused although fewer of our
+# channels were open than it allowed before (sshd frees a closed channel's slot late).
+REFUSED_OPEN_PAUSES_S: Final = (0.01, 0.05, 0.1, 0.25)
 
 
 class Abandoned(Exception):
@@ -89,6 +108,16 @@ class ChannelCount:
 
     def __init__(self) -> None:
         self.open = 0
+
+
+@dataclass
+class Conn:
+    """A live connection (a box, so a dropped connection is told apart from its successor)."""
+
+    conn: SSHClientConnection
+    count: ChannelCount = field(default_factory=ChannelCount)
+    # Its SSH_CONNECTION as the server's sessions see it (None: unknown), for the fallback kill.
+    identity: str | None = None
 
 
 class Collector:
@@ -376,3 +405,65 @@ async def wait_any(seconds: float, *events: asyncio.Event) -> None:
     finally:
         for w in waiters:
             w.cancel()
+
+
+def slots_for(
+    table: dict[ConnectionKey, SessionSlots], key: ConnectionKey, target: SshTarget
+) -> SessionSlots:
+    """The session slots of ``key`` in ``table``, made on first use (limit from ``target``)."""
+    slots = table.get(key)
+    if slots is None:
+        slots = table[key] = SessionSlots(target.max_sessions)
+    elif target.max_sessions is not None and slots.limit != target.max_sessions:
+        slots.fixed, slots.limit = True, target.max_sessions
+    return slots
+
+
+async def after_refusal(
+    target: SshTarget,
+    entry: Conn,
+    slot: Slot,
+    pauses: Iterator[float],
+    what: str,
+    exc: BaseException,
+) -> bool:
+    """Wait before opening again what the server refused; True if it queued for a slot.
+
+    A refusal while our channels fill what the server allows queues for a slot (the
+    limit learned from it); otherwise it is tried again after a short pause, and when
+    the pauses run out the refusal is believed (or, with nothing of ours open or a
+    ``max_sessions`` fixed by the target, reported as ``server refused``).
+    """
+    slots = slot.slots
+    before = slots.limit
+    open_now = entry.count.open
+    _log.debug(
+        "run",
+        "server refused a channel",
+        err=one_line(exc),
+        open_channels=open_now,
+        max_sessions=before,
+        **log_fields(target),
+    )
+    queue = slots.refused(open_now)
+    if not queue:
+        pause = next(pauses, None)
+        if pause is not None:
+            await asyncio.sleep(pause)
+            return False
+        queue = slots.refused(open_now, force=True)
+        if not queue:
+            fixed = f" (max_sessions={slots.limit})" if slots.fixed else ""
+            raise SshUnavailable(
+                f"ssh {target.destination}: server refused a {what}{fixed}: {one_line(exc)}"
+            ) from exc
+    if slots.limit != before:
+        _log.info(
+            "run",
+            "server allows fewer sessions per connection; queueing to its limit",
+            max_sessions=slots.limit,
+            **log_fields(target),
+        )
+    slot.release()
+    await slot.acquire()
+    return True

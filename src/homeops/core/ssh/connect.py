@@ -1,84 +1,26 @@
-"""Establishing a connection: the retry predicate, error translation, trust and keys.
+"""Establishing one connection: trust (known_hosts, accept-new), keys, and the connect itself.
 
 asyncssh is imported inside the functions, so importing the seam stays cheap.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
-import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from homeops.core.errors import (
-    ConfigError,
-    HomeopsError,
-    HostKeyError,
-    SshAuthError,
-    SshUnavailable,
-)
-from homeops.core.ssh.model import DEFAULT_PORT, HostKeyPolicy, SshTarget
+from homeops.core.errors import ConfigError
+from homeops.core.logging import get_logger
+from homeops.core.retry import NO_RETRY, RetryPolicy, Sleep, retry_async
+from homeops.core.ssh.errors import is_retryable_ssh_error, one_line, translate_connect_error
+from homeops.core.ssh.model import DEFAULT_PORT, HostKeyPolicy, SshTarget, log_fields
 
 if TYPE_CHECKING:
-    from asyncssh import SSHClient, SSHKey, SSHKnownHosts
+    from asyncssh import SSHClient, SSHClientConnection, SSHKey, SSHKnownHosts
 
-
-def is_retryable_ssh_error(exc: BaseException) -> bool:
-    """Whether a failed connection attempt is worth another try.
-
-    True for transport failures (refused, unreachable, reset, lost, connect timeout); false for
-    authentication, host-key, protocol-negotiation errors and everything homeops raised itself.
-    """
-    if isinstance(exc, HomeopsError):
-        return False
-    # Only asyncssh raises asyncssh exceptions: if it is not loaded, do not pay to import it.
-    if "asyncssh" in sys.modules:
-        import asyncssh
-
-        if isinstance(exc, asyncssh.Error):
-            final = (
-                asyncssh.PermissionDenied,
-                asyncssh.HostKeyNotVerifiable,
-                asyncssh.IllegalUserName,
-                asyncssh.KeyExchangeFailed,
-                asyncssh.ProtocolNotSupported,
-            )
-            # ConnectionLost and a bare disconnect (server restarting, MaxStartups) are
-            # transient; the rest say the two sides will never agree, so trying again is noise.
-            return isinstance(exc, asyncssh.DisconnectError) and not isinstance(exc, final)
-    # Local file problems are OSErrors too, but no amount of waiting fixes them.
-    local = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
-    return isinstance(exc, OSError) and not isinstance(exc, local)
-
-
-def one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    if isinstance(exc, TimeoutError) and not text:
-        return "timed out"
-    return text or type(exc).__name__
-
-
-def translate_connect_error(exc: BaseException, target: SshTarget, attempts: int) -> HomeopsError:
-    """Map what connecting raised to a homeops error (all exit 3)."""
-    import asyncssh
-
-    dest = target.destination
-    match exc:
-        case HomeopsError():
-            return exc
-        case asyncssh.PermissionDenied():
-            return SshAuthError(f"ssh {dest}: authentication failed: {one_line(exc)}")
-        case asyncssh.HostKeyNotVerifiable():
-            return HostKeyError(
-                f"ssh {dest}: host key not trusted by {target.known_hosts_path()}"
-                f" ({target.host_key_policy}): {one_line(exc)}"
-            )
-        case TimeoutError():
-            cause = f"connect timed out after {target.connect_timeout:g}s"
-        case _:
-            cause = one_line(exc)
-    tries = f" after {attempts} attempts" if attempts > 1 else ""
-    return SshUnavailable(f"ssh {dest}: cannot connect{tries}: {cause}")
+_log = get_logger("core.ssh")
 
 
 def load_known_hosts(target: SshTarget) -> SSHKnownHosts:
@@ -141,3 +83,98 @@ def client_factory(
             return True
 
     return _Client
+
+
+async def open_connection(
+    target: SshTarget,
+    *,
+    policy: RetryPolicy,
+    sleep: Sleep,
+    reconnect: bool = False,
+    purpose: str = "commands",
+) -> SSHClientConnection:
+    """Log in to ``target``, retrying transport failures under ``policy`` (commands only).
+
+    A connection for another ``purpose`` (a fallback kill) is tried once: it runs on a budget
+    of its own that retrying would only eat. Failures are translated to homeops errors.
+    """
+    import asyncssh
+
+    known = load_known_hosts(target)
+    keys = [load_identity(target.identity_file)] if target.identity_file else ()
+    accepted: list[SSHKey] = []
+    client = client_factory(target, known, accepted)
+    attempts = 0
+
+    async def attempt() -> SSHClientConnection:
+        nonlocal attempts
+        attempts += 1
+        accepted.clear()
+        return await asyncssh.connect(
+            target.host,
+            target.port,
+            username=target.user,
+            client_factory=client,
+            known_hosts=known,
+            # An explicit key means only that key (OpenSSH's IdentitiesOnly); otherwise
+            # asyncssh's defaults: the agent and ~/.ssh/id_*.
+            client_keys=keys,
+            agent_path=None if target.identity_file else (),
+            password_auth=False,
+            kbdint_auth=False,
+            gss_auth=False,
+            host_based_auth=False,
+            # Our settings are the whole truth: no ~/.ssh/config surprises.
+            config=None,
+            connect_timeout=target.connect_timeout,
+            keepalive_interval=target.keepalive_interval,
+            keepalive_count_max=target.keepalive_count_max,
+        )
+
+    start = time.monotonic()
+    extra = {} if purpose == "commands" else {"purpose": purpose}
+    try:
+        conn = await retry_async(
+            attempt,
+            policy=policy if purpose == "commands" else NO_RETRY,
+            retry_if=is_retryable_ssh_error,
+            op="connect",
+            sleep=sleep,
+        )
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        error = translate_connect_error(exc, target, attempts)
+        _log.warn(
+            "connect",
+            "connection failed",
+            err=error,
+            attempts=attempts,
+            **extra,
+            **log_fields(target),
+        )
+        raise error from exc
+    if accepted:
+        _record_new_key(target, accepted[-1])
+    _log.info(
+        "connect",
+        "reconnected" if reconnect else "connected",
+        duration_ms=(time.monotonic() - start) * 1000,
+        attempts=attempts,
+        **extra,
+        **log_fields(target),
+    )
+    return conn
+
+
+def _record_new_key(target: SshTarget, key: SSHKey) -> None:
+    path = target.known_hosts_path()
+    kind, blob, *_ = key.export_public_key("openssh").decode().split()
+    append_known_host(path, target.known_hosts_name, f"{kind} {blob}")
+    _log.warn(
+        "connect",
+        "accepted new host key (accept-new)",
+        known_hosts=str(path),
+        host_key=f"{kind} {key.get_fingerprint()}",
+        **log_fields(target),
+    )

@@ -6,7 +6,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Final, Protocol, get_args
+
+from homeops.core.ssh.shell import RemoteShell
 
 DEFAULT_PORT: Final = 22
 # OpenSSH's default MaxSessions: where the pool starts until a server refuses fewer.
@@ -35,6 +37,10 @@ class SshTarget:
     ``max_sessions`` is the server's MaxSessions when known: the pool then never opens more
     channels than that on one connection. ``None`` learns it from the server's refusals,
     starting from OpenSSH's default of 10.
+
+    ``remote_shell`` is the shell sshd runs commands with: ``"posix"`` (sh, bash) or
+    ``"powershell"`` (Windows OpenSSH, whose default shell is cmd.exe). It decides how an
+    argv is quoted (:mod:`homeops.core.ssh.shell`) and how a timed-out command is killed.
     """
 
     host: str
@@ -47,8 +53,11 @@ class SshTarget:
     keepalive_interval: float = KEEPALIVE_INTERVAL_S
     keepalive_count_max: int = KEEPALIVE_COUNT_MAX
     max_sessions: int | None = None
+    remote_shell: RemoteShell = "posix"
 
     def __post_init__(self) -> None:
+        if self.remote_shell not in get_args(RemoteShell):
+            raise ValueError(f"remote_shell must be one of {get_args(RemoteShell)}")
         if self.max_sessions is not None and self.max_sessions < 1:
             raise ValueError("max_sessions must be >= 1 (or None to learn it)")
 
@@ -66,6 +75,28 @@ class SshTarget:
     def known_hosts_path(self) -> Path:
         """The known_hosts file used for this target."""
         return self.known_hosts or Path("~/.ssh/known_hosts").expanduser()
+
+
+# What makes two targets share a connection: where, who, and every setting that decides
+# whether a login is trusted (never reuse a connection made under weaker settings).
+ConnectionKey = tuple[str, str, int, Path | None, Path, HostKeyPolicy]
+
+
+def connection_key(target: SshTarget) -> ConnectionKey:
+    """The pool's key for ``target``'s connection."""
+    return (
+        target.user,
+        target.host,
+        target.port,
+        target.identity_file,
+        target.known_hosts_path(),
+        target.host_key_policy,
+    )
+
+
+def log_fields(target: SshTarget) -> dict[str, object]:
+    """The context keys every SSH log line carries."""
+    return {"ssh_host": target.host, "ssh_port": target.port, "ssh_user": target.user}
 
 
 @dataclass(frozen=True)
