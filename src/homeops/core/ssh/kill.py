@@ -56,9 +56,9 @@ SIGKILL_WAIT_S: Final = 0.2
 FALLBACK_BUDGET_S: Final = 5.0
 # Output of the fallback killer kept (it prints process group ids).
 _SCRIPT_OUTPUT_CAP: Final = 4096
-# How much of the command's end the PowerShell killer matches command lines against: the
-# encoded kill must stay under cmd.exe's 8191-character command line.
-PS_KILL_MATCH_CHARS: Final = 1000
+# How much of the command's end the PowerShell killer matches command lines against (as a
+# quoted literal): the encoded kill must stay under cmd.exe's 8191-character command line.
+PS_KILL_MATCH_CHARS: Final = 600
 
 
 class Kill(StrEnum):
@@ -219,14 +219,20 @@ def powershell_kill_script(conn_identity: str, own_identity: str, command: str) 
     """The PowerShell fallback killer for ``command`` on the connection ``conn_identity``.
 
     The inputs are written into the script as single-quoted literals (an encoded command
-    has no convenient stdin); only the last :data:`PS_KILL_MATCH_CHARS` characters of
-    ``command`` are matched, so the script stays short enough for cmd.exe.
+    has no convenient stdin); only the end of ``command`` is matched (at most
+    :data:`PS_KILL_MATCH_CHARS` characters once quoted), so the script stays short enough
+    for cmd.exe.
     """
     want = command[-PS_KILL_MATCH_CHARS:]
+    # Doubled quotes lengthen the literal: drop characters from the front until it fits.
+    while len(powershell_literal(want)) > PS_KILL_MATCH_CHARS + 2:
+        want = want[1:]
+    # Indentation is for readers of this file; the encoded script is 8/3 of its length.
+    body = "\n".join(line.lstrip() for line in _PS_KILL_BODY.splitlines()) + "\n"
     return (
         f"$conn = {powershell_literal(conn_identity)}\n"
         f"$own = {powershell_literal(own_identity)}\n"
-        f"$want = {powershell_literal(want)}\n" + _PS_KILL_BODY
+        f"$want = {powershell_literal(want)}\n" + body
     )
 
 

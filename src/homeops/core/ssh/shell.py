@@ -59,6 +59,9 @@ def powershell_script(argv: Sequence[str]) -> str:
 
 def encode_powershell(script: str) -> str:
     """The command line that runs ``script`` as ``powershell -EncodedCommand``."""
+    if not script.strip():
+        # An empty encoded part would leave -EncodedCommand without its argument.
+        raise ValueError("script must not be empty")
     encoded = base64.b64encode(script.encode("utf-16-le")).decode("ascii")
     return " ".join([*POWERSHELL_PREFIX, encoded])
 
