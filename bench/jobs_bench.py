@@ -26,8 +26,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from homeops.core import logging as hlog
 from homeops.core.jobs import JobContext, JobState, SqliteJobQueue, Worker
+from homeops.core.jobs.types import JobType
 
 RESULTS = Path(__file__).with_name("results")
 NOTES = (
@@ -65,6 +68,12 @@ def latency_summary(latencies_s: list[float]) -> dict[str, float]:
     }
 
 
+class Noop(BaseModel):
+    """``bench.noop``'s payload: parsed per job, as every real job type's payload is."""
+
+    i: int
+
+
 class Timing:
     """The no-op handler: records when each job started, by wall clock."""
 
@@ -74,11 +83,14 @@ class Timing:
         self.all_done = asyncio.Event()
         self.expected = 0
 
-    async def handler(self, ctx: JobContext) -> None:
+    async def handler(self, ctx: JobContext, _payload: Noop) -> None:
         self.latency.append(time.time() - ctx.job.created_at)
         self.done += 1
         if self.done >= self.expected:
             self.all_done.set()
+
+    def job_type(self) -> JobType[Noop]:
+        return JobType("bench.noop", Noop, self.handler)
 
 
 async def bulk(path: Path, n: int) -> dict[str, Any]:
@@ -89,7 +101,7 @@ async def bulk(path: Path, n: int) -> dict[str, Any]:
     enqueue_s = time.perf_counter() - t0
     timing = Timing()
     timing.expected = n
-    worker = Worker(queue, {"bench.noop": timing.handler}, slots=SLOTS)
+    worker = Worker(queue, [timing.job_type()], slots=SLOTS)
     t1 = time.perf_counter()
     await worker.run(drain=True)
     run_s = time.perf_counter() - t1
@@ -109,7 +121,7 @@ async def steady(path: Path, n: int, rate: float) -> dict[str, Any]:
     queue = SqliteJobQueue(path)
     timing = Timing()
     timing.expected = n
-    worker = Worker(queue, {"bench.noop": timing.handler}, slots=SLOTS)
+    worker = Worker(queue, [timing.job_type()], slots=SLOTS)
     stop = asyncio.Event()
     run = asyncio.create_task(worker.run(stop))
 

@@ -3,7 +3,7 @@
 Runs handler ``t.rec``, which appends ``<pid> <job_id> <attempt> start|done|stop <t>`` lines to
 RUNS (O_APPEND writes of one short line are atomic, so several processes can share the file;
 ``t`` is CLOCK_MONOTONIC, the same clock in every process). ``--sweep ROOT`` also serves the
-core's real ``core.artifacts-sweep`` handler on ROOT, which reads the store inside this process.
+core's real ``core.artifacts-sweep`` job type on ROOT, which reads the store inside this process.
 Once the worker has its queue open, ``<pid> - 0 ready <t>`` is written.
 Payload ``sleep`` makes the job take that long (capped by ``--cap-sleep``); ``hang_first``
 makes the first attempt hang, so a test can kill the process mid-job.
@@ -17,10 +17,23 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
 
 from homeops.core import logging as hlog
-from homeops.core.housekeeping import SWEEP_ARTIFACTS, sweep_handler
-from homeops.core.jobs import Handler, JobContext, SqliteJobQueue, Worker, install_signal_handlers
+from homeops.core.housekeeping import sweep_job_type
+from homeops.core.jobs import JobContext, SqliteJobQueue, Worker, install_signal_handlers
+from homeops.core.jobs.types import JobType
+
+
+class Rec(BaseModel):
+    """``t.rec``'s payload."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sleep: float = 0.0
+    hang_first: bool = False
 
 
 def record(runs: Path, line: str) -> None:
@@ -44,11 +57,11 @@ async def main() -> int:
     args = parser.parse_args()
     hlog.configure(stream=sys.stderr)
 
-    async def rec(ctx: JobContext) -> int:
+    async def rec(ctx: JobContext, payload: Rec) -> int:
         job = ctx.job
         record(args.runs, f"{job.id} {job.attempts} start")
-        delay = float(job.payload.get("sleep", 0))
-        if job.payload.get("hang_first") and job.attempts == 1:
+        delay = payload.sleep
+        if payload.hang_first and job.attempts == 1:
             delay = 3600.0
         if args.cap_sleep is not None:
             delay = min(delay, args.cap_sleep)
@@ -61,11 +74,11 @@ async def main() -> int:
         record(args.runs, f"{job.id} {job.attempts} done")
         return os.getpid()
 
-    handlers: dict[str, Handler] = {"t.rec": rec}
+    job_types: list[JobType[Any]] = [JobType("t.rec", Rec, rec)]
     if args.sweep is not None:
-        handlers[SWEEP_ARTIFACTS] = sweep_handler(args.sweep, args.db, 0.0)
+        job_types.append(sweep_job_type(args.sweep, args.db, 0.0))
     queue = SqliteJobQueue(args.db)
-    worker = Worker(queue, handlers, slots=args.slots, lease_s=args.lease, grace_s=args.grace)
+    worker = Worker(queue, job_types, slots=args.slots, lease_s=args.lease, grace_s=args.grace)
     record(args.runs, "- 0 ready")
     install_signal_handlers(worker)
     await worker.run(drain=args.drain)

@@ -382,10 +382,9 @@ def test_enqueue_and_drain_with_metrics(capsys, state_dir, tmp_path):
     )
     assert code == 0
     sweep_id = out.strip()
-    code, out, _ = run_main(
-        capsys, "jobs", "enqueue", "core.artifacts-sweep", "--payload", '{"retention_days": -1}'
-    )
-    bad_id = out.strip()
+    # Stored past enqueue's check (an old job, or written by hand): the worker refuses it too.
+    with SqliteJobQueue(state_dir / "jobs.sqlite3") as q:
+        bad_id = q.enqueue("core.artifacts-sweep", {"retention_days": -1}).id
     code, out, err = run_main(capsys, "jobs", "worker", "--drain", "--metrics")
     assert code == 0, err
     lines = dict(line.split(" ")[0:2] for line in out.splitlines())
@@ -397,9 +396,12 @@ def test_enqueue_and_drain_with_metrics(capsys, state_dir, tmp_path):
     assert job["result"]["removed"] == ["old1"]
     code, out, _ = run_main(capsys, "jobs", "status", bad_id, "--json")
     failed = json.loads(out)
-    # A bad payload is a usage error: failed at once, not retried.
+    # A payload its model refuses can never run: failed at once, not retried.
     assert (failed["state"], failed["attempts"]) == ("failed", 1)
-    assert "retention_days must be a finite number" in failed["error"]
+    assert failed["error"] == (
+        "stored payload for job type 'core.artifacts-sweep': "
+        "retention_days: Input should be greater than or equal to 0"
+    )
 
 
 def test_enqueue_dedupes_by_idempotency_key(capsys, state_dir):

@@ -18,6 +18,7 @@ from homeops.core.errors import (
 )
 from homeops.core.jobs import JobContext, JobState, SqliteJobQueue, Worker
 from homeops.core.retry import is_retryable_job_error
+from tests.core.job_type_helpers import types
 from tests.core.test_jobs_worker import drain, queue
 
 __all__ = ["queue"]  # the fixture, shared with the worker tests
@@ -68,7 +69,7 @@ async def test_auth_and_host_key_failures_are_not_retried_by_the_worker(
         raise exc
 
     job = queue.enqueue("t.login", {}, max_attempts=3)
-    await drain(Worker(queue, {"t.login": login}))
+    await drain(Worker(queue, types({"t.login": login})))
     final = queue.get(job.id)
     assert calls == 1
     assert final.state is JobState.FAILED

@@ -27,6 +27,7 @@ from homeops.core.jobs import (
     Worker,
     install_signal_handlers,
 )
+from tests.core.job_type_helpers import types
 from tests.core.test_jobs_sqlite import Recorder
 
 pytestmark = pytest.mark.integration
@@ -67,7 +68,7 @@ async def test_1000_jobs_run_exactly_once(queue: SqliteJobQueue) -> None:
 
     ids = [queue.enqueue("t.noop", {"n": n}).id for n in range(1000)]
     metrics = Recorder()
-    worker = Worker(queue, {"t.noop": handler}, slots=10, metrics=metrics)
+    worker = Worker(queue, types({"t.noop": handler}), slots=10, metrics=metrics)
     await drain(worker)
 
     assert sorted(calls) == sorted(ids)
@@ -92,7 +93,7 @@ async def test_retry_with_backoff_then_success(queue: SqliteJobQueue) -> None:
         return "ok"
 
     job = queue.enqueue("t.flaky", {}, max_attempts=3)
-    await drain(Worker(queue, {"t.flaky": flaky}))
+    await drain(Worker(queue, types({"t.flaky": flaky})))
     done = queue.get(job.id)
     assert done.state is JobState.SUCCEEDED
     assert done.attempts == 3
@@ -114,7 +115,7 @@ async def test_retries_exhausted_then_failed(
 
     metrics = Recorder()
     job = queue.enqueue("t.broken", {}, max_attempts=3)
-    await drain(Worker(queue, {"t.broken": broken}, metrics=metrics))
+    await drain(Worker(queue, types({"t.broken": broken}), metrics=metrics))
     final = queue.get(job.id)
     assert calls == 3
     assert final.state is JobState.FAILED
@@ -136,7 +137,7 @@ async def test_usage_error_is_not_retried(queue: SqliteJobQueue) -> None:
         raise UsageError("bad host name")
 
     job = queue.enqueue("t.picky", {}, max_attempts=3)
-    await drain(Worker(queue, {"t.picky": picky}))
+    await drain(Worker(queue, types({"t.picky": picky})))
     assert calls == 1
     assert queue.get(job.id).state is JobState.FAILED
     assert queue.get(job.id).error == "UsageError: bad host name"
@@ -144,7 +145,7 @@ async def test_usage_error_is_not_retried(queue: SqliteJobQueue) -> None:
 
 async def test_unknown_type_fails_without_retry(queue: SqliteJobQueue) -> None:
     job = queue.enqueue("t.nobody", {}, max_attempts=3)
-    await drain(Worker(queue, {}, any_type=True))
+    await drain(Worker(queue, [], any_type=True))
     final = queue.get(job.id)
     assert final.state is JobState.FAILED
     assert final.attempts == 1
@@ -161,7 +162,7 @@ async def test_per_job_timeout(queue: SqliteJobQueue) -> None:
 
     job = queue.enqueue("t.slow", {}, timeout_s=0.1, max_attempts=2)
     t0 = time.monotonic()
-    await drain(Worker(queue, {"t.slow": slow}))
+    await drain(Worker(queue, types({"t.slow": slow})))
     elapsed = time.monotonic() - t0
     final = queue.get(job.id)
     assert final.state is JobState.FAILED
@@ -175,7 +176,7 @@ async def test_handler_own_timeout_error_is_an_ordinary_failure(queue: SqliteJob
         raise TimeoutError("peer did not answer")
 
     job = queue.enqueue("t.x", {}, timeout_s=10, max_attempts=1)
-    await drain(Worker(queue, {"t.x": raises}))
+    await drain(Worker(queue, types({"t.x": raises})))
     assert queue.get(job.id).error == "TimeoutError: peer did not answer"
 
 
@@ -184,7 +185,7 @@ async def test_unserialisable_result_fails(queue: SqliteJobQueue) -> None:
         return object()
 
     job = queue.enqueue("t.x", {})
-    await drain(Worker(queue, {"t.x": weird}))
+    await drain(Worker(queue, types({"t.x": weird})))
     final = queue.get(job.id)
     assert final.state is JobState.FAILED
     assert final.attempts == 1
@@ -200,7 +201,7 @@ async def test_cancel_queued_job_never_runs(queue: SqliteJobQueue) -> None:
     keep = queue.enqueue("t.x", {})
     drop = queue.enqueue("t.x", {})
     assert queue.cancel(drop.id).state is JobState.CANCELLED
-    await drain(Worker(queue, {"t.x": handler}))
+    await drain(Worker(queue, types({"t.x": handler})))
     assert ran == [keep.id]
     assert queue.get(drop.id).state is JobState.CANCELLED
 
@@ -221,7 +222,7 @@ async def test_cancel_running_job_within_one_second(queue: SqliteJobQueue) -> No
 
     metrics = Recorder()
     job = queue.enqueue("t.long", {})
-    worker = Worker(queue, {"t.long": long}, lease_s=30, metrics=metrics)
+    worker = Worker(queue, types({"t.long": long}), lease_s=30, metrics=metrics)
     run = asyncio.create_task(worker.run(drain=True))
     await asyncio.wait_for(started.wait(), 5)
     asked = time.monotonic()
@@ -250,7 +251,7 @@ async def test_graceful_stop_finishes_or_requeues(queue: SqliteJobQueue) -> None
 
     quick = queue.enqueue("t.x", {"sleep": 0.1})
     stuck = queue.enqueue("t.x", {"sleep": 30})
-    worker = Worker(queue, {"t.x": handler}, slots=2, grace_s=0.5)
+    worker = Worker(queue, types({"t.x": handler}), slots=2, grace_s=0.5)
     stop = asyncio.Event()
     run = asyncio.create_task(worker.run(stop))
     await asyncio.wait_for(both.wait(), 5)
@@ -275,7 +276,7 @@ async def test_second_stop_skips_grace(queue: SqliteJobQueue) -> None:
         await asyncio.sleep(30)
 
     job = queue.enqueue("t.x", {})
-    worker = Worker(queue, {"t.x": handler}, grace_s=30)
+    worker = Worker(queue, types({"t.x": handler}), grace_s=30)
     run = asyncio.create_task(worker.run())
     await asyncio.wait_for(started.wait(), 5)
     worker.request_stop()
@@ -290,7 +291,7 @@ async def test_signal_handlers_stop_the_worker(queue: SqliteJobQueue) -> None:
     import os
     import signal
 
-    worker = Worker(queue, {})
+    worker = Worker(queue, [])
     remove = install_signal_handlers(worker)
     try:
         run = asyncio.create_task(worker.run())
@@ -306,7 +307,7 @@ async def test_handler_logger_and_context(queue: SqliteJobQueue, log_stream: io.
         ctx.log.info("step", "handler says hi")
 
     job = queue.enqueue("t.x", {}, trace_id="trace-abc")
-    await drain(Worker(queue, {"t.x": handler}, worker_id="w-test"))
+    await drain(Worker(queue, types({"t.x": handler}), worker_id="w-test"))
     lines = log_stream.getvalue().splitlines()
     [hi] = [line for line in lines if "handler says hi" in line]
     assert f"job_id={job.id} trace_id=trace-abc job_type=t.x" in hi
@@ -317,19 +318,19 @@ async def test_handler_logger_and_context(queue: SqliteJobQueue, log_stream: io.
 
 def test_worker_refuses_bad_settings(queue: SqliteJobQueue) -> None:
     with pytest.raises(UsageError, match="slots"):
-        Worker(queue, {}, slots=0)
+        Worker(queue, [], slots=0)
     with pytest.raises(UsageError, match="heartbeat_interval"):
-        Worker(queue, {}, lease_s=30, heartbeat_interval=5)
+        Worker(queue, [], lease_s=30, heartbeat_interval=5)
     with pytest.raises(UsageError, match="invalid job id"):
-        Worker(queue, {}, worker_id="../w")
-    assert Worker(queue, {}).worker_id
+        Worker(queue, [], worker_id="../w")
+    assert Worker(queue, []).worker_id
 
 
 async def test_stop_already_set_claims_nothing(queue: SqliteJobQueue) -> None:
     job = queue.enqueue("t.x", {})
     stop = asyncio.Event()
     stop.set()
-    await asyncio.wait_for(Worker(queue, {}).run(stop), 2)
+    await asyncio.wait_for(Worker(queue, []).run(stop), 2)
     assert queue.get(job.id).state is JobState.QUEUED
 
 
@@ -345,7 +346,7 @@ async def test_counts_into_the_core_metrics_registry(state_dir: Path) -> None:
     with SqliteJobQueue(state_dir / "m.db", metrics=registry) as q:
         for n in range(4):
             q.enqueue("t.x", {"fail": n == 0})
-        await drain(Worker(q, {"t.x": handler}, metrics=registry))
+        await drain(Worker(q, types({"t.x": handler}), metrics=registry))
     snap = registry.snapshot()
     assert snap["jobs_enqueued_total"] == 4
     assert snap["jobs_completed_total"] == 3
@@ -367,8 +368,8 @@ async def test_workers_claim_only_their_types(queue: SqliteJobQueue) -> None:
         queue.enqueue("windows.exec", {})
     other = queue.enqueue("fleet.deploy", {})
     await asyncio.gather(
-        drain(Worker(queue, {"builds.build": handler("a")}, worker_id="wa")),
-        drain(Worker(queue, {"windows.exec": handler("b")}, worker_id="wb")),
+        drain(Worker(queue, types({"builds.build": handler("a")}), worker_id="wa")),
+        drain(Worker(queue, types({"windows.exec": handler("b")}), worker_id="wb")),
     )
     assert seen["a"] == ["builds.build"] * 20
     assert seen["b"] == ["windows.exec"] * 20
@@ -425,7 +426,7 @@ async def test_lapsed_lease_is_not_run_twice_by_the_same_worker(
     monkeypatch.setattr(queue, "heartbeat", broken_heartbeat(queue, "raise", 1.2))
     overlap = Overlap(hold=0.8)
     metrics = Recorder()
-    await drain(Worker(queue, {"t.x": overlap.handler}, lease_s=0.6, metrics=metrics))
+    await drain(Worker(queue, types({"t.x": overlap.handler}), lease_s=0.6, metrics=metrics))
     final = queue.get(job.id)
     assert final.state is JobState.SUCCEEDED
     assert final.result == "done"
@@ -446,8 +447,8 @@ async def test_lapsed_lease_is_not_run_by_two_workers_at_once(
         job = q1.enqueue("t.x", {}, max_attempts=20)
         overlap = Overlap(hold=1.0)
         m1, m2 = Recorder(), Recorder()
-        w1 = Worker(q1, {"t.x": overlap.handler}, lease_s=0.6, worker_id="w1", metrics=m1)
-        w2 = Worker(q2, {"t.x": overlap.handler}, lease_s=0.6, worker_id="w2", metrics=m2)
+        w1 = Worker(q1, types({"t.x": overlap.handler}), lease_s=0.6, worker_id="w1", metrics=m1)
+        w2 = Worker(q2, types({"t.x": overlap.handler}), lease_s=0.6, worker_id="w2", metrics=m2)
         run1 = asyncio.create_task(drain(w1))
         await asyncio.wait_for(overlap.started.wait(), 5)
         monkeypatch.setattr(q1, "heartbeat", broken_heartbeat(q1, mode, 1.5))
@@ -504,7 +505,7 @@ async def test_locked_database_does_not_freeze_the_worker(state_dir: Path) -> No
     with SqliteJobQueue(path) as queue:
         timed_out = queue.enqueue("t.long", {}, timeout_s=0.6, max_attempts=1)
         stopped_early = queue.enqueue("t.long", {})
-        worker = Worker(queue, {"t.long": long}, grace_s=0.8)
+        worker = Worker(queue, types({"t.long": long}), grace_s=0.8)
         run = asyncio.create_task(worker.run())
         await asyncio.wait_for(started.wait(), 5)
         t_start = time.monotonic()
@@ -555,7 +556,9 @@ async def test_handler_that_swallows_cancel_and_completes_succeeds_with_warning(
 
     metrics = Recorder()
     job = queue.enqueue("t.x", {})
-    run = asyncio.create_task(Worker(queue, {"t.x": stubborn}, metrics=metrics).run(drain=True))
+    run = asyncio.create_task(
+        Worker(queue, types({"t.x": stubborn}), metrics=metrics).run(drain=True)
+    )
     await asyncio.wait_for(started.wait(), 5)
     assert queue.cancel(job.id).cancel_requested
     await asyncio.wait_for(run, 5)
@@ -574,15 +577,15 @@ async def test_short_lease_against_busy_timeout_is_warned(
     stop = asyncio.Event()
     stop.set()
     with SqliteJobQueue(state_dir / "b.db", busy_timeout_s=10.0) as q:
-        await asyncio.wait_for(Worker(q, {}, lease_s=30.0).run(stop), 2)
+        await asyncio.wait_for(Worker(q, [], lease_s=30.0).run(stop), 2)
         assert "busy timeout" not in log_stream.getvalue()
-        await asyncio.wait_for(Worker(q, {}, lease_s=10.5).run(stop), 2)
+        await asyncio.wait_for(Worker(q, [], lease_s=10.5).run(stop), 2)
         assert "busy timeout" not in log_stream.getvalue()
         # The boundary: a lease exactly as long as the busy timeout is warned too.
-        await asyncio.wait_for(Worker(q, {}, lease_s=10.0).run(stop), 2)
+        await asyncio.wait_for(Worker(q, [], lease_s=10.0).run(stop), 2)
         warned = "lease is not longer than the queue's busy timeout"
         assert log_stream.getvalue().count(warned) == 1
-        await asyncio.wait_for(Worker(q, {}, lease_s=5.0).run(stop), 2)
+        await asyncio.wait_for(Worker(q, [], lease_s=5.0).run(stop), 2)
         assert log_stream.getvalue().count(warned) == 2
 
 
@@ -604,7 +607,7 @@ async def test_cancelling_run_hands_running_jobs_back(
             unwound.append(ctx.job.id)
 
     job = queue.enqueue("t.long", {})
-    worker = Worker(queue, {"t.long": long}, lease_s=30)
+    worker = Worker(queue, types({"t.long": long}), lease_s=30)
     run = asyncio.create_task(worker.run())
     await asyncio.wait_for(started.wait(), 5)
     assert queue.get(job.id).state is JobState.RUNNING
@@ -646,7 +649,7 @@ async def test_cancelling_run_mid_claim_hands_the_claimed_jobs_back(
     async def handler(ctx: JobContext) -> None:
         ran.append(ctx.job.id)
 
-    run = asyncio.create_task(Worker(queue, {"t.x": handler}, lease_s=30).run())
+    run = asyncio.create_task(Worker(queue, types({"t.x": handler}), lease_s=30).run())
     assert await asyncio.to_thread(entered.wait, 5)
     run.cancel()
     await asyncio.sleep(0.05)
@@ -662,13 +665,13 @@ async def test_cancelling_run_mid_claim_hands_the_claimed_jobs_back(
 
 
 def test_default_heartbeat_interval_is_a_third_of_the_lease(queue: SqliteJobQueue) -> None:
-    assert Worker(queue, {}, lease_s=0.6).heartbeat_interval == pytest.approx(0.2)
-    assert Worker(queue, {}, lease_s=0.3).heartbeat_interval == pytest.approx(0.1)
+    assert Worker(queue, [], lease_s=0.6).heartbeat_interval == pytest.approx(0.2)
+    assert Worker(queue, [], lease_s=0.3).heartbeat_interval == pytest.approx(0.1)
     # Capped for prompt cancels.
-    assert Worker(queue, {}, lease_s=30).heartbeat_interval == pytest.approx(0.25)
-    assert Worker(queue, {}, lease_s=0.6, heartbeat_interval=0.15).heartbeat_interval == 0.15
+    assert Worker(queue, [], lease_s=30).heartbeat_interval == pytest.approx(0.25)
+    assert Worker(queue, [], lease_s=0.6, heartbeat_interval=0.15).heartbeat_interval == 0.15
     with pytest.raises(UsageError, match="heartbeat_interval"):
-        Worker(queue, {}, lease_s=0.6, heartbeat_interval=0.21)
+        Worker(queue, [], lease_s=0.6, heartbeat_interval=0.21)
 
 
 async def test_heartbeats_keep_a_job_longer_than_its_lease(
@@ -678,7 +681,7 @@ async def test_heartbeats_keep_a_job_longer_than_its_lease(
     # never fenced nor re-claimed and succeeds on its first attempt.
     overlap = Overlap(hold=1.8)
     job = queue.enqueue("t.x", {}, max_attempts=5)
-    await drain(Worker(queue, {"t.x": overlap.handler}, lease_s=0.6))
+    await drain(Worker(queue, types({"t.x": overlap.handler}), lease_s=0.6))
     final = queue.get(job.id)
     assert final.state is JobState.SUCCEEDED
     assert final.result == "done"
@@ -749,7 +752,7 @@ async def test_run_is_fenced_one_heartbeat_interval_before_its_lease_runs_out(
     beats = failing_heartbeats(queue, monkeypatch)
     blocker = Blocker()
     job = queue.enqueue("t.x", {})
-    worker = Worker(queue, {"t.x": blocker.handler}, lease_s=30, clock=clock, grace_s=0)
+    worker = Worker(queue, types({"t.x": blocker.handler}), lease_s=30, clock=clock, grace_s=0)
     assert worker.heartbeat_interval == 0.25
     run = asyncio.create_task(worker.run())
     try:
@@ -800,7 +803,7 @@ async def test_reclaim_of_a_live_local_run_extends_its_lease(
         monkeypatch.setattr(q, "claim", counting_claim)
         beats = failing_heartbeats(q, monkeypatch)
         job = q.enqueue("t.x", {}, max_attempts=5)
-        worker = Worker(q, {"t.x": blocker.handler}, lease_s=30, clock=clock, grace_s=0)
+        worker = Worker(q, types({"t.x": blocker.handler}), lease_s=30, clock=clock, grace_s=0)
         run = asyncio.create_task(worker.run(drain=True))
         try:
             await asyncio.wait_for(blocker.started.wait(), 5)

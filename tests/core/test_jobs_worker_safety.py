@@ -15,6 +15,7 @@ import pytest
 
 from homeops.core.errors import OperationalError
 from homeops.core.jobs import HeartbeatResult, JobContext, JobState, SqliteJobQueue, Worker
+from tests.core.job_type_helpers import types
 from tests.core.test_jobs_worker import Blocker, ManualClock, wait_until
 
 pytestmark = pytest.mark.integration
@@ -48,7 +49,7 @@ async def test_cancelled_job_is_not_run_again_after_a_shutdown(
     # signal) before a heartbeat told it about the request: its run stops as "shutdown".
     counting = Counting()
     job = queue.enqueue("t.x", {}, max_attempts=5)
-    first = Worker(queue, {"t.x": counting.handler}, grace_s=grace_s, worker_id="w1")
+    first = Worker(queue, types({"t.x": counting.handler}), grace_s=grace_s, worker_id="w1")
     run = asyncio.create_task(first.run())
     await asyncio.wait_for(counting.started.wait(), 5)
     assert queue.cancel(job.id).cancel_requested
@@ -58,7 +59,7 @@ async def test_cancelled_job_is_not_run_again_after_a_shutdown(
     assert queue.get(job.id).state is JobState.CANCELLED
     # Another worker finds nothing to run.
     await asyncio.wait_for(
-        Worker(queue, {"t.x": counting.handler}, worker_id="w2").run(drain=True), 10
+        Worker(queue, types({"t.x": counting.handler}), worker_id="w2").run(drain=True), 10
     )
     assert counting.runs[job.id] == 1
     final = queue.get(job.id)
@@ -108,7 +109,7 @@ async def test_corrupt_store_stops_the_worker_with_an_error(
 
     queue.enqueue("t.x", {})
     broken = CorruptAfter(queue, method, after=0)
-    worker = Worker(broken, {"t.x": quick})  # type: ignore[arg-type]
+    worker = Worker(broken, types({"t.x": quick}))  # type: ignore[arg-type]
     # Bounded only so that a worker polling forever fails the test instead of hanging it.
     with pytest.raises(StoreCorrupt, match="malformed"):
         await asyncio.wait_for(worker.run(drain=drain), 30)
@@ -127,7 +128,7 @@ async def test_run_stopped_before_its_first_step_is_handed_back(queue: SqliteJob
         ran.append(ctx.job.id)
 
     job = queue.enqueue("t.x", {})
-    worker = Worker(queue, {"t.x": handler}, worker_id="w1")
+    worker = Worker(queue, types({"t.x": handler}), worker_id="w1")
     try:
         [claimed] = queue.claim("w1", 1, 30.0)
         assert worker._start(claimed, time.monotonic() + 30.0)
@@ -171,7 +172,7 @@ async def test_slow_heartbeat_renews_the_lease_from_when_it_was_sent(
 
     monkeypatch.setattr(queue, "heartbeat", heartbeat)
     queue.enqueue("t.x", {})
-    worker = Worker(queue, {"t.x": blocker.handler}, lease_s=30, clock=clock, grace_s=0)
+    worker = Worker(queue, types({"t.x": blocker.handler}), lease_s=30, clock=clock, grace_s=0)
     run = asyncio.create_task(worker.run())
     try:
         await asyncio.wait_for(blocker.started.wait(), 5)

@@ -1,14 +1,21 @@
-"""The core's own job types: maintenance that a timer or a user can enqueue like any job."""
+"""The core's own job types: maintenance that a timer or a user can enqueue like any job.
+
+They are registered exactly the way a domain registers its own (``core_job_types``, a
+factory taking the :class:`~homeops.core.registry.DomainContext`), so the core is the first
+user of the path every domain takes.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from homeops.core.errors import UsageError
+from homeops.core.jobs.types import JobType, JobTypeHandler
 
 if TYPE_CHECKING:
     from homeops.core.jobs.worker import Handler, JobContext
@@ -17,13 +24,20 @@ if TYPE_CHECKING:
 SWEEP_ARTIFACTS: Final = "core.artifacts-sweep"
 
 
-def _retention(payload: Mapping[str, Any], default: float) -> float:
-    value = payload.get("retention_days", default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise UsageError(f"retention_days must be a number, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise UsageError(f"retention_days must be a finite number >= 0, got {value!r}")
-    return float(value)
+class SweepPayload(BaseModel):
+    """``core.artifacts-sweep``'s input."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # NaN or a negative age would compare so that every directory looks expired; a JSON
+    # `true` once read as 1 day. Payloads are validated strictly (JSON mode), so only a
+    # finite number >= 0 or null gets through.
+    retention_days: float | None = Field(
+        None,
+        ge=0,
+        allow_inf_nan=False,
+        description="Delete artifact dirs older than this many days; null: artifacts.retention.",
+    )
 
 
 def sweep_artifacts(root: Path, jobs_db: Path, retention_days: float) -> list[str]:
@@ -50,20 +64,36 @@ def sweep_artifacts(root: Path, jobs_db: Path, retention_days: float) -> list[st
         queue.close()
 
 
-def sweep_handler(root: Path, jobs_db: Path, default_days: float) -> Handler:
-    """Job handler: remove artifact dirs older than ``retention_days`` (payload or default)."""
+def sweep_job_type(root: Path, jobs_db: Path, default_days: float) -> JobType[SweepPayload]:
+    """``core.artifacts-sweep``: remove artifact dirs older than ``retention_days``.
 
-    async def handle(ctx: JobContext) -> dict[str, Any]:
-        days = _retention(ctx.job.payload, default_days)
+    ``retention_days`` comes from the payload, or ``default_days`` when it is null or absent.
+    """
+
+    async def handle(ctx: JobContext, payload: SweepPayload) -> dict[str, Any]:
+        days = default_days if payload.retention_days is None else payload.retention_days
         removed = await asyncio.to_thread(sweep_artifacts, root, jobs_db, days)
         ctx.log.info("sweep", "artifact sweep done", removed=len(removed), retention_days=days)
         return {"removed": removed, "retention_days": days}
 
-    return handle
+    return JobType(
+        name=SWEEP_ARTIFACTS,
+        payload_model=SweepPayload,
+        handler=handle,
+        description="Delete artifact dirs older than the retention (jobs still running kept).",
+    )
+
+
+def core_job_types(ctx: DomainContext) -> Sequence[JobType[Any]]:
+    """The core's job types (``Registry.add_job_types("core", core_job_types)``)."""
+    core = ctx.core
+    return [sweep_job_type(core.artifacts_root, core.jobs_db, core.artifacts.retention_days)]
 
 
 def core_handlers(ctx: DomainContext) -> Mapping[str, Handler]:
-    """The core's job handlers by type."""
-    core = ctx.core
-    handler = sweep_handler(core.artifacts_root, core.jobs_db, core.artifacts.retention_days)
-    return {SWEEP_ARTIFACTS: handler}
+    """Transition: :func:`core_job_types` for ``Registry.add_handlers``, still used by cli.py.
+
+    Each handler carries its job type (``JobTypeHandler``), which is what the worker and
+    ``jobs enqueue`` actually use; remove once cli.py calls ``add_job_types``.
+    """
+    return {jt.name: JobTypeHandler(jt) for jt in core_job_types(ctx)}

@@ -1,4 +1,4 @@
-"""``homeops jobs worker``: run the registered job handlers against the configured store."""
+"""``homeops jobs worker``: run the registered job types against the configured store."""
 
 from __future__ import annotations
 
@@ -27,11 +27,13 @@ def run_worker(
     only: list[str] | None,
 ) -> int:
     """Work until SIGTERM/SIGINT (or, with ``drain``, until no job of ours is left)."""
+    from homeops.core.artifacts import ArtifactStore
     from homeops.core.asyncutil import sleep_or_stop
     from homeops.core.cli.signals import install, log_signal
     from homeops.core.errors import UsageError
     from homeops.core.jobs.queue import LeaseQueue, StoreBusy
     from homeops.core.jobs.store import open_worker_queue
+    from homeops.core.jobs.types import collect_registered
     from homeops.core.jobs.worker import Worker
     from homeops.core.logging import get_logger
     from homeops.core.metrics import MetricsEmitter, MetricsRegistry
@@ -41,9 +43,9 @@ def run_worker(
     jobs = settings.jobs
     registry.check_domains(only or ())
     dctx = DomainContext(os.environ, options(ctx).config, settings)
-    handlers = registry.collect_handlers(dctx, only or ())
-    if not handlers:
-        raise UsageError("no job handlers registered for the selected domains")
+    job_types = collect_registered(registry, dctx, only or ())
+    if not job_types:
+        raise UsageError("no job types registered for the selected domains")
     interval = (
         settings.metrics.interval
         if metrics_interval is None
@@ -90,12 +92,13 @@ def run_worker(
                 return
             worker = Worker(
                 queue,
-                handlers,
+                job_types.values(),
                 slots=slots or jobs.slots,
                 lease_s=jobs.lease,
                 poll_interval=jobs.poll_interval,
                 grace_s=jobs.grace,
                 metrics=counters,
+                artifacts=ArtifactStore(settings.artifacts_root),
             )
             workers.append(worker)
             if emit:

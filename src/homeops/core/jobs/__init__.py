@@ -1,9 +1,9 @@
 """Durable jobs: the model every domain shares, the queue contract and its SQLite backend,
-and the async worker that runs handlers.
+job types (payload model, handler, retry rule) and the async worker that runs them.
 
 Import the pieces from here::
 
-    from homeops.core.jobs import Job, JobState, Worker, open_store, open_worker_queue
+    from homeops.core.jobs import Job, JobState, JobType, Worker, open_store, open_worker_queue
 """
 
 from homeops.core.jobs.model import (
@@ -29,9 +29,19 @@ from homeops.core.jobs.queue import (
 )
 from homeops.core.jobs.sqlite import SqliteJobQueue
 from homeops.core.jobs.store import open_store, open_store_at, open_worker_queue
+from homeops.core.jobs.types import (
+    JobType,
+    PayloadError,
+    RetryRule,
+    parse_payload,
+    should_retry,
+    validate_enqueue,
+)
 from homeops.core.jobs.worker import (
     Handler,
+    JobArtifacts,
     JobContext,
+    Progress,
     Worker,
     default_worker_id,
     install_signal_handlers,
@@ -42,12 +52,17 @@ __all__ = [
     "Handler",
     "HeartbeatResult",
     "Job",
+    "JobArtifacts",
     "JobClient",
     "JobContext",
     "JobQueue",
     "JobState",
+    "JobType",
     "LeaseQueue",
     "MetricsSink",
+    "PayloadError",
+    "Progress",
+    "RetryRule",
     "SqliteJobQueue",
     "StoreBusy",
     "StoreCorrupt",
@@ -60,6 +75,9 @@ __all__ = [
     "open_store",
     "open_store_at",
     "open_worker_queue",
+    "parse_payload",
+    "should_retry",
+    "validate_enqueue",
     "validate_idempotency_key",
     "validate_job_id",
     "validate_job_type",

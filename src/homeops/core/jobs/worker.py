@@ -43,22 +43,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import os
 import re
 import secrets
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, ParamSpec, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal, ParamSpec, TypeVar
 
 from homeops.core.errors import HomeopsError, OperationalError, UsageError
 from homeops.core.jobs.model import Job, JobState, validate_job_id
 from homeops.core.jobs.queue import LeaseQueue, MetricsSink, StoreCorrupt
+from homeops.core.jobs.types import JobType, PayloadError, parse_payload, should_retry
 from homeops.core.logging import Logger, get_logger, timed
-from homeops.core.retry import is_retryable_job_error
+
+if TYPE_CHECKING:
+    from homeops.core.artifacts import Artifact, ArtifactStore, Manifest
 
 _log = get_logger("core.jobs")
 
@@ -74,21 +79,160 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 
+# A handler reporting progress per file or per line would flood the log: at most one
+# progress line per job per this many seconds (the latest value is always kept).
+PROGRESS_LOG_INTERVAL_S: Final = 2.0
+# Progress messages go into log lines; a handler passing a whole output chunk gets it cut.
+MAX_PROGRESS_MESSAGE: Final = 200
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A handler's latest progress report: done fraction (0..1, or unknown) and a message."""
+
+    fraction: float | None
+    message: str
+    at: float
+    """Wall clock (seconds since the epoch) of the report."""
+
+
+@dataclass
+class _ProgressState:
+    latest: Progress | None = None
+    logged_at: float | None = None
+    skipped: int = 0
+
+
+class JobArtifacts:
+    """The artifact directory of one job, bound to its job id and trace id.
+
+    A thin view of :class:`~homeops.core.artifacts.ArtifactStore`: every write goes through
+    the store (atomic files, locked manifest, validated paths); what this adds is that the
+    job's directory and manifest are created first with the job's trace id, so every file a
+    handler writes is listed under the right job and trace. Nothing is created until the
+    first write: a job that stores nothing leaves no directory behind.
+    """
+
+    def __init__(self, store: ArtifactStore, job_id: str, trace_id: str) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.trace_id = trace_id
+        self._ensured = False
+
+    @property
+    def path(self) -> Path:
+        """The job's directory (it exists once something was written)."""
+        return self.store.job_dir(self.job_id)
+
+    async def ensure(self) -> Path:
+        """Create the job's directory and manifest (with its trace id) if they are absent."""
+        if not self._ensured:
+            await asyncio.to_thread(self.store.ensure_job, self.job_id, self.trace_id)
+            self._ensured = True
+        return self.path
+
+    async def write_bytes(self, rel_path: str, data: bytes, *, type: str) -> Artifact:
+        """Store ``data`` as ``rel_path`` (``a/b.txt``) of this job, typed ``type``."""
+        await self.ensure()
+        return await self.store.add_bytes(self.job_id, rel_path, data, type=type)
+
+    async def write_text(
+        self, rel_path: str, text: str, *, type: str, encoding: str = "utf-8"
+    ) -> Artifact:
+        """Store ``text`` (encoded as ``encoding``) as ``rel_path`` of this job."""
+        return await self.write_bytes(rel_path, text.encode(encoding), type=type)
+
+    async def add_file(self, rel_path: str, src: Path, *, type: str) -> Artifact:
+        """Copy the file ``src`` into this job's directory as ``rel_path``."""
+        await self.ensure()
+        return await self.store.add_file(self.job_id, rel_path, src, type=type)
+
+    async def add_stream(
+        self,
+        rel_path: str,
+        chunks: Iterable[bytes] | AsyncIterable[bytes],
+        *,
+        type: str,
+    ) -> Artifact:
+        """Store chunks as they arrive (constant memory) as ``rel_path`` of this job."""
+        await self.ensure()
+        return await self.store.add_stream(self.job_id, rel_path, chunks, type=type)
+
+    async def manifest(self) -> Manifest:
+        """This job's manifest as it is on disk now."""
+        return await asyncio.to_thread(self.store.manifest, self.job_id)
+
+
 @dataclass(frozen=True)
 class JobContext:
-    """What a handler gets: the job, a logger bound to it, and whether cancel was requested."""
+    """What a handler gets: the job, a logger bound to it, cancel state, artifacts, progress.
+
+    The parsed payload is the handler's second argument; ``job.payload`` is the stored dict.
+    """
 
     job: Job
     log: Logger
     cancel_event: asyncio.Event = field(default_factory=asyncio.Event)
+    artifact_store: ArtifactStore | None = field(default=None, repr=False)
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False)
+    _progress: _ProgressState = field(default_factory=_ProgressState, repr=False)
+    _artifacts: list[JobArtifacts] = field(default_factory=list, repr=False)
 
     @property
     def cancelled(self) -> bool:
         """True once a cancel was requested; the handler's task is cancelled right after."""
         return self.cancel_event.is_set()
 
+    @property
+    def artifacts(self) -> JobArtifacts:
+        """This job's artifact directory; OperationalError if the worker was given none."""
+        if self.artifact_store is None:
+            raise OperationalError(
+                f"job {self.job.id}: this worker has no artifact store to write artifacts to"
+            )
+        if not self._artifacts:
+            self._artifacts.append(
+                JobArtifacts(self.artifact_store, self.job.id, self.job.trace_id)
+            )
+        return self._artifacts[0]
+
+    @property
+    def last_progress(self) -> Progress | None:
+        """The latest :meth:`progress` report of this run, if any."""
+        return self._progress.latest
+
+    def progress(self, fraction: float | None = None, message: str = "") -> None:
+        """Report progress: ``fraction`` done in [0, 1] (None: unknown) and a short message.
+
+        The latest report is kept (``last_progress``, ``Worker.progress``) and logged, at
+        most one line per :data:`PROGRESS_LOG_INTERVAL_S` (the line says how many reports
+        were folded into it). A fraction outside [0, 1] is a bug in the handler: ValueError.
+        """
+        if fraction is not None:
+            if isinstance(fraction, bool) or not isinstance(fraction, int | float):
+                raise ValueError(f"progress fraction must be a number or None, got {fraction!r}")
+            if not math.isfinite(fraction) or not 0 <= fraction <= 1:
+                raise ValueError(f"progress fraction must be within [0, 1], got {fraction!r}")
+            fraction = float(fraction)
+        text = str(message)
+        if len(text) > MAX_PROGRESS_MESSAGE:
+            text = text[: MAX_PROGRESS_MESSAGE - 3] + "..."
+        state = self._progress
+        state.latest = Progress(fraction, text, time.time())
+        now = self.clock()
+        if state.logged_at is not None and now - state.logged_at < PROGRESS_LOG_INTERVAL_S:
+            state.skipped += 1
+            return
+        extra: dict[str, object] = {"skipped": state.skipped} if state.skipped else {}
+        if fraction is not None:
+            extra["fraction"] = round(fraction, 4)
+        self.log.info("progress", text or "progress", **extra)
+        state.logged_at = now
+        state.skipped = 0
+
 
 Handler = Callable[[JobContext], Awaitable[Any]]
+"""Transition only: the old ``add_handlers`` shape, until ``homeops.cli`` registers job types."""
 
 
 @dataclass
@@ -183,12 +327,18 @@ def default_worker_id() -> str:
 
 
 class Worker:
-    """Claims and runs jobs with ``handlers[job.type]``; see the module docstring."""
+    """Claims and runs jobs of the given job types; see the module docstring.
+
+    Each job's stored payload is parsed with its type's model before the handler sees it;
+    one that no longer parses (stored before the model changed) fails at once, not retried.
+    A failed attempt is retried (attempts left) if the type's retry rule says so.
+    ``artifacts`` is the store behind each handler's ``ctx.artifacts``.
+    """
 
     def __init__(
         self,
         queue: LeaseQueue,
-        handlers: Mapping[str, Handler],
+        job_types: Iterable[JobType[Any]],
         *,
         slots: int = 10,
         lease_s: float = 30.0,
@@ -199,6 +349,7 @@ class Worker:
         clock: Callable[[], float] = time.monotonic,
         grace_s: float = 10.0,
         any_type: bool = False,
+        artifacts: ArtifactStore | None = None,
     ) -> None:
         if slots < 1:
             raise UsageError(f"slots must be >= 1, got {slots}")
@@ -211,10 +362,15 @@ class Worker:
                 f"(lease/3 and {MAX_HEARTBEAT_INTERVAL_S}s for prompt cancels)"
             )
         self.queue = queue
-        self.handlers = dict(handlers)
+        self.job_types: dict[str, JobType[Any]] = {}
+        for job_type in job_types:
+            if job_type.name in self.job_types:
+                raise ValueError(f"job type {job_type.name!r} given twice")
+            self.job_types[job_type.name] = job_type
+        self.artifacts = artifacts
         # Claim only the types this worker can run, so each domain's worker can share one
         # store. ``any_type`` takes everything and fails what has no handler (not retried).
-        self._types: list[str] | None = None if any_type else sorted(self.handlers)
+        self._types: list[str] | None = None if any_type else sorted(self.job_types)
         self.slots = slots
         self.lease_s = lease_s
         self.poll_interval = poll_interval
@@ -238,6 +394,11 @@ class Worker:
     def running_ids(self) -> list[str]:
         """Ids of the jobs running in this worker right now."""
         return list(self._running)
+
+    def progress(self, job_id: str) -> Progress | None:
+        """The latest progress report of a job running in this worker (None: none, or gone)."""
+        entry = self._running.get(job_id)
+        return entry.ctx.last_progress if entry is not None else None
 
     def request_stop(self) -> None:
         """Stop claiming and shut down gracefully; called a second time, skip the grace period."""
@@ -426,7 +587,8 @@ class Worker:
             )
             return True
         log = _log.bind(job_id=job.id, trace_id=job.trace_id, job_type=job.type)
-        entry = _Running(JobContext(job=job, log=log), deadline=deadline)
+        ctx = JobContext(job=job, log=log, artifact_store=self.artifacts, clock=self._clock)
+        entry = _Running(ctx, deadline=deadline)
         self._running[job.id] = entry
         entry.task = asyncio.create_task(self._execute(entry), name=f"job:{job.id}")
         entry.task.add_done_callback(lambda _t: self._finished(entry))
@@ -469,19 +631,31 @@ class Worker:
                 entry.finishing = True
                 await self._stopped(entry, 0.0)
                 return
-            handler = self.handlers.get(job.type)
-            if handler is None:
+            job_type = self.job_types.get(job.type)
+            if job_type is None:
                 entry.finishing = True
                 await self._fail(ctx, f"no handler for job type {job.type!r}", False, elapsed())
                 return
-            await self._run_handler(entry, handler, elapsed)
+            try:
+                payload = parse_payload(job_type, job.payload)
+            except PayloadError as exc:
+                # Stored before its model changed (or written past enqueue's check): no
+                # attempt of this job can parse it, so it fails for good, saying which field.
+                entry.finishing = True
+                await self._fail(ctx, f"stored {exc}", False, elapsed())
+                return
+            await self._run_handler(entry, job_type, payload, elapsed)
         except HomeopsError as exc:
             # The queue itself failed (database gone?). The lease runs out and the job is
             # picked up again; nothing more we can do here.
             log.error("run", "could not record job outcome", err=exc)  # noqa: TRY400
 
     async def _run_handler(
-        self, entry: _Running, handler: Handler, elapsed: Callable[[], float]
+        self,
+        entry: _Running,
+        job_type: JobType[Any],
+        payload: Any,  # noqa: ANN401 (the type's own model instance)
+        elapsed: Callable[[], float],
     ) -> None:
         ctx = entry.ctx
         job, log = ctx.job, ctx.log
@@ -494,9 +668,9 @@ class Worker:
         try:
             if timeout_cm is not None:
                 async with timeout_cm:
-                    result = await handler(ctx)
+                    result = await job_type.handler(ctx, payload)
             else:
-                result = await handler(ctx)
+                result = await job_type.handler(ctx, payload)
         except asyncio.CancelledError:
             if entry.reason is None:
                 raise
@@ -506,8 +680,9 @@ class Worker:
                 error = f"timed out after {job.timeout_s:g}s"
             else:
                 error = _describe(exc)
+            retryable = should_retry(job_type, exc)
         except Exception as exc:  # any handler failure is a job failure
-            error, retryable = _describe(exc), is_retryable_job_error(exc)
+            error, retryable = _describe(exc), should_retry(job_type, exc)
         # From here on the run is only recording its outcome: no stop request cancels that.
         entry.finishing = True
         task = asyncio.current_task()
