@@ -161,3 +161,14 @@ def test_result_helpers_and_check() -> None:
         failed.check()
     with pytest.raises(AttributeError):
         ok.exit_status = 1  # type: ignore[misc]
+
+
+def test_importing_the_seam_does_not_import_asyncssh() -> None:
+    import subprocess
+
+    code = (
+        "import sys, homeops.core.runner, homeops.core.ssh;"
+        "sys.exit(1 if 'asyncssh' in sys.modules else 0)"
+    )
+    done = subprocess.run([PY, "-c", code], timeout=60, capture_output=True)
+    assert done.returncode == 0, done.stderr

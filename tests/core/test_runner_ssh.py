@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 from homeops.core import logging as hlog
 from homeops.core.errors import ExitCode, HomeopsTimeout, SshUnavailable
 from homeops.core.runner import CommandFailed, RawRunner, SshRunner
-from homeops.core.ssh import SshPool
+from homeops.core.ssh import SshPool, powershell_command, powershell_script
+from homeops.core.ssh.shell import decode_powershell
 from tests.fixtures.common import free_port
-from tests.fixtures.sshd import SshdHandle, kill_leftovers, wait_gone
+from tests.fixtures.sshd import SshdHandle, kill_leftovers, start_sshd, wait_gone
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -136,3 +140,35 @@ async def test_unreachable_host_is_dependency_unavailable(sshd: SshdHandle) -> N
 
 async def _no_sleep(_seconds: float) -> None:
     return None
+
+
+@pytest.fixture
+def recorder() -> Iterator[tuple[Path, Path]]:
+    """A ForceCommand script that writes the command the client sent to a file, exits 9."""
+    # Not tmp_path: as root, pytest's tmp dirs are closed to the login user, who runs this.
+    folder = Path(tempfile.mkdtemp(prefix="homeops-recorder-"))
+    folder.chmod(0o777)
+    record = folder / "received"
+    script = folder / "recorder.sh"
+    script.write_text(f'#!/bin/sh\nprintf %s "$SSH_ORIGINAL_COMMAND" > {record}\nexit 9\n')
+    script.chmod(0o755)
+    yield script, record
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+async def test_powershell_target_sends_the_encoded_script_unchanged(
+    recorder: tuple[Path, Path],
+) -> None:
+    # No Windows here: an sshd whose ForceCommand records what the client sent stands in
+    # for Windows OpenSSH, so this proves the line crosses SSH intact (not how Windows runs it).
+    script, record = recorder
+    argv = ["Get-ChildItem", "C:\\Program Files", "it's $(x) `y`", ""]
+    with start_sshd(force_command=str(script)) as server:
+        async with SshPool() as pool:
+            runner = SshRunner(pool, server.target(remote_shell="powershell"))
+            result = await runner.run(argv, timeout=20)
+    assert result.exit_status == 9
+    assert result.argv == tuple(argv)
+    received = record.read_text()
+    assert received == powershell_command(argv)
+    assert decode_powershell(received) == powershell_script(argv)
