@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from homeops.core.housekeeping import SWEEP_ARTIFACTS as SWEEP
 from homeops.core.jobs.sqlite import SqliteJobQueue
 from tests.core.test_cli import HOMEOPS, run_main
 from tests.core.test_jobs_store import fill_store, overwrite_pages, swap_index_roots
@@ -228,15 +229,15 @@ def test_drain_worker_on_a_corrupt_store_exits_with_an_error(state_dir):
 def test_payload_from_a_file_and_from_stdin(capsys, state_dir, tmp_path, monkeypatch):
     src = tmp_path / "payload.json"
     src.write_text('{"retention_days": 3}')
-    code, out, err = run_main(capsys, "jobs", "enqueue", "t.x", "--payload", f"@{src}")
+    code, out, err = run_main(capsys, "jobs", "enqueue", SWEEP, "--payload", f"@{src}")
     assert code == 0, err
     with SqliteJobQueue(db_of(state_dir), readonly=True) as q:
         assert q.get(out.strip()).payload == {"retention_days": 3}
-    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b'{"from": "stdin"}')))
-    code, out, err = run_main(capsys, "jobs", "enqueue", "t.x", "--payload", "-")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b'{"retention_days": 5}')))
+    code, out, err = run_main(capsys, "jobs", "enqueue", SWEEP, "--payload", "-")
     assert code == 0, err
     with SqliteJobQueue(db_of(state_dir), readonly=True) as q:
-        assert q.get(out.strip()).payload == {"from": "stdin"}
+        assert q.get(out.strip()).payload == {"retention_days": 5}
 
 
 @pytest.mark.parametrize(
@@ -291,7 +292,7 @@ def _fifo(path: Path) -> Path:
 
 
 @pytest.mark.parametrize(
-    "args", [["jobs", "list"], ["jobs", "check"], ["jobs", "enqueue", "t.x"], ["doctor"]]
+    "args", [["jobs", "list"], ["jobs", "check"], ["jobs", "enqueue", SWEEP], ["doctor"]]
 )
 def test_dangling_symlink_as_the_store_is_one_answer(capsys, state_dir, monkeypatch, args):
     link = state_dir / "jobs.sqlite3"

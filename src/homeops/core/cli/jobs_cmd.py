@@ -25,6 +25,7 @@ from homeops.core.cli.common import (
 if TYPE_CHECKING:
     from homeops.core.jobs.model import Job
     from homeops.core.jobs.queue import JobClient
+    from homeops.core.jobs.types import JobType
 
 app = typer.Typer(
     help="Queue, run, inspect and cancel jobs (builds, backups, deploys, Windows runs).",
@@ -204,6 +205,21 @@ def _parse_payload(value: str) -> dict[str, Any]:
     return data
 
 
+def _job_types(ctx: typer.Context) -> dict[str, JobType[Any]]:
+    """The job types registered for this invocation (none if the command has no registry)."""
+    import os
+
+    from homeops.core.cli.common import REGISTRY_META, options
+    from homeops.core.jobs.types import collect_registered
+    from homeops.core.registry import DomainContext
+
+    factory = ctx.meta.get(REGISTRY_META)
+    if factory is None:
+        return {}
+    dctx = DomainContext(os.environ, options(ctx).config, load_core(ctx).settings)
+    return collect_registered(factory(), dctx)
+
+
 @app.command("enqueue")
 def enqueue(
     ctx: typer.Context,
@@ -226,14 +242,26 @@ def enqueue(
     timeout: str = typer.Option(None, "--timeout", metavar="DURATION", help="Per attempt."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Queue a job; a worker serving its type runs it (see `homeops jobs worker`)."""
+    """Queue a job; a worker serving its type runs it (see `homeops jobs worker`).
+
+    The type must be registered and the payload must be what its model accepts: a job that
+    no worker could ever run is refused here (exit 2) rather than failed later.
+    """
+    from homeops.core.jobs.model import validate_idempotency_key
+    from homeops.core.jobs.types import validate_enqueue
+
     data = _parse_payload(payload)
     timeout_s = None if timeout is None else duration_flag("--timeout", timeout)
+    if idempotency_key is not None:
+        validate_idempotency_key(idempotency_key)  # every input checked before the store opens
+    # Stored as the model dumps it (defaults filled in): what the worker parses is exactly
+    # what was validated here.
+    stored = validate_enqueue(_job_types(ctx), job_type, data)
     with _queue(ctx) as queue:
         attempts = max_attempts or load_core(ctx).settings.jobs.max_attempts
         job = queue.enqueue(
             job_type,
-            data,
+            stored,
             idempotency_key=idempotency_key,
             max_attempts=attempts,
             timeout_s=timeout_s,
