@@ -1,4 +1,10 @@
-"""The umbrella command: ``homeops <group> ...``.
+"""The umbrella command ``homeops <group> ...``, and every seed tool named after its domain.
+
+The domain records below are the one list of what homeops is made of. Each record names
+the domain's settings, its Typer sub-app (mounted as ``homeops <group>``), its seed tool
+names, its checks and its job types, all as lazy factories. A seed tool (``win-automation``)
+is one line in ``[project.scripts]`` pointing at :func:`main` plus its record's ``aliases``:
+:func:`main` picks the program from the name it was started as.
 
 Only typer and the standard library are imported at start-up; each command imports what it
 needs. ``homeops version`` skips typer altogether (it is what scripts call in loops).
@@ -7,9 +13,10 @@ needs. ``homeops version`` skips typer altogether (it is what scripts call in lo
 # No `from __future__ import annotations` here: Typer evaluates the nested commands'
 # annotations in this module's globals, where `typer` is only a local of build_app.
 import errno
+import os
 import sys
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from homeops import __version__
 
@@ -17,9 +24,10 @@ if TYPE_CHECKING:
     import typer
 
     from homeops.core.health import Check
-    from homeops.core.jobs.worker import Handler
-    from homeops.core.registry import DomainContext, Registry
+    from homeops.core.jobs.types import JobType
+    from homeops.core.registry import Domain, DomainContext, Registry
 
+PROG = "homeops"
 HELP = """One tool for a NixOS homelab: fleet deploys, builds and binary cache, service
 backups, a Windows VM; with shared config, logging, jobs and health checks.
 
@@ -27,53 +35,61 @@ Exit codes: 0 ok, 1 operational failure, 2 usage/config error, 3 dependency unav
 4 timeout. Logs go to stderr as logfmt; stdout carries only the result (--json for JSON)."""
 
 
-def _version_payload(as_json: bool) -> str:
+# -- the domain records ---------------------------------------------------------------------
+
+
+def _core_checks(ctx: "DomainContext") -> "Sequence[Check]":
+    from homeops.core.doctor import core_checks
+
+    return core_checks(ctx)
+
+
+def _core_job_types(ctx: "DomainContext") -> "Sequence[JobType[Any]]":
+    from homeops.core.housekeeping import core_job_types
+
+    return core_job_types(ctx)
+
+
+def domain_records() -> "list[Domain]":
+    """Every domain of this build, in report order; the core registers like any domain."""
+    from homeops.core.registry import Domain
+
+    return [
+        Domain(
+            "core",
+            "State dir, job store, artifacts, tools.",
+            checks=_core_checks,
+            job_types=_core_job_types,
+        ),
+    ]
+
+
+def build_registry() -> "Registry":
+    """The registry of :func:`domain_records`."""
+    from homeops.core.registry import Registry
+
+    return Registry.of(domain_records())
+
+
+# -- the apps -------------------------------------------------------------------------------
+
+
+def _version_payload(prog: str, as_json: bool) -> str:
     if as_json:
         import json
         import platform
 
         return json.dumps({"version": __version__, "python": platform.python_version()})
-    return f"homeops {__version__}"
+    return f"{prog} {__version__}"
 
 
-def build_registry() -> "Registry":
-    """Every domain's doctor checks and remediations, in report order."""
-    from homeops.core.registry import Registry
-
-    registry = Registry()
-
-    def core_checks(ctx: "DomainContext") -> "Sequence[Check]":
-        from homeops.core.doctor import core_checks
-
-        return core_checks(ctx)
-
-    def core_handlers(ctx: "DomainContext") -> "Mapping[str, Handler]":
-        from homeops.core.housekeeping import core_handlers
-
-        return core_handlers(ctx)
-
-    registry.add_checks("core", core_checks)
-    registry.add_handlers("core", core_handlers)
-    return registry
+def _registry() -> "Registry":
+    # Looked up at call time: tests replace the module's build_registry with their own.
+    return build_registry()
 
 
-def build_app() -> "typer.Typer":
-    """The Typer app with every command group mounted."""
+def _root_callback(app: "typer.Typer") -> None:
     import typer
-
-    from homeops.core.cli import artifacts_cmd, config_cmd, jobs_cmd
-    from homeops.core.cli.common import JSON_HELP
-
-    app = typer.Typer(
-        name="homeops",
-        help=HELP,
-        no_args_is_help=True,
-        add_completion=False,
-        pretty_exceptions_enable=False,
-        # Rich-formatted help costs ~250 ms of imports on every --help; plain help is instant.
-        rich_markup_mode=None,
-        context_settings={"help_option_names": ["-h", "--help"]},
-    )
 
     @app.callback()
     def _root(
@@ -86,146 +102,166 @@ def build_app() -> "typer.Typer":
         ),
         debug: bool = typer.Option(False, "--debug", help="Write debug log lines to stderr."),
     ) -> None:
-        # Both are consumed by main() before Typer parses; declared here for --help.
+        # Both are consumed by run_app before Typer parses; declared here for --help.
         # Logging is set up here, not in main(), so `--help` never imports it.
         from homeops.core import logging as hlog
         from homeops.core.cli.common import REGISTRY_META, options
 
         del config, debug
         hlog.configure(debug=options(ctx).debug)
-        ctx.meta[REGISTRY_META] = build_registry
+        ctx.meta[REGISTRY_META] = _registry
 
-    @app.command("version")
-    def version(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
-        """Print the homeops version."""
-        sys.stdout.write(_version_payload(as_json) + "\n")
 
-    @app.command("doctor")
-    def doctor(
-        ctx: typer.Context,
-        as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
-        only: list[str] = typer.Option(
-            None, "--only", metavar="DOMAIN", help="Only this domain's checks (repeatable)."
-        ),
-    ) -> None:
-        """Check the state dir, job store, tools and every domain's peers (exit 3 on failure)."""
-        from homeops.core.cli.doctor_cmd import run_doctor
+def _new_app(prog: str, help_text: str, lazy: "dict[str, Any] | None" = None) -> "typer.Typer":
+    import typer
 
-        code = run_doctor(ctx, build_registry(), as_json, only)
-        raise typer.Exit(code)
+    from homeops.core.cli.lazy import lazy_group_class
 
-    @app.command("supervise")
-    def supervise(
-        ctx: typer.Context,
-        once: bool = typer.Option(False, "--once", help="One pass, then exit (3 if unhealthy)."),
-        interval: str = typer.Option(
-            None,
-            "--interval",
-            metavar="DURATION",
-            help="Between passes. Default: supervisor.interval.",
-        ),
-        failpoint: str = typer.Option(
-            None, "--failpoint", metavar="CHECK", help="Force this check to fail."
-        ),
-        only: list[str] = typer.Option(
-            None, "--only", metavar="DOMAIN", help="Only this domain's checks (repeatable)."
-        ),
-        as_json: bool = typer.Option(False, "--json", help="One JSON line per pass."),
-    ) -> None:
-        """Check every interval and repair what fails, behind a circuit breaker."""
-        from homeops.core.cli.supervise_cmd import run_supervise
-
-        code = run_supervise(
-            ctx,
-            build_registry(),
-            once=once,
-            interval=interval,
-            failpoint=failpoint,
-            only=only,
-            as_json=as_json,
-        )
-        raise typer.Exit(code)
-
-    @jobs_cmd.app.command("worker")
-    def worker(
-        ctx: typer.Context,
-        slots: int = typer.Option(
-            None,
-            "--slots",
-            metavar="N",
-            min=1,
-            max=1024,
-            help="Concurrent jobs. Default: jobs.slots.",
-        ),
-        drain: bool = typer.Option(
-            False,
-            "--drain",
-            help="Exit once no job of the served types is queued, waiting to retry or running.",
-        ),
-        metrics: bool = typer.Option(
-            False,
-            "--metrics",
-            help="Write metric=... lines every interval and on exit, to stdout or metrics.path.",
-        ),
-        metrics_interval: str = typer.Option(
-            None, "--metrics-interval", metavar="DURATION", help="Default: metrics.interval."
-        ),
-        only: list[str] = typer.Option(
-            None, "--only", metavar="DOMAIN", help="Only this domain's job types (repeatable)."
-        ),
-    ) -> None:
-        """Run queued jobs of every registered type; SIGTERM finishes or requeues them."""
-        from homeops.core.cli.worker_cmd import run_worker
-
-        raise typer.Exit(
-            run_worker(
-                ctx,
-                build_registry(),
-                slots=slots,
-                drain=drain,
-                metrics=metrics,
-                metrics_interval=metrics_interval,
-                only=only,
-            )
-        )
-
-    app.add_typer(config_cmd.app, name="config")
-    app.add_typer(jobs_cmd.app, name="jobs")
-    app.add_typer(artifacts_cmd.app, name="artifacts")
+    app = typer.Typer(
+        name=prog,
+        help=help_text,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        # Rich-formatted help costs ~250 ms of imports on every --help; plain help is instant.
+        rich_markup_mode=None,
+        context_settings={"help_option_names": ["-h", "--help"]},
+        cls=lazy_group_class(lazy or {}),
+    )
+    _root_callback(app)
     return app
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of the ``homeops`` console script."""
+def _add_version(app: "typer.Typer", prog: str) -> None:
+    import typer
+
+    from homeops.core.cli.common import JSON_HELP
+
+    @app.command("version")
+    def version(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+        """Print the version."""
+        sys.stdout.write(_version_payload(prog, as_json) + "\n")
+
+
+def build_app() -> "typer.Typer":
+    """``homeops``: the core's commands plus one lazily built group per domain."""
+    from homeops.core.cli import commands
+
+    records = _registry().records()
+    lazy = {d.group: (d.summary, d.cli) for d in records if d.cli is not None}
+    app = _new_app(PROG, HELP, lazy)
+    _add_version(app, PROG)
+    commands.add_doctor(app)
+    commands.add_supervise(app)
+    app.add_typer(commands.config_group(), name="config")
+    app.add_typer(commands.jobs_group(), name="jobs")
+    app.add_typer(commands.artifacts_group(), name="artifacts")
+    return app
+
+
+def build_seed_app(prog: str, domain: str) -> "typer.Typer":
+    """A seed tool: its domain's commands plus the core's, preset to that domain.
+
+    ``doctor``, ``worker`` and ``supervisor run`` see the domain (and the core) only;
+    ``jobs``, ``artifacts`` and ``config`` are the core's, on the same store. A command or
+    group the domain's own app defines wins over the core's of the same name.
+    """
+    import typer
+
+    from homeops.core.cli import commands
+
+    registry = _registry()
+    record = registry.record(domain)
+    preset = [name for name in ("core", domain) if name in registry.domains()]
+    app = _new_app(prog, record.summary)
+    own = record.cli() if record.cli is not None else typer.Typer()
+    app.registered_commands.extend(own.registered_commands)
+    app.registered_groups.extend(own.registered_groups)
+    taken = {c.name for c in own.registered_commands} | {g.name for g in own.registered_groups}
+    if "version" not in taken:
+        _add_version(app, prog)
+    if "doctor" not in taken:
+        commands.add_doctor(app, preset=preset)
+    if "worker" not in taken:
+        commands.add_worker(app, preset=preset)
+    if "supervisor" not in taken:
+        supervisor = typer.Typer(help="The self-repair loop.", no_args_is_help=True)
+        commands.add_supervise(supervisor, name="run", preset=preset)
+        app.add_typer(supervisor, name="supervisor")
+    if "jobs" not in taken:
+        app.add_typer(commands.jobs_group(worker=False), name="jobs")
+    if "artifacts" not in taken:
+        app.add_typer(commands.artifacts_group(), name="artifacts")
+    if "config" not in taken:
+        app.add_typer(commands.config_group(), name="config")
+    return app
+
+
+# -- the console entry ----------------------------------------------------------------------
+
+
+def _fast_version(prog: str, args: list[str]) -> int | None:
+    """``version`` without typer or settings (scripts call it in loops); None otherwise."""
+    if args not in (["version"], ["version", "--json"], ["--version"]):
+        return None
+    if sys.stdout is None:
+        sys.stderr.write("error: cannot write output: stdout is closed\n")
+        return 1
     try:
-        code = _main(list(sys.argv[1:] if argv is None else argv))
+        sys.stdout.write(_version_payload(prog, "--json" in args) + "\n")
+        sys.stdout.flush()  # a full stdout fails here, not as a traceback at exit
+    except OSError as exc:
+        if exc.errno == errno.EPIPE:
+            raise
+        sys.stderr.write(f"error: cannot write output to stdout: {exc.strerror or exc}\n")
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the unwritable buffer is dropped
+        return 1
+    return 0
+
+
+def run_console(prog: str, args: Sequence[str]) -> int:
+    """Run ``prog`` (``homeops`` or a seed tool's name) on ``args``; returns the exit code.
+
+    The one entry of every console script: global options found anywhere on the line,
+    the ``version`` fast path, and every error as one line with its exit code.
+    """
+    argv = list(args)
+    fast = _fast_version(prog, argv)
+    if fast is not None:
+        return fast
+    from homeops.core.cli.common import run_app
+
+    if prog == PROG:
+        return run_app(build_app, argv, prog_name=PROG)
+    record = _registry().by_alias(prog)
+    if record is None:
+        # A copy or link of the script under another name is still homeops.
+        return run_app(build_app, argv, prog_name=PROG)
+    name = record.name
+    return run_app(lambda: build_seed_app(prog, name), argv, prog_name=prog, seed=name)
+
+
+def program_name(argv0: str) -> str:
+    """The program a console script was started as: ``/usr/bin/win-automation`` ->
+    ``win-automation``; Nix's wrapper renames the real script ``.win-automation-wrapped``."""
+    base = os.path.basename(argv0)
+    if base.startswith(".") and base.endswith("-wrapped"):
+        base = base[1 : -len("-wrapped")]
+    if base in ("", "__main__.py", "cli.py") or base.startswith("python"):
+        return PROG  # python -m homeops.cli, or an embedding interpreter
+    return base
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``homeops`` and of every seed tool's console script."""
+    prog = program_name(sys.argv[0]) if argv is None and sys.argv else PROG
+    try:
+        code = run_console(prog, list(sys.argv[1:] if argv is None else argv))
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         code = 130
     if code:
         sys.exit(code)
-
-
-def _main(args: list[str]) -> int:
-    if args in (["version"], ["version", "--json"], ["--version"]):
-        if sys.stdout is None:
-            sys.stderr.write("error: cannot write output: stdout is closed\n")
-            return 1
-        try:
-            sys.stdout.write(_version_payload("--json" in args) + "\n")
-            sys.stdout.flush()  # a full stdout fails here, not as a traceback at exit
-        except OSError as exc:
-            if exc.errno == errno.EPIPE:
-                raise
-            sys.stderr.write(f"error: cannot write output to stdout: {exc.strerror or exc}\n")
-            import os
-
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the unwritable buffer is dropped
-            return 1
-        return 0
-    from homeops.core.cli.common import run_app
-
-    return run_app(build_app, args, prog_name="homeops")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ pydantic does the validation.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import json
@@ -26,7 +27,7 @@ import os
 import stat
 import types
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Annotated, Any, Generic, TypeVar
@@ -96,6 +97,19 @@ class SettingsSpec(Generic[M]):
     config_env: str
     # Defaults that depend on the environment (XDG paths): environ -> partial data.
     dynamic_defaults: Callable[[Mapping[str, str]], dict[str, Any]] | None = None
+    # More environment names per dotted field, after the field's own: how a seed tool's
+    # spellings (WIN_AUTOMATION_ARTIFACT_OUT) reach a setting another spec owns.
+    extra_env: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def with_extra_env(self, extra: Mapping[str, Sequence[str]]) -> SettingsSpec[M]:
+        """This spec with ``extra`` environment names appended (dotted field -> names)."""
+        merged = {key: tuple(names) for key, names in self.extra_env.items()}
+        for key, names in extra.items():
+            merged[key] = (
+                *merged.get(key, ()),
+                *(n for n in names if n not in merged.get(key, ())),
+            )
+        return dataclasses.replace(self, extra_env=merged)
 
 
 @dataclass(frozen=True)
@@ -202,25 +216,34 @@ def _check_file_value(
         raise ConfigError(label, where, f"{msg} (got {shown})") from None
 
 
-def _leaves(model: type[BaseModel], prefix: str, path: tuple[str, ...] = ()) -> Iterator[_Leaf]:
+def _leaves(
+    model: type[BaseModel],
+    prefix: str,
+    path: tuple[str, ...] = (),
+    extra_env: Mapping[str, tuple[str, ...]] | None = None,
+) -> Iterator[_Leaf]:
     for name, info in model.model_fields.items():
         here = (*path, name)
         if _is_model(info.annotation):
-            yield from _leaves(typing.cast(type[BaseModel], info.annotation), prefix, here)
+            sub = typing.cast(type[BaseModel], info.annotation)
+            yield from _leaves(sub, prefix, here, extra_env)
             continue
         primary = "_".join((prefix, *here)).upper()
         extra = info.json_schema_extra
         aliases = extra.get("env", []) if isinstance(extra, dict) else []
         names = (primary, *(str(a) for a in typing.cast(list[object], aliases)))
+        if extra_env:
+            names = (*names, *(n for n in extra_env.get(".".join(here), ()) if n not in names))
         yield _Leaf(here, info.annotation, names)
+
+
+def _spec_leaves(spec: SettingsSpec[Any]) -> Iterator[_Leaf]:
+    return _leaves(spec.model, spec.env_prefix, (), spec.extra_env)
 
 
 def leaves(spec: SettingsSpec[Any]) -> list[tuple[str, tuple[str, ...], bool]]:
     """(dotted path, env names, is secret) of every leaf field: for docs and ``--help``."""
-    return [
-        (leaf.dotted, leaf.env, is_secret(leaf.annotation))
-        for leaf in _leaves(spec.model, spec.env_prefix)
-    ]
+    return [(leaf.dotted, leaf.env, is_secret(leaf.annotation)) for leaf in _spec_leaves(spec)]
 
 
 def _set(data: dict[str, Any], path: tuple[str, ...], value: object) -> None:
@@ -331,9 +354,11 @@ def _check_file_keys(
     label: str,
     environ: Mapping[str, str],
     path: tuple[str, ...] = (),
+    extra_candidates: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Refuse unknown keys (with a suggestion) and wrongly typed values; expand paths;
-    resolve ``<secret>_file`` keys."""
+    resolve ``<secret>_file`` keys. ``extra_candidates`` are more names worth suggesting
+    for an unknown key (the domain sections of the umbrella file)."""
     out: dict[str, Any] = {}
     fields = model.model_fields
     for key, value in data.items():
@@ -364,7 +389,7 @@ def _check_file_keys(
             out[base] = _read_secret_file(value, label, here)
             continue
         secrets = [f + FILE_SUFFIX for f in fields if is_secret(fields[f].annotation)]
-        candidates = [*fields, *secrets]
+        candidates = [*fields, *secrets, *extra_candidates]
         close = difflib.get_close_matches(key, candidates, n=1)
         hint = f' (did you mean "{close[0]}"?)' if close else ""
         raise ConfigError(label, here, f"unknown key{hint}")
@@ -387,13 +412,29 @@ def _reason(error: Mapping[str, Any], *, secret: bool = False) -> str:
     return msg
 
 
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The top-level object of a JSON config file; :class:`ConfigError` naming the file."""
+    return _read_json(path)
+
+
 def load_settings(
     spec: SettingsSpec[M],
     *,
     environ: Mapping[str, str],
     config_path: Path | None = None,
+    file_data: Mapping[str, Any] | None = None,
+    section: tuple[str, ...] = (),
+    extra_candidates: Sequence[str] = (),
+    also_known_env: Collection[str] = (),
 ) -> Loaded[M]:
-    """Build the effective settings; any bad input raises :class:`ConfigError` (exit 2)."""
+    """Build the effective settings; any bad input raises :class:`ConfigError` (exit 2).
+
+    ``file_data`` is ``config_path``'s content when the caller has read it already (the
+    umbrella file is read once for every domain); ``section`` is where this spec's keys
+    live in it (``("windows",)``), which also prefixes every error's dotted field.
+    ``also_known_env`` are names under this spec's prefix that another spec reads, so
+    they are not reported as typos.
+    """
     path = config_path
     if path is None and environ.get(spec.config_env):
         path = Path(environ[spec.config_env])
@@ -402,17 +443,23 @@ def load_settings(
     file_label = ""
     if path is not None:
         file_label = str(path)
-        file_data = _check_file_keys(spec.model, _read_json(path), file_label, environ)
+        node: Any = _read_json(path) if file_data is None else file_data
+        for key in section:
+            node = node.get(key) if isinstance(node, Mapping) else None
+        raw_data: Mapping[str, Any] = node if isinstance(node, Mapping) else {}
+        file_data = _check_file_keys(
+            spec.model, raw_data, file_label, environ, section, extra_candidates
+        )
         data = _merge(data, file_data)
-        for leaf in _leaves(spec.model, spec.env_prefix):
-            node: Any = file_data
+        for leaf in _spec_leaves(spec):
+            node = file_data
             for key in leaf.path:
                 node = node.get(key, _MISSING) if isinstance(node, Mapping) else _MISSING
             if node is not _MISSING:
                 sources[leaf.dotted] = f"file:{file_label}"
     env_data: dict[str, Any] = {}
-    known_env = {spec.config_env}
-    for leaf in _leaves(spec.model, spec.env_prefix):
+    known_env = {spec.config_env, *also_known_env}
+    for leaf in _spec_leaves(spec):
         secret = is_secret(leaf.annotation)
         known_env.update(leaf.env)
         if secret:
@@ -457,8 +504,11 @@ def load_settings(
         secret = loc in secret_paths
         reason = _reason(first, secret=secret)
         reason += f" (and {more} more error{'s' * (more > 1)})" if more else ""
-        raise ConfigError(label, loc, reason) from None
-    for leaf in _leaves(spec.model, spec.env_prefix):
+        # A value from the file is named where it is in the file; one from the
+        # environment already names its variable.
+        shown_loc = ".".join((*section, loc)) if not origin.startswith("env:") else loc
+        raise ConfigError(label, shown_loc, reason) from None
+    for leaf in _spec_leaves(spec):
         sources.setdefault(leaf.dotted, DEFAULT)
         if is_secret(leaf.annotation):
             secret_value = _get(settings, leaf.path)

@@ -1,8 +1,9 @@
 """How domains contribute to umbrella commands without importing each other.
 
-The umbrella CLI builds one :class:`Registry` per invocation; each domain adds factories
-for its doctor checks, the supervisor's remediations and the job worker's handlers, so
-nothing is probed or imported until a command needs it.
+A domain is one :class:`Domain` record (the umbrella CLI keeps the list): its name, its
+settings spec, its Typer sub-app, its seed tool names, its doctor checks, the supervisor's
+remediations and its job types, all as lazy factories, so nothing is probed or imported
+until a command needs it. The core registers its own checks and job types the same way.
 """
 
 from __future__ import annotations
@@ -13,19 +14,33 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import typer
+
+    from homeops.core.config import SettingsSpec
     from homeops.core.health import Check
     from homeops.core.jobs.types import JobType
     from homeops.core.jobs.worker import Handler
     from homeops.core.settings import CoreSettings
+    from homeops.core.umbrella import ConfigSet, DomainConfig
 
 
 @dataclass(frozen=True)
 class DomainContext:
-    """What a factory may use: the environment, ``--config`` and the core settings."""
+    """What a factory may use: the environment, ``--config``, the core's and each domain's
+    settings (loaded once by the CLI; a domain never reads a config file itself)."""
 
     environ: Mapping[str, str]
     config_path: Path | None
     core: CoreSettings
+    config: ConfigSet | None = None
+
+    def settings(self, domain: str) -> Any:  # noqa: ANN401 - each domain casts to its model
+        """``domain``'s validated settings model (``ctx.settings("windows")``)."""
+        if self.config is None:
+            from homeops.core.errors import UsageError
+
+            raise UsageError(f"no settings loaded for domain {domain!r}")
+        return self.config.domain(domain).settings
 
 
 CheckFactory = Callable[[DomainContext], Sequence["Check"]]
@@ -33,6 +48,33 @@ Remediation = Callable[[], Awaitable[None]]
 RemediationFactory = Callable[[DomainContext], Mapping[str, Remediation]]
 HandlerFactory = Callable[[DomainContext], Mapping[str, "Handler"]]
 JobTypeFactory = Callable[[DomainContext], Sequence["JobType[Any]"]]
+
+
+@dataclass(frozen=True)
+class Domain:
+    """One domain's record: everything the umbrella and its seed tools need, lazily.
+
+    ``command`` is its group under ``homeops`` (default: ``name``); ``aliases`` are the seed
+    tool names (console scripts) that run ``cli()`` as a program of its own; ``core_env``
+    maps core settings to the seed's names for them (``{"metrics.path":
+    ("WIN_AUTOMATION_METRICS_PATH",)}``).
+    """
+
+    name: str
+    summary: str
+    command: str | None = None
+    settings: Callable[[], SettingsSpec[Any]] | None = None
+    cli: Callable[[], typer.Typer] | None = None
+    aliases: tuple[str, ...] = ()
+    checks: CheckFactory | None = None
+    remediations: RemediationFactory | None = None
+    job_types: JobTypeFactory | None = None
+    core_env: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def group(self) -> str:
+        """The ``homeops <group>`` name."""
+        return self.command or self.name
 
 
 @dataclass
@@ -43,6 +85,53 @@ class Registry:
     _remediations: list[tuple[str, RemediationFactory]] = field(default_factory=list)
     _handlers: list[tuple[str, HandlerFactory]] = field(default_factory=list)
     _job_types: list[tuple[str, JobTypeFactory]] = field(default_factory=list)
+    _records: dict[str, Domain] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, domains: Sequence[Domain]) -> Registry:
+        """A registry with every record of ``domains`` added, in order."""
+        registry = cls()
+        for domain in domains:
+            registry.add_domain(domain)
+        return registry
+
+    def add_domain(self, domain: Domain) -> None:
+        """Register a domain record: its factories, its settings, its seed tool names."""
+        if domain.name in self._records:
+            raise ValueError(f"domain {domain.name!r} already registered")
+        taken = {a for d in self._records.values() for a in (d.group, *d.aliases)}
+        clash = taken & {domain.group, *domain.aliases}
+        if clash:
+            raise ValueError(f"domain {domain.name!r}: name {sorted(clash)[0]!r} already taken")
+        self._records[domain.name] = domain
+        if domain.checks is not None:
+            self.add_checks(domain.name, domain.checks)
+        if domain.remediations is not None:
+            self.add_remediations(domain.name, domain.remediations)
+        if domain.job_types is not None:
+            self.add_job_types(domain.name, domain.job_types)
+
+    def records(self) -> list[Domain]:
+        """Domain records in registration order."""
+        return list(self._records.values())
+
+    def record(self, name: str) -> Domain:
+        """The record of domain ``name`` (KeyError if none)."""
+        return self._records[name]
+
+    def by_alias(self, prog: str) -> Domain | None:
+        """The domain whose seed tool is called ``prog``, if any."""
+        return next((d for d in self._records.values() if prog in d.aliases), None)
+
+    def domain_configs(self) -> dict[str, DomainConfig]:
+        """How to load each domain's settings, for :func:`homeops.core.umbrella.load_config_set`."""
+        from homeops.core.umbrella import DomainConfig
+
+        return {
+            d.name: DomainConfig(d.settings, d.core_env)
+            for d in self._records.values()
+            if d.settings is not None
+        }
 
     def add_checks(self, domain: str, factory: CheckFactory) -> None:
         """Register ``domain``'s checks; the first registered domain is reported first."""

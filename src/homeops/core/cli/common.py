@@ -6,6 +6,7 @@ import importlib
 import os
 import signal
 import sys
+import typing
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,13 +16,16 @@ import typer
 
 if TYPE_CHECKING:
     from homeops.core.config import Loaded
-    from homeops.core.registry import Registry
+    from homeops.core.registry import DomainContext, Registry
     from homeops.core.settings import CoreSettings
+    from homeops.core.umbrella import ConfigSet
 
 JSON_HELP = "Print machine-readable JSON on stdout."
 # ctx.meta key: the umbrella app's registry factory, so settings can be checked against what
 # the domains register (failpoint names) without core importing any domain.
 REGISTRY_META: Final = "homeops.registry"
+# ctx.meta key of the command's ConfigSet: settings are loaded once per invocation.
+CONFIG_META: Final = "homeops.config"
 # An error line quoting a 5,000-character argument is no longer one readable line.
 MAX_ERROR_CHARS: Final = 400
 _HEAD_CHARS: Final = 260
@@ -30,10 +34,15 @@ _TAIL_CHARS: Final = 100
 
 @dataclass(frozen=True)
 class GlobalOptions:
-    """Options accepted before or after the subcommand: ``--config PATH`` and ``--debug``."""
+    """Options accepted before or after the subcommand: ``--config PATH`` and ``--debug``.
+
+    ``seed`` is the domain of the seed tool being run (``win-automation`` -> ``windows``):
+    its ``--config`` is then that domain's own file, not the umbrella file.
+    """
 
     config: Path | None = None
     debug: bool = False
+    seed: str | None = None
 
 
 def split_global_options(
@@ -91,24 +100,51 @@ def options(ctx: typer.Context) -> GlobalOptions:
     return obj if isinstance(obj, GlobalOptions) else GlobalOptions()
 
 
-def load_core(ctx: typer.Context) -> Loaded[CoreSettings]:
-    """Load the core settings from defaults, ``--config``/``HOMEOPS_CONFIG`` and env."""
+def registry_of(ctx: typer.Context) -> Registry:
+    """The invocation's registry (from the app's root callback), else an empty one."""
+    from homeops.core.registry import Registry
+
+    factory = ctx.meta.get(REGISTRY_META)
+    return factory() if factory is not None else Registry()
+
+
+def load_config(ctx: typer.Context) -> ConfigSet:
+    """Every setting of this invocation, loaded once: core, and each domain on demand.
+
+    Defaults, then the umbrella file (``--config``/``HOMEOPS_CONFIG``; a seed tool's
+    ``--config`` is its domain's own file), then the environment.
+    """
+    cached = ctx.meta.get(CONFIG_META)
+    if cached is not None:
+        return typing.cast("ConfigSet", cached)
     from homeops.core import logging as hlog
-    from homeops.core.config import load_settings
-    from homeops.core.settings import CORE_SPEC
+    from homeops.core.umbrella import load_config_set
 
     opts = options(ctx)
-    loaded = load_settings(CORE_SPEC, environ=os.environ, config_path=opts.config)
-    hlog.configure(debug=opts.debug, level=loaded.settings.log.level)
-    factory = ctx.meta.get(REGISTRY_META)
-    if factory is not None:
-        check_failpoint(loaded, factory(), opts.config)
-    return loaded
+    registry = registry_of(ctx)
+    config = load_config_set(
+        registry.domain_configs(), environ=os.environ, config_path=opts.config, seed=opts.seed
+    )
+    hlog.configure(debug=opts.debug, level=config.core.settings.log.level)
+    ctx.meta[CONFIG_META] = config
+    check_failpoint(config, registry)
+    return config
 
 
-def check_failpoint(
-    loaded: Loaded[CoreSettings], registry: Registry, config_path: Path | None
-) -> None:
+def load_core(ctx: typer.Context) -> Loaded[CoreSettings]:
+    """The core's settings with their sources (see :func:`load_config`)."""
+    return load_config(ctx).core
+
+
+def domain_context(ctx: typer.Context) -> DomainContext:
+    """What the registry's factories get: environment, settings of core and every domain."""
+    from homeops.core.registry import DomainContext
+
+    config = load_config(ctx)
+    return DomainContext(os.environ, options(ctx).config, config.core.settings, config)
+
+
+def check_failpoint(config: ConfigSet, registry: Registry) -> None:
     """:class:`ConfigError` unless ``supervisor.failpoint`` is unset or a registered check.
 
     Checked on every settings load, so ``config show`` and ``doctor`` refuse the same
@@ -117,10 +153,12 @@ def check_failpoint(
     from homeops.core.errors import ConfigError
     from homeops.core.registry import DomainContext
 
+    loaded = config.core
     failpoint = loaded.settings.supervisor.failpoint
     if failpoint is None:
         return
-    checks = registry.collect(DomainContext(os.environ, config_path, loaded.settings))
+    config_path = config.umbrella_path
+    checks = registry.collect(DomainContext(os.environ, config_path, loaded.settings, config))
     names = [c.name for c in checks]
     if failpoint in names:
         return
@@ -264,7 +302,8 @@ def _click_exceptions() -> Any:  # noqa: ANN401
 
 
 def _command_names(command: Any) -> set[str]:  # noqa: ANN401
-    names: set[str] = set()
+    # Lazily built domain groups (core/cli/lazy.py) are names too, before they are built.
+    names: set[str] = set(getattr(command, "lazy_names", ()))
     for name, sub in getattr(command, "commands", {}).items():
         names.add(name)
         names |= _command_names(sub)
@@ -276,6 +315,7 @@ def run_app(
     args: Sequence[str],
     *,
     prog_name: str,
+    seed: str | None = None,
 ) -> int:
     """Run a Typer app as a console script and return its exit code.
 
@@ -292,6 +332,7 @@ def run_app(
         app = build()
         command = typer.main.get_command(app)
         opts, rest = split_global_options(args, _command_names(command))
+        opts = GlobalOptions(opts.config, opts.debug, seed)
         result = command.main(args=rest, prog_name=prog_name, obj=opts, standalone_mode=False)
     except exceptions.NoArgsIsHelpError as exc:
         # `homeops jobs` alone asks what is there: the help is the answer, on stdout, exit 0

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import TYPE_CHECKING
 
 import typer
 
-from homeops.core.cli.common import load_core, options, print_json, print_text
+from homeops.core.cli.common import domain_context, print_json, print_text
 
 if TYPE_CHECKING:
     from homeops.core.registry import Registry
@@ -19,11 +18,9 @@ def run_doctor(
 ) -> int:
     """Run the checks and print the report; returns the exit code (0 ok, 3 a check failed)."""
     from homeops.core.health import exit_code_for, render_table, results_to_json, run_checks
-    from homeops.core.registry import DomainContext
 
-    loaded = load_core(ctx)
+    dctx = domain_context(ctx)
     registry.check_domains(only or ())
-    dctx = DomainContext(os.environ, options(ctx).config, loaded.settings)
     checks = registry.collect(dctx, only or ())
     results = asyncio.run(run_checks(checks))
     code = exit_code_for(results)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 from typing import TYPE_CHECKING
 
 import typer
 
-from homeops.core.cli.common import duration_flag, load_core, options, print_text
+from homeops.core.cli.common import domain_context, duration_flag, print_text
 
 if TYPE_CHECKING:
     from homeops.core.health import PassReport
@@ -31,13 +30,11 @@ def run_supervise(
     from homeops.core.cli.signals import install, log_signal
     from homeops.core.errors import ExitCode
     from homeops.core.health import CircuitBreaker, Supervisor, pass_to_json, render_pass
-    from homeops.core.registry import DomainContext
 
-    settings = load_core(ctx).settings
-    sup = settings.supervisor
+    dctx = domain_context(ctx)
+    sup = dctx.core.supervisor
     interval_s = sup.interval if interval is None else duration_flag("--interval", interval)
     registry.check_domains(only or ())
-    dctx = DomainContext(os.environ, options(ctx).config, settings)
     checks = registry.collect(dctx, only or ())
 
     def report(rep: PassReport) -> None:
