@@ -597,3 +597,25 @@ def test_worker_cli_runs_the_core_sweep_job_type(
     job = json.loads(out)
     assert job["state"] == "succeeded"
     assert job["result"] == {"removed": ["old1"], "retention_days": 0.0}
+
+
+def test_cli_enqueue_asks_only_the_types_own_domain_first(
+    capsys: pytest.CaptureFixture[str], state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = cli.build_registry
+
+    def build() -> Registry:
+        registry = real()
+
+        def broken(_ctx: DomainContext) -> Sequence[JobType[Any]]:
+            raise UsageError("windows: settings are broken")
+
+        registry.add_job_types("windows", broken)
+        return registry
+
+    monkeypatch.setattr(cli, "build_registry", build)
+    code, _, err = _enqueue(capsys, SWEEP_ARTIFACTS)
+    assert code == 0, err
+    # A type of no known domain asks every domain, to list them: the broken one says so.
+    code, _, err = _enqueue(capsys, "t.nope")
+    assert (code, err.strip()) == (2, "error: windows: settings are broken")

@@ -205,8 +205,13 @@ def _parse_payload(value: str) -> dict[str, Any]:
     return data
 
 
-def _job_types(ctx: typer.Context) -> dict[str, JobType[Any]]:
-    """The job types registered for this invocation (none if the command has no registry)."""
+def _job_types(ctx: typer.Context, wanted: str) -> dict[str, JobType[Any]]:
+    """Registered job types to check ``wanted`` against (none if there is no registry).
+
+    Types are named ``<domain>.<verb>``: that domain's factory alone is asked first, so a
+    problem in another domain (its settings, an import) cannot stop this enqueue. Every
+    domain is asked only when the type is not found there, to list them all in the error.
+    """
     import os
 
     from homeops.core.cli.common import REGISTRY_META, options
@@ -216,8 +221,14 @@ def _job_types(ctx: typer.Context) -> dict[str, JobType[Any]]:
     factory = ctx.meta.get(REGISTRY_META)
     if factory is None:
         return {}
+    registry = factory()
     dctx = DomainContext(os.environ, options(ctx).config, load_core(ctx).settings)
-    return collect_registered(factory(), dctx)
+    domain = wanted.split(".", 1)[0]
+    if domain in registry.domains():
+        found = collect_registered(registry, dctx, [domain])
+        if wanted in found:
+            return found
+    return collect_registered(registry, dctx)
 
 
 @app.command("enqueue")
@@ -256,7 +267,7 @@ def enqueue(
         validate_idempotency_key(idempotency_key)  # every input checked before the store opens
     # Stored as the model dumps it (defaults filled in): what the worker parses is exactly
     # what was validated here.
-    stored = validate_enqueue(_job_types(ctx), job_type, data)
+    stored = validate_enqueue(_job_types(ctx, job_type), job_type, data)
     with _queue(ctx) as queue:
         attempts = max_attempts or load_core(ctx).settings.jobs.max_attempts
         job = queue.enqueue(

@@ -9,6 +9,12 @@ signal skips the grace period. If ``run()`` itself is cancelled, running jobs (a
 claim still in flight) are stopped and handed back the same way, without the grace period,
 before the cancellation goes on.
 
+Each job runs its :class:`~homeops.core.jobs.types.JobType`'s handler with the stored payload
+parsed by the type's model (one that no longer parses fails at once, not retried), and the
+type's retry rule decides whether a failed attempt gets another. The handler's
+:class:`JobContext` carries the job's artifact directory (``ctx.artifacts``) and a progress
+callback (``ctx.progress``; the latest report is :meth:`Worker.progress`).
+
 A queue call that finds the store damaged (:class:`~homeops.core.jobs.queue.StoreCorrupt`)
 ends the worker: running jobs are stopped as for a cancelled ``run()`` and ``run()`` raises
 the error, because every later call would fail the same way (a worker that retried would
