@@ -30,7 +30,8 @@ def lazy_group_class(lazy: Mapping[str, SubApp]) -> type[TyperGroup]:
         def get_command(self, ctx: Any, cmd_name: str) -> Any:  # noqa: ANN401
             if cmd_name in lazy and cmd_name not in self.commands:
                 _, factory = lazy[cmd_name]
-                command = typer.main.get_command(factory())
+                # get_group, not get_command: a one-command sub-app must stay a group.
+                command = typer.main.get_group(factory())
                 command.name = cmd_name
                 self.commands[cmd_name] = command
             return super().get_command(ctx, cmd_name)
