@@ -57,6 +57,22 @@ class JobsSettings(Section):
         default=10.0, description="On SIGTERM, how long running jobs may finish before requeue"
     )
     max_attempts: int = Field(default=3, ge=1, le=100, description="Attempts per job")
+    # None, not 0, is "never": 0 would read as "prune every finished job at once", which also
+    # forgets every idempotency key (a repeated enqueue would run the work again).
+    retention_days: float | None = Field(
+        default=30.0,
+        gt=0,
+        description="jobs prune and the artifact sweep delete finished jobs older than this "
+        "(never or null keeps them forever)",
+    )
+
+    @field_validator("retention_days", mode="before")
+    @classmethod
+    def _never_keeps_forever(cls, value: object) -> object:
+        # An environment variable cannot carry JSON null; "never" is its spelling there.
+        if isinstance(value, str) and value.strip().lower() in {"never", "null"}:
+            return None
+        return value
 
     @field_validator("lease")
     @classmethod
