@@ -1,11 +1,13 @@
-"""Cold start of the CLI: `homeops --help` and `homeops version` vs `python -c pass`.
+"""Cold start of the CLI: every command's `--help`, `version`, `jobs list`, vs `python -c pass`.
 
-Target (issue 2): <= 120 ms median on this machine. Each command runs N times after two
-warm-up runs; the packages are byte-compiled by scripts/bootstrap as by any packaged install
-(with PYTHONDONTWRITEBYTECODE=1, warm-ups cannot write .pyc files). Medians are recorded in
+Targets: `homeops --help` and `version` <= 120 ms median (issue 2); every subcommand's
+`--help` and `jobs list` on an empty store <= 100 ms median (issue 6). The command list is
+read from the app itself, so a new command is measured without editing this file. Each
+command runs N times after two warm-up runs; the packages are byte-compiled by
+scripts/bootstrap as by any packaged install. Medians are recorded in
 bench/results/cold_start.json and .md.
 
-Run: .venv/bin/python bench/cold_start.py [--runs 40]
+Run: .venv/bin/python bench/cold_start.py [--runs 20] [--only 'jobs list']
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGET_MS = 120.0
+TARGET_TOP_MS = 120.0
+TARGET_SUB_MS = 100.0
 
 
 def measure(argv: list[str], runs: int, env: dict[str, str]) -> list[float]:
@@ -38,29 +43,70 @@ def measure(argv: list[str], runs: int, env: dict[str, str]) -> list[float]:
     return times
 
 
+def command_paths() -> list[list[str]]:
+    """Every group and command of the umbrella app, as argv prefixes, in help order."""
+    import typer
+
+    from homeops.cli import build_app
+
+    root: Any = typer.main.get_command(build_app())
+    paths: list[list[str]] = []
+
+    def walk(command: Any, path: list[str]) -> None:  # noqa: ANN401
+        if path:
+            paths.append(path)
+        sub = getattr(command, "commands", None)
+        if sub is None:
+            return
+        for name in command.list_commands(None):
+            walk(command.get_command(None, name), [*path, name])
+
+    walk(root, [])
+    return paths
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=40)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--only", action="append", default=[], help="Only these commands.")
     args = parser.parse_args()
     homeops = str(Path(sys.executable).with_name("homeops"))
-    env = {**os.environ, "HOMEOPS_STATE_DIR": "/tmp/homeops-bench-state"}
-    cases = {
-        "python -c pass": [sys.executable, "-c", "pass"],
-        "homeops version": [homeops, "version"],
-        "homeops --help": [homeops, "--help"],
+    state = tempfile.mkdtemp(prefix="homeops-bench-state-")
+    env = {**os.environ, "HOMEOPS_STATE_DIR": state}
+    for name in ("HOMEOPS_CONFIG", "HOMEOPS_JOBS_DB_PATH"):
+        env.pop(name, None)
+    cases: dict[str, tuple[list[str], float | None]] = {
+        "python -c pass": ([sys.executable, "-c", "pass"], None),
+        "homeops version": ([homeops, "version"], TARGET_TOP_MS),
+        "homeops --help": ([homeops, "--help"], TARGET_TOP_MS),
     }
-    results = {}
-    for name, argv in cases.items():
+    for path in command_paths():
+        if path == ["version"]:
+            continue
+        cases[f"homeops {' '.join(path)} --help"] = ([homeops, *path, "--help"], TARGET_SUB_MS)
+    cases["homeops jobs list (empty store)"] = ([homeops, "jobs", "list"], TARGET_SUB_MS)
+    if args.only:
+        cases = {
+            k: v
+            for k, v in cases.items()
+            if k == "python -c pass" or any(o in k for o in args.only)
+        }
+    results: dict[str, dict[str, Any]] = {}
+    for name, (argv, _) in cases.items():
         samples = measure(argv, args.runs, env)
         results[name] = {
             "median_ms": round(statistics.median(samples), 1),
-            "p90_ms": round(sorted(samples)[int(len(samples) * 0.9) - 1], 1),
+            "p90_ms": round(sorted(samples)[max(int(len(samples) * 0.9) - 1, 0)], 1),
             "min_ms": round(min(samples), 1),
         }
+        print(f"{name}: {results[name]['median_ms']} ms", file=sys.stderr)
     base = results["python -c pass"]["median_ms"]
-    for name in ("homeops version", "homeops --help"):
+    for name, (_, target) in cases.items():
+        if target is None:
+            continue
         results[name]["ratio_to_python"] = round(results[name]["median_ms"] / base, 2)
-        results[name]["pass"] = results[name]["median_ms"] <= TARGET_MS
+        results[name]["target_ms"] = target
+        results[name]["pass"] = results[name]["median_ms"] <= target
     record = {
         "benchmark": "cold_start",
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -70,7 +116,6 @@ def main() -> None:
             "platform": platform.platform(),
         },
         "runs": args.runs,
-        "target_median_ms": TARGET_MS,
         "results": results,
     }
     out = ROOT / "bench" / "results"
@@ -81,16 +126,19 @@ def main() -> None:
         "",
         f"{record['date']}, {args.runs} runs each, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}.",
-        f"Target: median <= {TARGET_MS:g} ms.",
+        f"Targets: median <= {TARGET_TOP_MS:g} ms for `--help` and `version` (issue 2), "
+        f"<= {TARGET_SUB_MS:g} ms for every subcommand's `--help` and `jobs list` (issue 6).",
         "",
-        "| command | median ms | p90 ms | min ms | x python | target met |",
-        "|---|---|---|---|---|---|",
+        "| command | median ms | p90 ms | min ms | x python | target ms | met |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         ratio = r.get("ratio_to_python", 1.0)
         ok = {True: "yes", False: "NO"}.get(r.get("pass"), "-")  # type: ignore[arg-type]
+        target = r.get("target_ms", "-")
         lines.append(
-            f"| `{name}` | {r['median_ms']} | {r['p90_ms']} | {r['min_ms']} | {ratio} | {ok} |"
+            f"| `{name}` | {r['median_ms']} | {r['p90_ms']} | {r['min_ms']} | {ratio} "
+            f"| {target} | {ok} |"
         )
     (out / "cold_start.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -374,3 +374,21 @@ def test_unknown_program_name_runs_homeops(capsys):
 def test_registry_refuses_clashing_records(second, message):
     with pytest.raises(ValueError, match=message):
         Registry.of([WINDOWS, second])
+
+
+# -- item 8: the core registers like any domain ----------------------------------------------
+
+
+def test_core_registers_its_checks_and_job_types_like_a_domain(state_dir):
+    from homeops.core.config import load_settings
+    from homeops.core.settings import CORE_SPEC
+
+    registry = cli.build_registry()
+    core = registry.records()[0]
+    assert core.name == "core"
+    assert core.checks is not None and core.job_types is not None
+    settings = load_settings(CORE_SPEC, environ={"HOMEOPS_STATE_DIR": str(state_dir)}).settings
+    ctx = DomainContext({}, None, settings)
+    assert "core.artifacts-sweep" in registry.collect_job_types(ctx, ["core"])
+    names = [c.name for c in registry.collect(ctx, ["core"])]
+    assert names[:2] == ["state_dir", "job_store"]
