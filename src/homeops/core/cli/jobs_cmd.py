@@ -212,23 +212,16 @@ def _job_types(ctx: typer.Context, wanted: str) -> dict[str, JobType[Any]]:
     problem in another domain (its settings, an import) cannot stop this enqueue. Every
     domain is asked only when the type is not found there, to list them all in the error.
     """
-    import os
+    from homeops.core.cli.common import domain_context, registry_of
 
-    from homeops.core.cli.common import REGISTRY_META, options
-    from homeops.core.jobs.types import collect_registered
-    from homeops.core.registry import DomainContext
-
-    factory = ctx.meta.get(REGISTRY_META)
-    if factory is None:
-        return {}
-    registry = factory()
-    dctx = DomainContext(os.environ, options(ctx).config, load_core(ctx).settings)
+    registry = registry_of(ctx)
+    dctx = domain_context(ctx)
     domain = wanted.split(".", 1)[0]
     if domain in registry.domains():
-        found = collect_registered(registry, dctx, [domain])
+        found = registry.collect_job_types(dctx, [domain])
         if wanted in found:
             return found
-    return collect_registered(registry, dctx)
+    return registry.collect_job_types(dctx)
 
 
 @app.command("enqueue")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from homeops.core.cli.common import duration_flag, load_core, options
+from homeops.core.cli.common import domain_context, duration_flag, load_core
 
 if TYPE_CHECKING:
     from homeops.core.registry import Registry
@@ -33,17 +33,14 @@ def run_worker(
     from homeops.core.errors import UsageError
     from homeops.core.jobs.queue import LeaseQueue, StoreBusy
     from homeops.core.jobs.store import open_worker_queue
-    from homeops.core.jobs.types import collect_registered
     from homeops.core.jobs.worker import Worker
     from homeops.core.logging import get_logger
     from homeops.core.metrics import MetricsEmitter, MetricsRegistry
-    from homeops.core.registry import DomainContext
 
     settings = load_core(ctx).settings
     jobs = settings.jobs
     registry.check_domains(only or ())
-    dctx = DomainContext(os.environ, options(ctx).config, settings)
-    job_types = collect_registered(registry, dctx, only or ())
+    job_types = registry.collect_job_types(domain_context(ctx), only or ())
     if not job_types:
         raise UsageError("no job types registered for the selected domains")
     interval = (
