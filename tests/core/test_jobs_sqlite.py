@@ -71,7 +71,8 @@ def test_schema_wal_and_version(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        # Schema 2 added job_counts, jobs_type and jobs_finished (test_jobs_retention.py).
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
         plan = " ".join(
             str(r)
             for r in conn.execute(

@@ -1,4 +1,4 @@
-"""``homeops jobs list|status|cancel|enqueue|check``: jobs in the configured store.
+"""``homeops jobs list|status|cancel|enqueue|check|prune``: jobs in the configured store.
 
 ``list`` and ``status`` only read: they open the store read-only and never create it, change
 its mode or take its write lock; a store that does not exist yet has no jobs.
@@ -279,13 +279,21 @@ def enqueue(
 @app.command("check")
 def check(
     ctx: typer.Context,
+    repair: bool = typer.Option(
+        False, "--repair", help="Recount job counters that disagree with the rows."
+    ),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Check the store's file with SQLite's integrity_check (exit 0 ok, 1 corrupt)."""
-    from homeops.core.jobs.store import check_store_at
+    """Check the store with SQLite's integrity_check, and its job counters (exit 0 ok, 1 not)."""
+    from homeops.core.jobs.store import check_store_at, repair_store_at
 
     path = load_core(ctx).settings.jobs_db
     found = check_store_at(path, max_errors=_CHECK_MAX_PROBLEMS)
+    repaired: list[str] = []
+    # Only counters are repaired: damaged pages need a backup, not a recount.
+    if repair and found.repairable:
+        repaired = repair_store_at(path)
+        found = check_store_at(path, max_errors=_CHECK_MAX_PROBLEMS)
     if as_json:
         print_json(
             {
@@ -293,18 +301,49 @@ def check(
                 "exists": found.exists,
                 "ok": found.ok,
                 "problems": list(found.problems),
+                # Only with --repair: the report without it keeps its shape.
+                **({"repaired": repaired} if repair else {}),
             }
         )
     elif not found.exists:
         print_text(f"ok: {path} (not created yet)")
     elif found.ok:
-        print_text(f"ok: {path}")
+        print_text(f"ok: {path}" + (f" (repaired {len(repaired)})" if repaired else ""))
     else:
         shown = found.problems[:_CHECK_SHOWN]
-        lines = [f"corrupt: {path}", *(f"  {p}" for p in shown)]
+        verdict = "counters off" if found.repairable else "corrupt"
+        lines = [f"{verdict}: {path}", *(f"  {p}" for p in shown)]
         if len(found.problems) > len(shown):
             more = len(found.problems) - len(shown)
             lines.append(f"  ... {more} more (--json lists up to {_CHECK_MAX_PROBLEMS})")
         print_text("\n".join(lines))
     if not found.ok:
         raise typer.Exit(1)
+
+
+@app.command("prune")
+def prune(
+    ctx: typer.Context,
+    older_than: str = typer.Option(
+        None,
+        "--older-than",
+        metavar="DURATION",
+        help="Jobs that finished longer ago than this, e.g. 30d. Default: jobs.retention_days.",
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Count them; delete nothing."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Delete finished jobs (succeeded, failed, cancelled) past retention; never unfinished ones."""
+    from homeops.core.durations import format_duration
+    from homeops.core.jobs.retention import prune_finished_jobs
+
+    age = None if older_than is None else duration_flag("--older-than", older_than)
+    report = prune_finished_jobs(load_core(ctx).settings, older_than_s=age, dry_run=dry_run)
+    if as_json:
+        print_json(report.to_dict())
+    elif report.older_than_s is None:
+        print_text("retention is off (jobs.retention_days: never); nothing pruned")
+    else:
+        verb = "would prune" if dry_run else "pruned"
+        since = format_duration(report.older_than_s)
+        print_text(f"{verb} {report.removed} finished job(s) older than {since}")

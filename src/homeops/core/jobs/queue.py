@@ -63,7 +63,7 @@ class HeartbeatResult:
 
 
 class JobClient(Protocol):
-    """The side of a store every caller uses: submit, look up, cancel, count.
+    """The side of a store every caller uses: submit, look up, cancel, count, prune.
 
     A distributed backend (Hatchet) implements this and runs its own workers; the embedded
     store also implements :class:`LeaseQueue` for homeops' own worker.
@@ -103,6 +103,15 @@ class JobClient(Protocol):
 
     def counts(self, *, types: Sequence[str] | None = None) -> dict[JobState, int]:
         """How many jobs (of ``types``, if given) are in each state; every state present."""
+        ...
+
+    def prune(self, *, older_than_s: float, dry_run: bool = False) -> int:
+        """Delete succeeded, failed and cancelled jobs that finished over ``older_than_s`` ago.
+
+        Never a queued or running job (nor one waiting to be retried). Deletes in short
+        batches, so workers on the same store are not held up for long. ``dry_run`` counts
+        instead. Returns how many jobs were (or would be) removed.
+        """
         ...
 
     def close(self) -> None:

@@ -31,12 +31,20 @@ that does not exist yet reads as empty.
 A call that needs the write lock while another process holds it waits up to ``busy_timeout_s``
 (10 s by default) before failing. Keep worker leases longer than that (the default lease is
 30 s), or a worker whose heartbeat waited that long has to give up its running jobs.
+
+Size: finished jobs stay until :meth:`SqliteJobQueue.prune` deletes them (``jobs prune``, the
+artifact sweep), in short batches so that no other writer waits long. What callers ask often
+stays flat however many jobs are stored: ``counts()`` reads ``job_counts``, one row per (type,
+state) kept by triggers in the transaction of every change, and ``list(type=...)`` walks the
+``jobs_type`` index. Schema 1 stores are migrated when a writer opens them; a read-only queue
+on one that is not migrated yet reads the old way (correct, only slower).
 """
 
 from __future__ import annotations
 
 import builtins
 import json
+import math
 import os
 import sqlite3
 import stat
@@ -67,8 +75,14 @@ from homeops.core.logging import get_logger
 
 _log = get_logger("core.jobs")
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 LIST_LIMIT_MAX: Final = 10_000
+# Rows deleted per prune transaction: about 10-20 ms of write lock each (bench/jobs_store_bench.py),
+# so a worker's claim or heartbeat waiting behind a 1M-row prune waits one batch, not seconds.
+PRUNE_BATCH: Final = 1000
+_TERMINAL_SQL: Final = "('succeeded', 'failed', 'cancelled')"
+# How every problem with the counters starts: those, and only those, a recount repairs.
+COUNTER_PROBLEM: Final = "job counters:"
 
 _COLUMNS: Final = (
     "id, type, payload, trace_id, state, attempts, max_attempts, idempotency_key, "
@@ -109,6 +123,87 @@ _SCHEMA: Final = (
     "CREATE INDEX jobs_created ON jobs(created_at)",
 )
 
+# Schema 2, applied after _SCHEMA to a new store and on its own to a schema 1 store.
+_REFILL_COUNTS: Final = (
+    "INSERT INTO job_counts (type, state, n) SELECT type, state, COUNT(*) FROM jobs "
+    "GROUP BY type, state"
+)
+# Triggers, not Python, keep the counters: they run inside the statement's own transaction,
+# so no code path (nor a hand-made UPDATE in the sqlite3 shell) changes a row without its
+# count. Heartbeats set neither column and do not fire them.
+_TRIGGERS: Final = {
+    "jobs_count_insert": """
+        CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs BEGIN
+            INSERT INTO job_counts (type, state, n) VALUES (NEW.type, NEW.state, 1)
+                ON CONFLICT (type, state) DO UPDATE SET n = n + 1;
+        END
+    """,
+    "jobs_count_delete": """
+        CREATE TRIGGER jobs_count_delete AFTER DELETE ON jobs BEGIN
+            UPDATE job_counts SET n = n - 1 WHERE type = OLD.type AND state = OLD.state;
+        END
+    """,
+    "jobs_count_update": """
+        CREATE TRIGGER jobs_count_update AFTER UPDATE OF type, state ON jobs
+            WHEN OLD.type IS NOT NEW.type OR OLD.state IS NOT NEW.state BEGIN
+            UPDATE job_counts SET n = n - 1 WHERE type = OLD.type AND state = OLD.state;
+            INSERT INTO job_counts (type, state, n) VALUES (NEW.type, NEW.state, 1)
+                ON CONFLICT (type, state) DO UPDATE SET n = n + 1;
+        END
+    """,
+}
+_SCHEMA_2: Final = (
+    # One row per (type, state) seen: counts() and the drain check read a few rows instead of
+    # grouping the whole history (206 ms at 1M jobs in schema 1). Rows at n = 0 stay until a
+    # prune clears them; they are as many as types times states, a handful.
+    """
+    CREATE TABLE job_counts (
+        type  TEXT NOT NULL,
+        state TEXT NOT NULL,
+        n     INTEGER NOT NULL,
+        PRIMARY KEY (type, state)
+    ) WITHOUT ROWID
+    """,
+    _REFILL_COUNTS,
+    *_TRIGGERS.values(),
+    # list(type=T[, state=S]) without scanning for a rare T: per state an index range in
+    # creation order (list() merges the states' ranges, see _LIST_TYPE).
+    "CREATE INDEX jobs_type ON jobs(type, state, created_at)",
+    # prune finds the oldest finished jobs in order; unfinished ones (finished_at NULL) are
+    # not in this index at all, so enqueues and claims do not pay for it.
+    "UPDATE jobs SET finished_at = updated_at "
+    f"WHERE finished_at IS NULL AND state IN {_TERMINAL_SQL}",
+    "CREATE INDEX jobs_finished ON jobs(finished_at) WHERE finished_at IS NOT NULL",
+)
+
+# list(type=T) without a state: the newest ``limit`` of each state from its jobs_type range,
+# then the newest ``limit`` of those. (One ORDER BY over the type's whole range would sort all
+# of a common type's rows; SQLite does not merge index ranges on its own.)
+_LIST_TYPE: Final = (
+    " UNION ALL ".join(
+        f"SELECT * FROM (SELECT {_COLUMNS} FROM jobs WHERE type = :type AND state = '{state}' "
+        "ORDER BY created_at DESC, id DESC LIMIT :limit)"
+        for state in ("queued", "running", "succeeded", "failed", "cancelled")
+    )
+    + " ORDER BY created_at DESC, id DESC LIMIT :limit"
+)
+
+_PRUNE: Final = f"""
+    DELETE FROM jobs WHERE rowid IN (
+        SELECT rowid FROM jobs INDEXED BY jobs_finished
+         WHERE finished_at < :cutoff AND state IN {_TERMINAL_SQL}
+         ORDER BY finished_at LIMIT :batch)
+"""
+
+# The counters against the rows, as (type, state, counter, rows) where they differ.
+_COUNTS_DRIFT: Final = """
+    SELECT type, state, SUM(c), SUM(r) FROM (
+        SELECT type, state, n AS c, 0 AS r FROM job_counts
+        UNION ALL
+        SELECT type, state, 0, COUNT(*) FROM jobs GROUP BY type, state)
+     GROUP BY type, state HAVING SUM(c) != SUM(r) ORDER BY type, state
+"""
+
 _CLAIM_DUE: Final = f"""
     UPDATE jobs
        SET state = 'running', attempts = attempts + 1, worker_id = :worker,
@@ -134,6 +229,26 @@ _ANY_RUNNABLE: Final = """
                      AND (:types IS NULL OR type IN (SELECT value FROM json_each(:types))))
         OR EXISTS (SELECT 1 FROM jobs WHERE state = 'running' AND lease_until < :now)
 """
+
+
+def _counter_problems(conn: sqlite3.Connection) -> builtins.list[str]:
+    triggers = {
+        r[0]
+        for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'jobs'"
+        )
+    }
+    fix = " (`homeops jobs check --repair` recounts them)"
+    problems = [
+        f"{COUNTER_PROBLEM} trigger {name} is missing{fix}"
+        for name in _TRIGGERS
+        if name not in triggers
+    ]
+    problems += [
+        f"{COUNTER_PROBLEM} {job_type} {state} counted {counted}, the table holds {held}{fix}"
+        for job_type, state, counted, held in conn.execute(_COUNTS_DRIFT)
+    ]
+    return problems
 
 
 def _json_column(r: Sequence[Any], index: int, column: str) -> Any:  # noqa: ANN401
@@ -206,6 +321,9 @@ class _Connection:
     conn: sqlite3.Connection
     key: tuple[int, int, bool]
     busy_ms: int
+    # Schema version when opened: a read-only connection to a schema 1 store has no counters
+    # and reads the old way, even if a writer elsewhere migrates the file meanwhile.
+    version: int = SCHEMA_VERSION
     lock: threading.Lock = field(default_factory=threading.Lock)
     refs: int = 1
 
@@ -391,6 +509,7 @@ class SqliteJobQueue:
         if version == 0:  # created, never set up: no jobs in it
             conn.close()
             return None
+        shared.version = version
         _OPEN[shared.key] = shared
         return shared
 
@@ -484,15 +603,26 @@ class SqliteJobQueue:
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version == 0:
-            for stmt in _SCHEMA:
-                conn.execute(stmt)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        elif version > SCHEMA_VERSION:
+        if version > SCHEMA_VERSION:
             raise OperationalError(
                 f"jobs database {self.path} has schema version {version}; this homeops "
                 f"understands up to {SCHEMA_VERSION} (upgrade homeops)"
             )
+        if version < SCHEMA_VERSION:
+            # Inside the caller's BEGIN IMMEDIATE: another process sees schema 1 or schema 2,
+            # never counters without their triggers. One pass over the rows (seconds at 1M
+            # jobs), once per store.
+            started = time.monotonic()
+            for stmt in (_SCHEMA if version == 0 else ()) + _SCHEMA_2:
+                conn.execute(stmt)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            if version:
+                _log.info(
+                    "migrate",
+                    f"job store migrated from schema {version} to {SCHEMA_VERSION}",
+                    path=str(self.path),
+                    duration_ms=round((time.monotonic() - started) * 1000, 1),
+                )
         # Earlier versions could hand a job back as queued with its cancel request still set;
         # claims skip such rows, so finish them here, where every writer passes once.
         now = self._clock()
@@ -549,7 +679,43 @@ class SqliteJobQueue:
                     return [str(exc)]
                 raise
         problems = [str(r[0]) for r in rows]
-        return [] if problems == ["ok"] else problems
+        if problems != ["ok"]:
+            return problems
+        # The counters are checked only once the pages are known good, and only by the full
+        # check: it is one more pass over the jobs_type index, and doctor's quick check is
+        # meant to stay the cheaper one.
+        return [] if quick else self.counter_problems()
+
+    def counter_problems(self) -> builtins.list[str]:
+        """Where ``job_counts`` disagrees with the rows (or lost a trigger); [] if exact."""
+        with self._reading() as conn:
+            if conn is None or self._version() < 2:
+                return []
+            return _counter_problems(conn)
+
+    def repair_counters(self) -> builtins.list[str]:
+        """Recount ``job_counts`` from the rows and restore lost triggers; returns what was wrong.
+
+        One write transaction: no reader sees the counters half rebuilt, and no change to a
+        job slips between the recount and the triggers.
+        """
+        with self._write() as conn:
+            problems = _counter_problems(conn)
+            if problems:
+                conn.execute("DELETE FROM job_counts")
+                conn.execute(_REFILL_COUNTS)
+                for name, ddl in _TRIGGERS.items():
+                    conn.execute(f"DROP TRIGGER IF EXISTS {name}")
+                    conn.execute(ddl)
+        if problems:
+            _log.warn(
+                "repair", "job counters recounted", path=str(self.path), problems=len(problems)
+            )
+        return problems
+
+    def _version(self) -> int:
+        shared = self._shared
+        return SCHEMA_VERSION if shared is None else shared.version
 
     # -- the JobQueue contract -----------------------------------------------------------
 
@@ -940,30 +1106,35 @@ class SqliteJobQueue:
         if not 1 <= limit <= LIST_LIMIT_MAX:
             raise UsageError(f"limit must be between 1 and {LIST_LIMIT_MAX}, got {limit!r}")
         where: builtins.list[str] = []
-        params: builtins.list[Any] = []
+        params: dict[str, Any] = {"limit": limit}
         if state is not None:
-            where.append("state = ?")
-            params.append(str(JobState(state)))
+            where.append("state = :state")
+            params["state"] = str(JobState(state))
         if type is not None:
-            where.append("type = ?")
-            params.append(validate_job_type(type))
+            where.append("type = :type")
+            params["type"] = validate_job_type(type)
         sql = f"SELECT {_COLUMNS} FROM jobs"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+        sql += " ORDER BY created_at DESC, id DESC LIMIT :limit"
+        if type is not None and state is None and self._version() >= 2:
+            sql = _LIST_TYPE
         with self._reading() as conn:
-            rows = [] if conn is None else conn.execute(sql, (*params, limit)).fetchall()
+            rows = [] if conn is None else conn.execute(sql, params).fetchall()
         return [_row_to_job(r) for r in rows]
 
     def counts(self, *, types: Sequence[str] | None = None) -> dict[JobState, int]:
         """How many jobs (of ``types``, if given) are in each state; every state present."""
         types_json = None if types is None else json.dumps(sorted(set(types)))
+        # Schema 1 (read-only, not migrated yet) has no counters: group the rows themselves.
+        source = "jobs" if self._version() < 2 else "job_counts"
+        total = "COUNT(*)" if source == "jobs" else "SUM(n)"
         with self._reading() as conn:
             rows = (
                 []
                 if conn is None
                 else conn.execute(
-                    "SELECT state, COUNT(*) FROM jobs WHERE "
+                    f"SELECT state, {total} FROM {source} WHERE "
                     "(:types IS NULL OR type IN (SELECT value FROM json_each(:types))) "
                     "GROUP BY state",
                     {"types": types_json},
@@ -973,6 +1144,59 @@ class SqliteJobQueue:
         for state, n in rows:
             out[JobState(state)] = n
         return out
+
+    def prune(
+        self, *, older_than_s: float, dry_run: bool = False, batch_size: int = PRUNE_BATCH
+    ) -> int:
+        """Delete finished jobs whose ``finished_at`` is more than ``older_than_s`` ago.
+
+        Only succeeded, failed and cancelled jobs; queued, running and waiting-to-retry jobs
+        are never touched. Deletes ``batch_size`` rows per transaction and pauses between
+        batches, so a worker sharing the store waits for one batch at most. ``dry_run``
+        counts instead (it also works read-only). Returns how many were (or would be) removed.
+        """
+        if not (isinstance(older_than_s, int | float) and math.isfinite(older_than_s)):
+            raise UsageError(f"older_than_s must be a finite number, got {older_than_s!r}")
+        _positive("older_than_s", older_than_s)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise UsageError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        # Fixed once: jobs that finish while the prune runs are recent, never its business.
+        cutoff = self._clock() - older_than_s
+        if dry_run:
+            # Left alone, the planner walks jobs_state over every finished job instead.
+            index = "INDEXED BY jobs_finished" if self._version() >= 2 else ""
+            sql = (
+                f"SELECT COUNT(*) FROM jobs {index} "
+                f"WHERE finished_at < ? AND state IN {_TERMINAL_SQL}"
+            )
+            with self._reading() as conn:
+                if conn is None:
+                    return 0
+                return int(conn.execute(sql, (cutoff,)).fetchone()[0])
+        removed = 0
+        started = time.monotonic()
+        while True:
+            batch_started = time.monotonic()
+            with self._write() as conn:
+                n = conn.execute(_PRUNE, {"cutoff": cutoff, "batch": batch_size}).rowcount
+                if n < batch_size:
+                    conn.execute("DELETE FROM job_counts WHERE n = 0")
+            removed += n
+            if n < batch_size:
+                break
+            # As long again outside the lock as the batch held it (1-50 ms): another process
+            # waiting in SQLite's busy handler retries at its own moments and must find the
+            # lock free about half of the time, not for the odd microsecond between batches.
+            time.sleep(min(max(time.monotonic() - batch_started, 0.001), 0.05))
+        if removed:
+            _log.info(
+                "prune",
+                "finished jobs deleted",
+                removed=removed,
+                older_than_s=older_than_s,
+                duration_ms=round((time.monotonic() - started) * 1000, 1),
+            )
+        return removed
 
 
 @dataclass(frozen=True)
@@ -987,6 +1211,11 @@ class StoreCheck:
     def ok(self) -> bool:
         """True when the check found nothing wrong (a store not created yet is fine)."""
         return not self.problems
+
+    @property
+    def repairable(self) -> bool:
+        """True when every problem is a job counter that :func:`repair_store` can recount."""
+        return bool(self.problems) and all(p.startswith(COUNTER_PROBLEM) for p in self.problems)
 
 
 def check_store(path: Path, *, quick: bool = False, max_errors: int = 100) -> StoreCheck:
@@ -1005,3 +1234,12 @@ def check_store(path: Path, *, quick: bool = False, max_errors: int = 100) -> St
             queue.exists,
             tuple(queue.integrity_check(quick=quick, max_errors=max_errors)),
         )
+
+
+def repair_store(path: Path) -> builtins.list[str]:
+    """Recount the job counters of the store at ``path``; returns what was wrong ([] if none).
+
+    Opened for writing, so a schema 1 store is migrated (and counted) on the way.
+    """
+    with SqliteJobQueue(path) as queue:
+        return queue.repair_counters()

@@ -41,3 +41,10 @@ def check_store_at(path: Path, *, quick: bool = False, max_errors: int = 100) ->
     from homeops.core.jobs.sqlite import check_store
 
     return check_store(path, quick=quick, max_errors=max_errors)
+
+
+def repair_store_at(path: Path) -> list[str]:
+    """Recount the embedded store's job counters from its rows; returns what was wrong."""
+    from homeops.core.jobs.sqlite import repair_store
+
+    return repair_store(path)
