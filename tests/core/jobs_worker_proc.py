@@ -25,6 +25,7 @@ from homeops.core import logging as hlog
 from homeops.core.housekeeping import sweep_job_type
 from homeops.core.jobs import JobContext, SqliteJobQueue, Worker, install_signal_handlers
 from homeops.core.jobs.types import JobType
+from homeops.core.settings import CoreSettings
 
 
 class Rec(BaseModel):
@@ -76,7 +77,15 @@ async def main() -> int:
 
     job_types: list[JobType[Any]] = [JobType("t.rec", Rec, rec)]
     if args.sweep is not None:
-        job_types.append(sweep_job_type(args.sweep, args.db, 0.0))
+        # The core's own sweep on this store and root; artifact dirs expire at once.
+        settings = CoreSettings.model_validate(
+            {
+                "state_dir": str(args.db.parent),
+                "jobs": {"db_path": str(args.db)},
+                "artifacts": {"root": str(args.sweep), "retention_days": 0},
+            }
+        )
+        job_types.append(sweep_job_type(settings))
     queue = SqliteJobQueue(args.db)
     worker = Worker(queue, job_types, slots=args.slots, lease_s=args.lease, grace_s=args.grace)
     record(args.runs, "- 0 ready")

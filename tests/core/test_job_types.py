@@ -32,7 +32,6 @@ from homeops.core.jobs import (
     validate_enqueue,
 )
 from homeops.core.jobs.model import Job
-from homeops.core.jobs.types import JobTypeHandler, collect_registered
 from homeops.core.jobs.worker import MAX_PROGRESS_MESSAGE, PROGRESS_LOG_INTERVAL_S
 from homeops.core.logging import get_logger
 from homeops.core.registry import DomainContext, Registry
@@ -450,27 +449,6 @@ def test_a_long_progress_message_is_cut(tmp_path: Path) -> None:
     assert ctx.last_progress.message.endswith("...")
 
 
-# -- the registry: job types, and the old add_handlers path while cli.py still uses it --------
-
-
-def test_old_style_handlers_are_refused_unless_they_carry_a_job_type(tmp_path: Path) -> None:
-    settings = CoreSettings.model_validate({"state_dir": str(tmp_path)})
-    dctx = DomainContext({}, None, settings)
-    registry = Registry()
-    registry.add_job_types("t", lambda _c: [EXEC])
-    registry.add_handlers(
-        "core", lambda c: {jt.name: JobTypeHandler(jt) for jt in core_job_types(c)}
-    )
-    assert sorted(collect_registered(registry, dctx)) == [SWEEP_ARTIFACTS, "t.exec"]
-
-    async def bare(ctx: JobContext) -> None:
-        return None
-
-    registry.add_handlers("u", lambda _c: {"u.bare": bare})
-    with pytest.raises(ValueError, match=r"'u\.bare' was registered with add_handlers"):
-        collect_registered(registry, dctx)
-
-
 # -- the CLI with a test registry ----------------------------------------------------------
 
 
@@ -596,7 +574,44 @@ def test_worker_cli_runs_the_core_sweep_job_type(
     code, out, _ = run_main(capsys, "jobs", "status", job_id, "--json")
     job = json.loads(out)
     assert job["state"] == "succeeded"
-    assert job["result"] == {"removed": ["old1"], "retention_days": 0.0}
+    assert job["result"] == {
+        "removed": ["old1"],
+        "retention_days": 0.0,
+        "jobs_pruned": {"removed": 0, "dry_run": False, "older_than_s": 30 * 86400.0},
+    }
+
+
+@pytest.mark.parametrize(
+    ("retention", "pruned"), [("1", 2), ("never", 0)], ids=["one-day", "never"]
+)
+def test_the_sweep_job_also_prunes_finished_jobs_per_jobs_retention(
+    capsys: pytest.CaptureFixture[str],
+    state_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    retention: str,
+    pruned: int,
+) -> None:
+    import time
+
+    monkeypatch.setenv("HOMEOPS_JOBS_RETENTION_DAYS", retention)
+    db = state_dir / "jobs.sqlite3"
+    long_ago = time.time() - 3 * 86400
+    with SqliteJobQueue(db, clock=lambda: long_ago) as old:
+        finished = [old.cancel(old.enqueue("t.old", {}).id).id for _ in range(2)]
+        still_queued = old.enqueue("t.old", {}).id  # old, but not finished: never pruned
+    with SqliteJobQueue(db) as q:
+        recent = q.cancel(q.enqueue("t.new", {}).id).id
+    code, out, err = _enqueue(capsys, SWEEP_ARTIFACTS)
+    assert code == 0, err
+    sweep = out.strip()
+    code, _, err = run_main(capsys, "jobs", "worker", "--drain")
+    assert code == 0, err
+    with SqliteJobQueue(db, readonly=True) as q:
+        left = {job.id for job in q.list(limit=100)}
+        result = q.get(sweep).result
+    assert result["jobs_pruned"]["removed"] == pruned
+    kept = {still_queued, recent, sweep}
+    assert left == (kept if pruned else kept | set(finished))
 
 
 def test_cli_enqueue_asks_only_the_types_own_domain_first(
@@ -619,3 +634,8 @@ def test_cli_enqueue_asks_only_the_types_own_domain_first(
     # A type of no known domain asks every domain, to list them: the broken one says so.
     code, _, err = _enqueue(capsys, "t.nope")
     assert (code, err.strip()) == (2, "error: windows: settings are broken")
+
+
+def test_a_worker_refuses_two_job_types_of_one_name(queue: SqliteJobQueue) -> None:
+    with pytest.raises(ValueError, match=r"job type 't\.exec' given twice"):
+        Worker(queue, [EXEC, JobType("t.exec", Target, _never)])

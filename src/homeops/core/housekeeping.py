@@ -8,18 +8,19 @@ user of the path every domain takes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from homeops.core.errors import UsageError
-from homeops.core.jobs.types import JobType, JobTypeHandler
+from homeops.core.jobs.types import JobType
 
 if TYPE_CHECKING:
-    from homeops.core.jobs.worker import Handler, JobContext
+    from homeops.core.jobs.worker import JobContext
     from homeops.core.registry import DomainContext
+    from homeops.core.settings import CoreSettings
 
 SWEEP_ARTIFACTS: Final = "core.artifacts-sweep"
 
@@ -36,7 +37,8 @@ class SweepPayload(BaseModel):
         None,
         ge=0,
         allow_inf_nan=False,
-        description="Delete artifact dirs older than this many days; null: artifacts.retention.",
+        description="Delete artifact dirs older than this many days; null: "
+        "artifacts.retention_days.",
     )
 
 
@@ -64,36 +66,40 @@ def sweep_artifacts(root: Path, jobs_db: Path, retention_days: float) -> list[st
         queue.close()
 
 
-def sweep_job_type(root: Path, jobs_db: Path, default_days: float) -> JobType[SweepPayload]:
-    """``core.artifacts-sweep``: remove artifact dirs older than ``retention_days``.
+def sweep_job_type(settings: CoreSettings) -> JobType[SweepPayload]:
+    """``core.artifacts-sweep``: remove old artifact dirs, then prune old finished jobs.
 
-    ``retention_days`` comes from the payload, or ``default_days`` when it is null or absent.
+    Artifact dirs older than ``retention_days`` (payload, else ``artifacts.retention_days``)
+    go first; then finished jobs older than ``jobs.retention_days`` leave the store (none
+    when that is ``never``), so one timer keeps both the artifact root and the store small.
     """
+    from homeops.core.jobs.retention import prune_finished_jobs
+
+    root, jobs_db = settings.artifacts_root, settings.jobs_db
 
     async def handle(ctx: JobContext, payload: SweepPayload) -> dict[str, Any]:
-        days = default_days if payload.retention_days is None else payload.retention_days
+        days = payload.retention_days
+        if days is None:
+            days = settings.artifacts.retention_days
         removed = await asyncio.to_thread(sweep_artifacts, root, jobs_db, days)
         ctx.log.info("sweep", "artifact sweep done", removed=len(removed), retention_days=days)
-        return {"removed": removed, "retention_days": days}
+        # The order changes nothing about what is kept: a pruned job was finished, and the
+        # dir of a job the store no longer knows is judged by its age alone. If either
+        # half fails, the job's retry runs both again (each is idempotent).
+        pruned = await asyncio.to_thread(prune_finished_jobs, settings)
+        if pruned.older_than_s is not None:
+            ctx.log.info("prune", "finished jobs pruned", removed=pruned.removed)
+        return {"removed": removed, "retention_days": days, "jobs_pruned": pruned.to_dict()}
 
     return JobType(
         name=SWEEP_ARTIFACTS,
         payload_model=SweepPayload,
         handler=handle,
-        description="Delete artifact dirs older than the retention (jobs still running kept).",
+        description="Delete artifact dirs past their retention (unfinished jobs' kept), then "
+        "finished jobs past jobs.retention_days.",
     )
 
 
 def core_job_types(ctx: DomainContext) -> Sequence[JobType[Any]]:
-    """The core's job types (``Registry.add_job_types("core", core_job_types)``)."""
-    core = ctx.core
-    return [sweep_job_type(core.artifacts_root, core.jobs_db, core.artifacts.retention_days)]
-
-
-def core_handlers(ctx: DomainContext) -> Mapping[str, Handler]:
-    """Transition: :func:`core_job_types` for ``Registry.add_handlers``, still used by cli.py.
-
-    Each handler carries its job type (``JobTypeHandler``), which is what the worker and
-    ``jobs enqueue`` actually use; remove once cli.py calls ``add_job_types``.
-    """
-    return {jt.name: JobTypeHandler(jt) for jt in core_job_types(ctx)}
+    """The core's job types (its ``Domain`` record's ``job_types``)."""
+    return [sweep_job_type(ctx.core)]
