@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     from homeops.core.config import SettingsSpec
     from homeops.core.health import Check
     from homeops.core.jobs.types import JobType
-    from homeops.core.jobs.worker import Handler
     from homeops.core.settings import CoreSettings
     from homeops.core.umbrella import ConfigSet, DomainConfig
 
@@ -46,7 +45,6 @@ class DomainContext:
 CheckFactory = Callable[[DomainContext], Sequence["Check"]]
 Remediation = Callable[[], Awaitable[None]]
 RemediationFactory = Callable[[DomainContext], Mapping[str, Remediation]]
-HandlerFactory = Callable[[DomainContext], Mapping[str, "Handler"]]
 JobTypeFactory = Callable[[DomainContext], Sequence["JobType[Any]"]]
 
 
@@ -83,7 +81,6 @@ class Registry:
 
     _checks: list[tuple[str, CheckFactory]] = field(default_factory=list)
     _remediations: list[tuple[str, RemediationFactory]] = field(default_factory=list)
-    _handlers: list[tuple[str, HandlerFactory]] = field(default_factory=list)
     _job_types: list[tuple[str, JobTypeFactory]] = field(default_factory=list)
     _records: dict[str, Domain] = field(default_factory=dict)
 
@@ -145,7 +142,7 @@ class Registry:
 
     def domains(self) -> list[str]:
         """Registered domain names in order."""
-        every = [*self._checks, *self._remediations, *self._handlers, *self._job_types]
+        every = [*self._checks, *self._remediations, *self._job_types]
         return list(dict.fromkeys(name for name, _ in every))
 
     def check_domains(self, only: Sequence[str]) -> None:
@@ -173,22 +170,6 @@ class Registry:
         for name, factory in self._remediations:
             if not only or name in only:
                 out.update(factory(ctx))
-        return out
-
-    def add_handlers(self, domain: str, factory: HandlerFactory) -> None:
-        """Register job handlers by job type (types are named ``<domain>.<verb>``)."""
-        self._handlers.append((domain, factory))
-
-    def collect_handlers(self, ctx: DomainContext, only: Sequence[str] = ()) -> dict[str, Handler]:
-        """Every registered domain's job handlers (or those of ``only``), by job type."""
-        out: dict[str, Handler] = {}
-        for name, factory in self._handlers:
-            if only and name not in only:
-                continue
-            for job_type, handler in factory(ctx).items():
-                if job_type in out:
-                    raise ValueError(f"job type {job_type!r} registered twice")
-                out[job_type] = handler
         return out
 
     def add_job_types(self, domain: str, factory: JobTypeFactory) -> None:

@@ -38,7 +38,6 @@ from homeops.core.jobs.types import (
     validate_enqueue,
 )
 from homeops.core.jobs.worker import (
-    Handler,
     JobArtifacts,
     JobContext,
     Progress,
@@ -49,7 +48,6 @@ from homeops.core.jobs.worker import (
 
 __all__ = [
     "TERMINAL_STATES",
-    "Handler",
     "HeartbeatResult",
     "Job",
     "JobArtifacts",

@@ -15,7 +15,7 @@ what enqueue accepted, and the stored payload is the model's own JSON dump.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from pydantic import BaseModel, ValidationError
 
     from homeops.core.jobs.worker import JobContext
-    from homeops.core.registry import DomainContext, Registry
 
 P = TypeVar("P", bound="BaseModel")
 
@@ -131,40 +130,3 @@ def should_retry(job_type: JobType[Any], exc: BaseException) -> bool:
         )
         return is_retryable_job_error(exc)
     return bool(verdict)
-
-
-def collect_registered(
-    registry: Registry, ctx: DomainContext, only: Sequence[str] = ()
-) -> dict[str, JobType[Any]]:
-    """Every job type the registry knows for ``only`` (or every domain), by name.
-
-    Transition: ``homeops.cli`` still registers the core's types with the older
-    ``add_handlers``; a handler made by :class:`JobTypeHandler` carries its job type and is
-    taken as that type. Any other handler registered that way is refused: it would run
-    payloads no model checked.
-    """
-    out = registry.collect_job_types(ctx, only)
-    for name, handler in registry.collect_handlers(ctx, only).items():
-        if not isinstance(handler, JobTypeHandler) or handler.job_type.name != name:
-            raise ValueError(
-                f"job type {name!r} was registered with add_handlers; register a JobType "
-                "with Registry.add_job_types"
-            )
-        if name in out:
-            raise ValueError(f"job type {name!r} registered twice")
-        out[name] = handler.job_type
-    return out
-
-
-@dataclass(frozen=True)
-class JobTypeHandler:
-    """A job type as an old-style ``handler(ctx)``: for ``add_handlers`` registrations only.
-
-    Kept until ``homeops.cli`` registers the core with ``add_job_types``; it parses the
-    payload itself, so even that path never runs an unchecked payload.
-    """
-
-    job_type: JobType[Any]
-
-    async def __call__(self, ctx: JobContext) -> Any:  # noqa: ANN401
-        return await self.job_type.handler(ctx, parse_payload(self.job_type, ctx.job.payload))

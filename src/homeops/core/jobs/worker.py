@@ -56,7 +56,7 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -235,10 +235,6 @@ class JobContext:
         self.log.info("progress", text or "progress", **extra)
         state.logged_at = now
         state.skipped = 0
-
-
-Handler = Callable[[JobContext], Awaitable[Any]]
-"""Transition only: the old ``add_handlers`` shape, until ``homeops.cli`` registers job types."""
 
 
 @dataclass
