@@ -231,6 +231,25 @@ def get_logger(component: str, **context: object) -> Logger:
 _handler: logging.Handler | None = None
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a line is logged, not when configured.
+
+    A handler holding the stream it was created with keeps writing to it after the caller
+    swapped stderr (an embedding program, pytest's capture) and fails on a closed file.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> IO[str]:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: IO[str]) -> None:
+        pass  # always the current sys.stderr
+
+
 def configure(
     *,
     debug: bool = False,
@@ -242,7 +261,9 @@ def configure(
     root = logging.getLogger()
     if _handler is not None:
         root.removeHandler(_handler)
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler: logging.Handler = (
+        logging.StreamHandler(stream) if stream is not None else _StderrHandler()
+    )
     handler.setFormatter(LogfmtFormatter())
     root.addHandler(handler)
     chosen = "debug" if debug else (level or "info")
@@ -251,6 +272,19 @@ def configure(
     logging.getLogger("asyncssh").setLevel(logging.DEBUG if debug else logging.WARNING)
     _handler = handler
     return handler
+
+
+def reset() -> None:
+    """Undo :func:`configure`: our handler removed, the root level back to WARNING.
+
+    For programs that embed homeops commands (and the tests), so one command's --debug
+    does not leak into whatever runs next in the process.
+    """
+    global _handler
+    if _handler is not None:
+        logging.getLogger().removeHandler(_handler)
+        _handler = None
+    logging.getLogger().setLevel(logging.WARNING)
 
 
 def timed(clock: Callable[[], float] = time.monotonic) -> Callable[[], float]:

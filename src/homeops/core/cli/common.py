@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import signal
 import sys
 import typing
@@ -301,6 +302,84 @@ def _click_exceptions() -> Any:  # noqa: ANN401
         return importlib.import_module("click.exceptions")
 
 
+_SLOW: Final = object()
+_DECIMAL: Final = re.compile(r"0|[1-9][0-9]{0,17}")
+
+
+def _fast_value(descriptor: Any, param: Any, value: object) -> object:  # noqa: ANN401
+    """``value`` as Typer's pydantic coercion would return it, or ``_SLOW`` if unsure.
+
+    Only the shapes whose result is certain: a missing value, a ``str`` that is already a
+    str, an ``int`` written as plain decimal digits within its min/max, a list of strings.
+    Anything else (and every invalid value, so its error message is Typer's own) goes to
+    Typer's adapter.
+    """
+    multi = param.multiple or param.nargs == -1
+    if value is None:
+        return () if multi else None
+    info = descriptor.parameter_info
+    if info.parser is not None or descriptor.file_annotation is not None:
+        return _SLOW
+    annotation = descriptor.annotation
+    if multi:
+        if (
+            annotation == list[str]
+            and isinstance(value, list | tuple)
+            and all(type(v) is str for v in value)
+        ):
+            return list(value)
+        return _SLOW
+    if annotation is str and type(value) is str:
+        return value
+    if annotation is int and not info.clamp:
+        if type(value) is int:
+            number = value
+        elif type(value) is str and _DECIMAL.fullmatch(value):
+            number = int(value)
+        else:
+            return _SLOW
+        if (info.min is None or number >= info.min) and (info.max is None or number <= info.max):
+            return number
+    return _SLOW
+
+
+class _LazyRuntimeParam:
+    """Typer's runtime coercion, with pydantic (~100 ms of imports) built only if needed."""
+
+    __slots__ = ("_build", "_descriptor", "_real")
+
+    def __init__(self, build: Callable[[Any], Any], descriptor: Any) -> None:  # noqa: ANN401
+        self._build = build
+        self._descriptor = descriptor
+        self._real: Any = None
+
+    def coerce(self, value: object, param: Any, ctx: Any) -> object:  # noqa: ANN401
+        fast = _fast_value(self._descriptor, param, value)
+        if fast is not _SLOW:
+            return fast
+        if self._real is None:
+            self._real = self._build(self._descriptor)
+        return self._real.coerce(value, param=param, ctx=ctx)
+
+
+def _lazy_coercion() -> None:
+    """Make Typer (0.2x) coerce plain values without pydantic; see :class:`_LazyRuntimeParam`.
+
+    Typer builds a pydantic TypeAdapter for every parameter it processes, even an absent
+    ``--config`` on the way to ``jobs --help``. A Typer without that hook is left alone.
+    """
+    core = getattr(typer, "core", None)
+    build = getattr(core, "build_runtime_param", None)
+    if build is None or getattr(build, "homeops_lazy", False):
+        return
+
+    def lazy(descriptor: Any) -> _LazyRuntimeParam:  # noqa: ANN401
+        return _LazyRuntimeParam(build, descriptor)
+
+    lazy.homeops_lazy = True  # type: ignore[attr-defined]
+    core.build_runtime_param = lazy  # type: ignore[union-attr]
+
+
 def _command_names(command: Any) -> set[str]:  # noqa: ANN401
     # Lazily built domain groups (core/cli/lazy.py) are names too, before they are built.
     names: set[str] = set(getattr(command, "lazy_names", ()))
@@ -329,6 +408,7 @@ def run_app(
     debug = "--debug" in args
     previous = _terminate_like_interrupt()
     try:
+        _lazy_coercion()
         app = build()
         command = typer.main.get_command(app)
         opts, rest = split_global_options(args, _command_names(command))
