@@ -2,6 +2,7 @@
 settings reached through the context, lazily built sub-apps, presets of the core commands."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -254,9 +255,14 @@ def test_core_settings_under_the_seeds_names(capsys, tmp_path, monkeypatch):
     assert (code, err) == (0, "")
     shown = json.loads(out)["settings"]["artifacts.root"]
     assert shown == {"value": str(out_dir), "source": "env:WIN_AUTOMATION_ARTIFACT_OUT"}
+    # Only in the seed tool: a stale seed variable must not move homeops' artifact root.
+    code, out, _ = run(capsys, "homeops", "config", "show", "--json")
+    assert settings_of(out)["artifacts.root"] == str(
+        Path(os.environ["HOMEOPS_STATE_DIR"]) / "artifacts"
+    )
     # The core's own name wins over the seed's when both are set.
     monkeypatch.setenv("HOMEOPS_ARTIFACTS_ROOT", str(tmp_path / "core"))
-    code, out, _ = run(capsys, "homeops", "config", "show", "--json")
+    code, out, _ = run(capsys, "win-automation", "config", "show", "--json")
     assert settings_of(out)["artifacts.root"] == str(tmp_path / "core")
 
 
@@ -374,6 +380,41 @@ def test_unknown_program_name_runs_homeops(capsys):
 def test_registry_refuses_clashing_records(second, message):
     with pytest.raises(ValueError, match=message):
         Registry.of([WINDOWS, second])
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        pytest.param(Domain("jobs", "x"), "'jobs': that name is a core settings key", id="key"),
+        pytest.param(Domain("t", "x", command="doctor"), "'doctor' is a core command", id="cmd"),
+        pytest.param(Domain("t", "x", aliases=("homeops",)), "'homeops' is a core", id="alias"),
+    ],
+)
+def test_registry_refuses_names_the_core_uses(record, message):
+    with pytest.raises(ValueError, match=message):
+        Registry.of([record])
+
+
+def test_core_keys_are_the_core_settings_fields():
+    from homeops.core.registry import CORE_KEYS
+    from homeops.core.settings import CoreSettings
+
+    assert set(CoreSettings.model_fields) == CORE_KEYS
+
+
+def test_core_section_says_where_core_keys_go(capsys, tmp_path):
+    f = write(tmp_path / "h.json", {"core": {"jobs": {}}})
+    code, _, err = run(capsys, "homeops", "config", "show", "--config", str(f))
+    assert code == 2
+    assert err.startswith(f"config error: {f}: core: unknown key (the core's settings go at")
+
+
+@pytest.mark.parametrize("var", ["HOMEOPS_CONFIG", "WIN_AUTOMATION_CONFIG"])
+def test_blank_config_variable_is_an_error(capsys, monkeypatch, var):
+    monkeypatch.setenv(var, "  ")
+    code, _, err = run(capsys, "win-automation", "config", "show")
+    assert code == 2
+    assert err == f"config error: {var}: empty path (unset the variable to use no file)\n"
 
 
 # -- item 8: the core registers like any domain ----------------------------------------------

@@ -412,6 +412,20 @@ def _reason(error: Mapping[str, Any], *, secret: bool = False) -> str:
     return msg
 
 
+def env_path(environ: Mapping[str, str], name: str) -> Path | None:
+    """The config file a ``*_CONFIG`` variable names; None when unset or empty.
+
+    Blank but not empty (``HOMEOPS_CONFIG=' '``, a quoting slip) is a ConfigError, as
+    ``--config ' '`` is, rather than an attempt to read a file called " ".
+    """
+    value = environ.get(name)
+    if not value:
+        return None
+    if not value.strip():
+        raise ConfigError(name, "", "empty path (unset the variable to use no file)")
+    return Path(value)
+
+
 def read_config_file(path: Path) -> dict[str, Any]:
     """The top-level object of a JSON config file; :class:`ConfigError` naming the file."""
     return _read_json(path)
@@ -435,9 +449,7 @@ def load_settings(
     ``also_known_env`` are names under this spec's prefix that another spec reads, so
     they are not reported as typos.
     """
-    path = config_path
-    if path is None and environ.get(spec.config_env):
-        path = Path(environ[spec.config_env])
+    path = config_path if config_path is not None else env_path(environ, spec.config_env)
     data: dict[str, Any] = spec.dynamic_defaults(environ) if spec.dynamic_defaults else {}
     sources: dict[str, str] = {}
     file_label = ""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     import typer
@@ -46,6 +46,18 @@ CheckFactory = Callable[[DomainContext], Sequence["Check"]]
 Remediation = Callable[[], Awaitable[None]]
 RemediationFactory = Callable[[DomainContext], Mapping[str, Remediation]]
 JobTypeFactory = Callable[[DomainContext], Sequence["JobType[Any]"]]
+
+
+# Names a domain may not take. Its name is a section of the umbrella file, so not a core key
+# (kept equal to CoreSettings' fields by a test; importing the model here would put pydantic
+# on every --help); its group and aliases are commands, so not one of the core's.
+CORE_KEYS: Final = frozenset(
+    {"state_dir", "log", "jobs", "artifacts", "metrics", "health", "supervisor"}
+)
+CORE_COMMANDS: Final = frozenset(
+    {"homeops", "version", "doctor", "supervise", "supervisor", "worker", "config", "jobs",
+     "artifacts"}
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -96,6 +108,12 @@ class Registry:
         """Register a domain record: its factories, its settings, its seed tool names."""
         if domain.name in self._records:
             raise ValueError(f"domain {domain.name!r} already registered")
+        if domain.name in CORE_KEYS:
+            raise ValueError(f"domain {domain.name!r}: that name is a core settings key")
+        if domain.name != "core":
+            core_names = sorted(CORE_COMMANDS & {domain.group, *domain.aliases})
+            if core_names:
+                raise ValueError(f"domain {domain.name!r}: {core_names[0]!r} is a core command")
         taken = {a for d in self._records.values() for a in (d.group, *d.aliases)}
         clash = taken & {domain.group, *domain.aliases}
         if clash:

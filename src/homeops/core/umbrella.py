@@ -25,6 +25,7 @@ from homeops.core.config import (
     FILE_SUFFIX,
     Loaded,
     SettingsSpec,
+    env_path,
     is_secret,
     load_settings,
     read_config_file,
@@ -78,8 +79,8 @@ class ConfigSet:
         others = {n for d in self.domains.values() for names in d.core_env.values() for n in names}
         section = self._section(name)
         own_file = self.seed_path
-        if own_file is None and self.seed == name and self.environ.get(spec.config_env):
-            own_file = Path(self.environ[spec.config_env])
+        if own_file is None and self.seed == name:
+            own_file = env_path(self.environ, spec.config_env)
         if self.seed == name and own_file is not None:
             # The seed tool's own file wins over a section of the umbrella file.
             loaded = load_settings(
@@ -124,6 +125,12 @@ def _core_keys() -> set[str]:
 def _check_sections(data: Mapping[str, Any], label: str, domains: Sequence[str]) -> None:
     core = _core_keys()
     for key, value in data.items():
+        if key == "core" and "core" not in domains:
+            raise ConfigError(
+                label,
+                key,
+                "unknown key (the core's settings go at the top level, not in a section)",
+            )
         if key in domains:
             if not isinstance(value, Mapping):
                 kind = type(value).__name__
@@ -150,23 +157,21 @@ def load_config_set(
     ``seed`` names the domain of a seed tool: ``config_path`` (or that domain's ``*_CONFIG``
     variable) is then the domain's own file, and the umbrella file only ``$HOMEOPS_CONFIG``.
     """
-    core_env: dict[str, list[str]] = {}
-    for dom in domains.values():
-        for dotted, names in dom.core_env.items():
-            core_env.setdefault(dotted, []).extend(names)
-    core_spec = CORE_SPEC.with_extra_env(core_env)
+    core_spec = CORE_SPEC
     seed_path: Path | None = None
     if seed is not None:
         if seed not in domains:
             raise UsageError(f"seed tool of unknown domain {seed!r}")
+        # The seed's own names for core settings count only in that seed tool: a stale
+        # WIN_AUTOMATION_ARTIFACT_OUT in some unit's environment must not move the artifact
+        # root (where sweeps delete) of `homeops` and of every other seed tool.
+        core_spec = CORE_SPEC.with_extra_env(domains[seed].core_env)
         seed_path = config_path
-        umbrella = (
-            Path(environ[CORE_SPEC.config_env]) if environ.get(CORE_SPEC.config_env) else None
-        )
+        umbrella = env_path(environ, CORE_SPEC.config_env)
     else:
         umbrella = config_path
-        if umbrella is None and environ.get(CORE_SPEC.config_env):
-            umbrella = Path(environ[CORE_SPEC.config_env])
+        if umbrella is None:
+            umbrella = env_path(environ, CORE_SPEC.config_env)
     data: dict[str, Any] | None = None
     core_data: dict[str, Any] | None = None
     if umbrella is not None:
