@@ -53,6 +53,11 @@ def _win_app() -> typer.Typer:
         win = domain_context(ctx).settings("windows")
         typer.echo(f"{win.ssh.host}:{win.ssh.port}")
 
+    @app.command("interrupt")
+    def interrupt() -> None:
+        """Stand in for Ctrl-C arriving mid-command."""
+        raise KeyboardInterrupt
+
     return app
 
 
@@ -433,3 +438,8 @@ def test_core_registers_its_checks_and_job_types_like_a_domain(state_dir):
     assert "core.artifacts-sweep" in registry.collect_job_types(ctx, ["core"])
     names = [c.name for c in registry.collect(ctx, ["core"])]
     assert names[:2] == ["state_dir", "job_store"]
+
+
+def test_ctrl_c_says_interrupted(capsys):
+    code, out, err = run(capsys, "win-automation", "interrupt")
+    assert (code, out, err) == (130, "", "interrupted\n")

@@ -452,7 +452,13 @@ def run_app(
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+    if result == _INTERRUPTED:
+        # Typer turns Ctrl-C into Exit(130) before we see it; say why the command stopped.
+        sys.stderr.write("interrupted\n")
     return result if isinstance(result, int) else int(ExitCode.OK)
+
+
+_INTERRUPTED: Final = 128 + signal.SIGINT
 
 
 class Terminated(BaseException):
