@@ -172,3 +172,20 @@ def test_importing_the_seam_does_not_import_asyncssh() -> None:
     )
     done = subprocess.run([PY, "-c", code], timeout=60, capture_output=True)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "timeout", "message"),
+    [
+        pytest.param(["echo", "a\0b"], 5.0, "argument 1 of the command contains a NUL", id="nul"),
+        pytest.param(["true"], float("nan"), "timeout must be a finite number", id="nan"),
+        pytest.param(["true"], float("inf"), "timeout must be a finite number", id="inf"),
+        pytest.param(["true"], 0.0, "timeout must be a finite number", id="zero"),
+    ],
+)
+async def test_local_runner_refuses_calls_it_cannot_make(argv, timeout, message):
+    from homeops.core.errors import UsageError
+    from homeops.core.runner import LocalRunner
+
+    with pytest.raises(UsageError, match=message):
+        await LocalRunner().run(argv, timeout=timeout)

@@ -11,13 +11,14 @@ Importing this module imports neither asyncssh nor anything heavy.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
 from homeops.core import process
-from homeops.core.errors import OperationalError
+from homeops.core.errors import OperationalError, UsageError
 from homeops.core.logging import mask
 from homeops.core.ssh.shell import remote_command
 
@@ -163,6 +164,7 @@ class LocalRunner:
         """Run ``argv`` here (see :class:`Runner`); a missing program is ``ToolMissing`` (3)."""
         if isinstance(argv, str):
             raise TypeError("argv must be a list of words, not a string")
+        check_call(argv, timeout)
         raw = await process.run_bytes(
             argv, timeout=timeout, cwd=self._cwd, env=self._env, stdin=stdin
         )
@@ -170,6 +172,20 @@ class LocalRunner:
             raw.argv, raw.returncode, raw.stdout, raw.stderr, raw.duration_ms / 1000
         )
         return result.check() if check else result
+
+
+def check_call(words: Sequence[str], timeout: float) -> None:
+    """:class:`UsageError` for a call no runner can make faithfully.
+
+    A NUL cannot cross exec(2) (Python raises a bare ValueError) nor an SSH command line
+    (sshd cuts the line there, leaving an unterminated quote); a NaN or infinite timeout
+    would never fire, or report "timed out after nans".
+    """
+    for i, word in enumerate(words):
+        if "\0" in word:
+            raise UsageError(f"argument {i} of the command contains a NUL character")
+    if not math.isfinite(timeout) or timeout <= 0:
+        raise UsageError(f"timeout must be a finite number of seconds above 0, got {timeout!r}")
 
 
 class SshRunner:
@@ -195,6 +211,7 @@ class SshRunner:
         """Run ``argv`` on the target, quoted for its shell (see :class:`Runner`)."""
         command = remote_command(argv, self.target.remote_shell)  # refuses a bare string
         words = tuple(argv)
+        check_call(words, timeout)
         return await self._exec(command, words, process.display_argv(words), timeout, stdin, check)
 
     async def run_raw(
@@ -208,6 +225,7 @@ class SshRunner:
         """Run ``command`` as the target's shell reads it: nothing is quoted or added."""
         if not command.strip():
             raise ValueError("command must not be empty")
+        check_call((command,), timeout)
         return await self._exec(command, (command,), mask(command), timeout, stdin, check)
 
     async def _exec(
