@@ -443,3 +443,25 @@ def test_core_registers_its_checks_and_job_types_like_a_domain(state_dir):
 def test_ctrl_c_says_interrupted(capsys):
     code, out, err = run(capsys, "win-automation", "interrupt")
     assert (code, out, err) == (130, "", "interrupted\n")
+
+
+def test_main_picks_the_seed_tool_by_the_name_it_was_started_as(tmp_path, state_dir):
+    """The console-script path: main() with no argv reads sys.argv, argv[0] names the tool."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "import homeops.cli as cli\n"
+        "import tests.core.test_domains as t\n"
+        "real = cli.domain_records\n"
+        "cli.domain_records = lambda: [*real(), t.WINDOWS, t.SERVICES]\n"
+        "sys.argv = ['/nix/store/x/bin/.win-automation-wrapped', 'version']\n"
+        "cli.main()\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "HOMEOPS_STATE_DIR": str(state_dir), "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert (done.returncode, done.stdout) == (0, f"win-automation {cli.__version__}\n")
