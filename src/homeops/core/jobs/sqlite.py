@@ -46,6 +46,7 @@ import builtins
 import json
 import math
 import os
+import re
 import sqlite3
 import stat
 import threading
@@ -83,6 +84,9 @@ PRUNE_BATCH: Final = 1000
 _TERMINAL_SQL: Final = "('succeeded', 'failed', 'cancelled')"
 # How every problem with the counters starts: those, and only those, a recount repairs.
 COUNTER_PROBLEM: Final = "job counters:"
+# How a missing table or index is reported: `jobs check --repair` creates it again.
+SCHEMA_PROBLEM: Final = "schema:"
+_KNOWN_STATES: Final = frozenset(str(s) for s in JobState)
 
 _COLUMNS: Final = (
     "id, type, payload, trace_id, state, attempts, max_attempts, idempotency_key, "
@@ -178,10 +182,13 @@ _SCHEMA_2: Final = (
 # A job finishes after it was created, so the jobs to prune are among the oldest by
 # created_at: the walk up jobs_created passes only the few old jobs that are unfinished (or
 # finished recently) before it has a batch, and stops at the cutoff. No index on finished_at
-# needed (every completion would pay for it).
+# needed (every completion would pay for it). The unary + keeps finished_at and state from
+# qualifying any index, so jobs_created is the planner's only choice (left alone it took
+# jobs_state and sorted every match). Not INDEXED BY: that made a missing index fatal, where
+# this makes it a table scan (slow, and reported by `jobs check`).
 _PRUNABLE: Final = f"""
-    FROM jobs INDEXED BY jobs_created
-   WHERE created_at < :cutoff AND finished_at < :cutoff AND state IN {_TERMINAL_SQL}
+    FROM jobs
+   WHERE created_at < :cutoff AND +finished_at < :cutoff AND +state IN {_TERMINAL_SQL}
 """
 _PRUNE: Final = f"""
     DELETE FROM jobs WHERE rowid IN (
@@ -224,18 +231,112 @@ _ANY_RUNNABLE: Final = """
 """
 
 
-def _pick_index(conn: sqlite3.Connection, params: dict[str, Any]) -> str:
-    """For list(state=S, type=T): walk the smaller of T's and S's index ranges.
+def _pick_index(conn: sqlite3.Connection, params: dict[str, Any]) -> builtins.list[str]:
+    """For list(state=S, type=T): the WHERE terms that walk the smaller of T's and S's ranges.
 
     Either walk stops after ``limit`` matches, but for a rare type (or a rare state, such as
-    running) the other range can be most of the table. The counters say which is smaller.
+    running) the other range can be most of the table. The counters say which is smaller;
+    a unary + on the other column keeps its index out of the planner's choice (jobs_type or
+    jobs_state is then the only one left). Not INDEXED BY, which fails outright when the
+    index is missing.
     """
     by_type, by_state = conn.execute(
         "SELECT COALESCE(SUM(CASE WHEN type = :type THEN n END), 0), "
         "COALESCE(SUM(CASE WHEN state = :state THEN n END), 0) FROM job_counts",
         params,
     ).fetchone()
-    return "INDEXED BY jobs_type" if by_type <= by_state else "INDEXED BY jobs_state"
+    if by_type <= by_state:
+        return ["+state = :state", "type = :type"]
+    return ["state = :state", "+type = :type"]
+
+
+def _schema_objects(version: int) -> dict[str, str]:
+    """Every table, index and trigger of schema ``version`` (1 or 2), as name -> kind."""
+    statements = _SCHEMA if version < 2 else _SCHEMA + _SCHEMA_2
+    found = (_DDL_NAME.match(stmt) for stmt in statements)
+    return {m[2]: m[1].lower() for m in found if m}
+
+
+_DDL_NAME: Final = re.compile(r"\s*CREATE\s+(TABLE|INDEX|TRIGGER)\s+(\w+)", re.IGNORECASE)
+
+
+def _ddl(name: str) -> str:
+    """The CREATE statement of the schema object ``name``."""
+    for stmt in _SCHEMA + _SCHEMA_2:
+        m = _DDL_NAME.match(stmt)
+        if m and m[2] == name:
+            return stmt
+    raise KeyError(name)
+
+
+def _missing_objects(conn: sqlite3.Connection, version: int) -> dict[str, str]:
+    """The tables, indexes and triggers of schema ``version`` that the file lacks."""
+    present = {
+        (kind, name)
+        for kind, name in conn.execute(
+            "SELECT type, name FROM sqlite_master WHERE type IN ('table', 'index', 'trigger')"
+        )
+    }
+    return {
+        name: kind for name, kind in _schema_objects(version).items() if (kind, name) not in present
+    }
+
+
+def _schema_problems(conn: sqlite3.Connection, version: int) -> builtins.list[str]:
+    """A missing table or index, one problem each (missing triggers are counter problems)."""
+    fix = " (`homeops jobs check --repair` creates it again)"
+    return [
+        f"{SCHEMA_PROBLEM} {kind} {name} is missing{fix}"
+        for name, kind in _missing_objects(conn, version).items()
+        if kind != "trigger"
+    ]
+
+
+def _unknown_state(job_id: str, state: object) -> StoreCorrupt:
+    return StoreCorrupt(
+        f"job {job_id} has state {state!r}, which this homeops does not know "
+        "(a newer version's store?)"
+    )
+
+
+def _state_problems(
+    conn: sqlite3.Connection, max_errors: int, *, jobs: bool = True
+) -> builtins.list[str]:
+    """Rows (and counters) in a state this version does not know; at most ``max_errors``.
+
+    ``jobs`` False: the jobs table is missing (and so is job_counts, or it is not trusted).
+    """
+    if not jobs:
+        return []
+    known = sorted(_KNOWN_STATES)
+    marks = ", ".join("?" * len(known))
+    counters = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'job_counts'"
+    ).fetchone()
+    problems = [
+        str(_unknown_state(job_id, state))
+        for job_id, state in conn.execute(
+            f"SELECT id, state FROM jobs WHERE state NOT IN ({marks}) ORDER BY id LIMIT ?",
+            (*known, max_errors),
+        )
+    ]
+    if counters is None:  # schema 1, or lost (a schema problem of its own)
+        return problems[:max_errors]
+    # A counter in an unknown state is a recount's business only when no row has that state.
+    fix = " (`homeops jobs check --repair` recounts them)"
+    problems += [
+        f"{'' if held else COUNTER_PROBLEM + ' '}job_counts counts {n} job(s) of type "
+        f"{job_type} in state {state!r}, which this homeops does not know"
+        + (" (a newer version's store?)" if held else fix)
+        for job_type, state, n, held in conn.execute(
+            "SELECT type, state, n, EXISTS (SELECT 1 FROM jobs j "
+            "WHERE j.type = c.type AND j.state = c.state) "
+            f"FROM job_counts c WHERE state NOT IN ({marks}) AND n != 0 "
+            "ORDER BY type, state LIMIT ?",
+            (*known, max_errors),
+        )
+    ]
+    return problems[:max_errors]
 
 
 def _counter_problems(conn: sqlite3.Connection) -> builtins.list[str]:
@@ -268,13 +369,21 @@ def _json_column(r: Sequence[Any], index: int, column: str) -> Any:  # noqa: ANN
         ) from exc
 
 
+def _job_state(r: Sequence[Any]) -> JobState:
+    """The row's state; one this version does not know is StoreCorrupt naming job and value."""
+    try:
+        return JobState(r[4])
+    except ValueError:
+        raise _unknown_state(r[0], r[4]) from None
+
+
 def _row_to_job(r: Sequence[Any]) -> Job:
     return Job(
         id=r[0],
         type=r[1],
         payload=_json_column(r, 2, "payload"),
         trace_id=r[3],
-        state=JobState(r[4]),
+        state=_job_state(r),
         attempts=r[5],
         max_attempts=r[6],
         idempotency_key=r[7],
@@ -317,6 +426,11 @@ def _store_error(path: Path, exc: sqlite3.Error) -> OperationalError:
         return StoreCorrupt(
             f"jobs database {path}: {exc} (the file is damaged; `homeops jobs check` "
             "lists the problems)"
+        )
+    if str(exc).startswith(("no such table", "no such index")):
+        return OperationalError(
+            f"jobs database {path}: {exc} (`homeops jobs check` lists what is missing, "
+            "`--repair` creates it again)"
         )
     return OperationalError(f"jobs database {path}: {exc}")
 
@@ -449,8 +563,12 @@ class SqliteJobQueue:
             shared = self._share(_key(st, False))
             if shared is not None:
                 return shared
-            if stat.S_IMODE(st.st_mode) != 0o600:
-                os.chmod(self.path, 0o600)
+            # Only ever tighten: drop group and other bits, never add one. Making a store the
+            # owner made read-only (0400) writable again, before knowing whether the write
+            # could even succeed, turned a refused prune into a loosened file.
+            mode = stat.S_IMODE(st.st_mode)
+            if mode & 0o077:
+                os.chmod(self.path, mode & ~0o077)
         except OSError as exc:
             raise self._os_error(exc) from exc
         conn = self._connect(str(self.path), uri=False)
@@ -557,7 +675,8 @@ class SqliteJobQueue:
                     shared.busy_ms = self._busy_ms
                 yield shared.conn
             except sqlite3.Error as exc:
-                raise _store_error(self.path, exc) from exc
+                readonly = None if self.readonly else self._readonly_error(exc)
+                raise readonly or _store_error(self.path, exc) from exc
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -606,7 +725,37 @@ class SqliteJobQueue:
                     conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
-            raise _store_error(self.path, exc) from exc
+            raise self._readonly_error(exc) or _store_error(self.path, exc) from exc
+
+    def _readonly_error(self, exc: sqlite3.Error) -> OperationalError | None:
+        """A clear one line when a writable open fails because file or directory is read-only.
+
+        SQLite's own words ("attempt to write a readonly database", "unable to open database
+        file" for a -wal it may not create) do not say which.
+        """
+        code = getattr(exc, "sqlite_errorcode", None)
+        if not (isinstance(code, int) and code & 0xFF in _NO_SHM_CODES):
+            return None
+        directory = self.path.parent
+        effective = os.access in os.supports_effective_ids
+        # SQLite creates -wal and -shm with the database's mode at the time: a -wal made
+        # while the file was 0400 stays read-only after the file is made writable again.
+        sidecars = [self.path.with_name(self.path.name + end) for end in ("-wal", "-shm")]
+        unwritable = [
+            p
+            for p in (self.path, *sidecars)
+            if os.path.lexists(p) and not os.access(p, os.W_OK, effective_ids=effective)
+        ]
+        if unwritable:
+            what = "not writable: " + ", ".join(p.name for p in unwritable)
+        elif not os.access(directory, os.W_OK | os.X_OK, effective_ids=effective):
+            what = f"its directory {directory} is not writable"
+        else:
+            return None
+        return OperationalError(
+            f"job store {self.path} is read-only: {what}; `homeops jobs list` and "
+            "`jobs status` can still read it"
+        )
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -631,7 +780,11 @@ class SqliteJobQueue:
                     duration_ms=round((time.monotonic() - started) * 1000, 1),
                 )
         # Earlier versions could hand a job back as queued with its cancel request still set;
-        # claims skip such rows, so finish them here, where every writer passes once.
+        # claims skip such rows, so finish them here, where every writer passes once. (A
+        # store that lost a table is left for `jobs check --repair` to restore: the triggers
+        # make every UPDATE of jobs need job_counts.)
+        if {"jobs", "job_counts"} & _missing_objects(conn, SCHEMA_VERSION).keys():
+            return
         now = self._clock()
         conn.execute(
             "UPDATE jobs SET state = 'cancelled', finished_at = ?, updated_at = ?, "
@@ -675,39 +828,63 @@ class SqliteJobQueue:
         reports that as its one problem.
         """
         pragma = "quick_check" if quick else "integrity_check"
+        limit = int(max_errors)
         with self._reading() as conn:
             if conn is None:
                 return []
             try:
-                rows = conn.execute(f"PRAGMA {pragma}({int(max_errors)})").fetchall()
+                rows = conn.execute(f"PRAGMA {pragma}({limit})").fetchall()
             except sqlite3.DatabaseError as exc:
                 code = getattr(exc, "sqlite_errorcode", None)
                 if isinstance(code, int) and code & 0xFF in _CORRUPT_CODES:
                     return [str(exc)]
                 raise
-        problems = [str(r[0]) for r in rows]
-        if problems != ["ok"]:
-            return problems
-        # The counters are checked only once the pages are known good, and only by the full
-        # check: it is one more pass over the jobs_type index, and doctor's quick check is
-        # meant to stay the cheaper one.
-        return [] if quick else self.counter_problems()
+            problems = [str(r[0]) for r in rows]
+            if problems != ["ok"]:
+                return problems
+            # Pages are good: now what SQLite cannot know. A missing table or index (a few
+            # rows of sqlite_master, so the quick check looks too); then, in the full check
+            # only, the counters (one more pass over the jobs_type index; doctor's quick check
+            # is meant to stay the cheaper one) and states this version does not know.
+            problems = _schema_problems(conn, self._version())
+            if quick:
+                return problems
+            problems += self._counter_problems(conn)
+            missing = _missing_objects(conn, self._version())
+            problems += _state_problems(conn, limit, jobs="jobs" not in missing)
+        return problems[:limit]
+
+    def _counter_problems(self, conn: sqlite3.Connection) -> builtins.list[str]:
+        if self._version() < 2:
+            return []
+        missing = _missing_objects(conn, 2)
+        if "job_counts" in missing or "jobs" in missing:
+            # Reported as a schema problem already; the repair creates it and counts.
+            return [f"{COUNTER_PROBLEM} trigger {n} is missing" for n in _TRIGGERS if n in missing]
+        return _counter_problems(conn)
 
     def counter_problems(self) -> builtins.list[str]:
         """Where ``job_counts`` disagrees with the rows (or lost a trigger); [] if exact."""
         with self._reading() as conn:
-            if conn is None or self._version() < 2:
+            if conn is None:
                 return []
-            return _counter_problems(conn)
+            return self._counter_problems(conn)
 
     def repair_counters(self) -> builtins.list[str]:
-        """Recount ``job_counts`` from the rows and restore lost triggers; returns what was wrong.
+        """Restore lost tables, indexes and triggers and recount ``job_counts``; returns what
+        was wrong ([] if nothing).
 
         One write transaction: no reader sees the counters half rebuilt, and no change to a
-        job slips between the recount and the triggers.
+        job slips between the recount and the triggers. A restored ``jobs`` table is empty:
+        the rows it held are gone, and only a backup brings them back.
         """
         with self._write() as conn:
-            problems = _counter_problems(conn)
+            problems = _schema_problems(conn, SCHEMA_VERSION) + self._counter_problems(conn)
+            missing = _missing_objects(conn, SCHEMA_VERSION)
+            # Tables before the indexes and triggers on them (the DDL is in that order).
+            for name in _schema_objects(SCHEMA_VERSION):
+                if name in missing and missing[name] != "trigger":
+                    conn.execute(_ddl(name))
             if problems:
                 conn.execute("DELETE FROM job_counts")
                 conn.execute(_REFILL_COUNTS)
@@ -716,7 +893,10 @@ class SqliteJobQueue:
                     conn.execute(ddl)
         if problems:
             _log.warn(
-                "repair", "job counters recounted", path=str(self.path), problems=len(problems)
+                "repair",
+                "job store schema restored and counters recounted",
+                path=str(self.path),
+                problems=len(problems),
             )
         return problems
 
@@ -1120,15 +1300,15 @@ class SqliteJobQueue:
         if type is not None:
             where.append("type = :type")
             params["type"] = validate_job_type(type)
-        sql = f"SELECT {_COLUMNS} FROM jobs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at DESC, id DESC LIMIT :limit"
         with self._reading() as conn:
             if conn is None:
                 return []
             if type is not None and state is not None and self._version() >= 2:
-                sql = sql.replace(" FROM jobs ", f" FROM jobs {_pick_index(conn, params)} ", 1)
+                where = _pick_index(conn, params)
+            sql = f"SELECT {_COLUMNS} FROM jobs"
+            if where:
+                sql += " WHERE " + " AND ".join(where)
+            sql += " ORDER BY created_at DESC, id DESC LIMIT :limit"
             rows = conn.execute(sql, params).fetchall()
         return [_row_to_job(r) for r in rows]
 
@@ -1138,21 +1318,33 @@ class SqliteJobQueue:
         # Schema 1 (read-only, not migrated yet) has no counters: group the rows themselves.
         source = "jobs" if self._version() < 2 else "job_counts"
         total = "COUNT(*)" if source == "jobs" else "SUM(n)"
-        with self._reading() as conn:
-            rows = (
-                []
-                if conn is None
-                else conn.execute(
-                    f"SELECT state, {total} FROM {source} WHERE "
-                    "(:types IS NULL OR type IN (SELECT value FROM json_each(:types))) "
-                    "GROUP BY state",
-                    {"types": types_json},
-                ).fetchall()
-            )
         out = dict.fromkeys(JobState, 0)
-        for state, n in rows:
-            out[JobState(state)] = n
+        with self._reading() as conn:
+            if conn is None:
+                return out
+            rows = conn.execute(
+                f"SELECT state, {total} FROM {source} WHERE "
+                "(:types IS NULL OR type IN (SELECT value FROM json_each(:types))) "
+                "GROUP BY state",
+                {"types": types_json},
+            ).fetchall()
+            for state, n in rows:
+                if state in _KNOWN_STATES:
+                    out[JobState(state)] = n
+                elif n:  # a counter left at 0 (its jobs pruned) is nothing to count
+                    raise self._unknown_counted(conn, state, n)
         return out
+
+    def _unknown_counted(self, conn: sqlite3.Connection, state: object, n: int) -> StoreCorrupt:
+        """StoreCorrupt for ``n`` jobs counted in an unknown ``state``, naming one of them."""
+        row = conn.execute("SELECT id FROM jobs WHERE state = ? LIMIT 1", (state,)).fetchone()
+        if row is not None:
+            return _unknown_state(row[0], state)
+        return StoreCorrupt(
+            f"jobs database {self.path}: job_counts counts {n} job(s) in state {state!r}, "
+            "which this homeops does not know, and no job has it (`homeops jobs check "
+            "--repair` recounts them)"
+        )
 
     def prune(
         self, *, older_than_s: float, dry_run: bool = False, batch_size: int = PRUNE_BATCH
@@ -1218,8 +1410,11 @@ class StoreCheck:
 
     @property
     def repairable(self) -> bool:
-        """True when every problem is a job counter that :func:`repair_store` can recount."""
-        return bool(self.problems) and all(p.startswith(COUNTER_PROBLEM) for p in self.problems)
+        """True when :func:`repair_store` can fix every problem: job counters to recount, and
+        tables, indexes or triggers to create again."""
+        return bool(self.problems) and all(
+            p.startswith((COUNTER_PROBLEM, SCHEMA_PROBLEM)) for p in self.problems
+        )
 
 
 def check_store(path: Path, *, quick: bool = False, max_errors: int = 100) -> StoreCheck:
@@ -1241,7 +1436,8 @@ def check_store(path: Path, *, quick: bool = False, max_errors: int = 100) -> St
 
 
 def repair_store(path: Path) -> builtins.list[str]:
-    """Recount the job counters of the store at ``path``; returns what was wrong ([] if none).
+    """Restore missing tables, indexes and triggers of the store at ``path`` and recount its
+    job counters; returns what was wrong ([] if none).
 
     Opened for writing, so a schema 1 store is migrated (and counted) on the way.
     """
