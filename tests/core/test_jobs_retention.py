@@ -474,6 +474,38 @@ def test_prune_finished_jobs_follows_the_retention_setting(tmp_path: Path) -> No
     assert prune_finished_jobs(never, older_than_s=5 * DAY).removed == 2
 
 
+@pytest.mark.parametrize("value", ["1e308", "inf", "36501"])
+def test_retention_days_is_bounded_by_a_named_setting(
+    capsys, state_dir: Path, monkeypatch, value: str
+) -> None:
+    monkeypatch.setenv("HOMEOPS_JOBS_RETENTION_DAYS", value)
+    code, out, err = run_main(capsys, "jobs", "prune")
+    assert (code, out) == (2, "")
+    assert "jobs.retention_days" in err
+    assert "older_than_s" not in err
+
+
+def test_retention_seconds_stays_finite_for_unvalidated_settings(tmp_path: Path) -> None:
+    from homeops.core.jobs.retention import MAX_RETENTION_S, retention_seconds
+
+    settings = settings_for(tmp_path)
+    assert retention_seconds(settings) == 30 * DAY
+    assert retention_seconds(settings_for(tmp_path, HOMEOPS_JOBS_RETENTION_DAYS="36500")) == (
+        MAX_RETENTION_S
+    )
+    old_finished_jobs(settings.jobs_db, 2, age_days=40)
+    for days in (1e308, float("inf"), float("nan")):
+        # model_copy skips validation: what a settings object built in code could hold.
+        huge = settings.model_copy(
+            update={"jobs": settings.jobs.model_copy(update={"retention_days": days})}
+        )
+        assert retention_seconds(huge) == MAX_RETENTION_S
+        report = prune_finished_jobs(huge)
+        assert (report.removed, report.older_than_s) == (0, MAX_RETENTION_S)
+    assert prune_finished_jobs(settings, older_than_s=float("inf")).removed == 0
+    assert prune_finished_jobs(settings).removed == 2
+
+
 # -- the CLI ------------------------------------------------------------------------------
 
 

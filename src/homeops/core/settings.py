@@ -59,11 +59,14 @@ class JobsSettings(Section):
     max_attempts: int = Field(default=3, ge=1, le=100, description="Attempts per job")
     # None, not 0, is "never": 0 would read as "prune every finished job at once", which also
     # forgets every idempotency key (a repeated enqueue would run the work again).
+    # Bounded (a century): 1e308 days is inf seconds, which prune refused, so the sweep job
+    # failed for good over a setting; le also rejects inf itself.
     retention_days: float | None = Field(
         default=30.0,
         gt=0,
+        le=36500,
         description="jobs prune and the artifact sweep delete finished jobs older than this "
-        "(never or null keeps them forever)",
+        "(at most 36500; never or null keeps them forever)",
     )
 
     @field_validator("retention_days", mode="before")

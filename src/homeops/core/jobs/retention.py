@@ -7,6 +7,7 @@ included: enqueueing the same key again afterwards queues new work.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -15,6 +16,11 @@ if TYPE_CHECKING:
     from homeops.core.settings import CoreSettings
 
 DAY_S: Final = 86_400.0
+# The longest retention there is (jobs.retention_days allows no more): a century. Longer ages
+# prune the same nothing, and one that overflows to inf seconds made every prune (and so the
+# core.artifacts-sweep job, for good) fail instead.
+MAX_RETENTION_DAYS: Final = 36_500
+MAX_RETENTION_S: Final = MAX_RETENTION_DAYS * DAY_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,9 +42,23 @@ class PruneReport:
 
 
 def retention_seconds(settings: CoreSettings) -> float | None:
-    """``jobs.retention_days`` in seconds; None when finished jobs are kept forever."""
+    """``jobs.retention_days`` in seconds, at most a century; None when kept forever.
+
+    Always a finite number > 0 (or None), even for settings that skipped validation: a value
+    beyond the bound (or inf, or NaN) keeps jobs for the longest retention there is, which is
+    what it asked for, rather than failing every prune.
+    """
     days = settings.jobs.retention_days
-    return None if days is None else days * DAY_S
+    if days is None:
+        return None
+    return _bounded(days * DAY_S)
+
+
+def _bounded(seconds: float) -> float:
+    """``seconds`` capped at :data:`MAX_RETENTION_S`; inf and NaN become the cap."""
+    if math.isnan(seconds) or seconds > MAX_RETENTION_S:
+        return MAX_RETENTION_S
+    return seconds
 
 
 def prune_finished_jobs(
@@ -52,6 +72,10 @@ def prune_finished_jobs(
     """
     from homeops.core.jobs.store import open_store
 
+    # An explicit age over a century (`--older-than 1e308d`) prunes what a century prunes;
+    # NaN, zero and negatives still reach the store's own check and are refused there.
+    if older_than_s is not None and older_than_s > MAX_RETENTION_S:
+        older_than_s = MAX_RETENTION_S
     age = retention_seconds(settings) if older_than_s is None else older_than_s
     if age is None:
         return PruneReport(removed=0, dry_run=dry_run, older_than_s=None)
