@@ -281,6 +281,29 @@ def test_oversized_stdin_payload_is_refused(capsys, state_dir, monkeypatch):
     assert "larger than" in err
 
 
+def test_stdin_payload_with_stdin_closed_is_one_line(capsys, state_dir, monkeypatch):
+    # `homeops jobs enqueue T --payload - <&-`: Python starts with sys.stdin None.
+    monkeypatch.setattr(sys, "stdin", None)
+    code, out, err = run_main(capsys, "jobs", "enqueue", SWEEP, "--payload", "-")
+    assert (code, out) == (2, "")
+    assert err.strip().splitlines() == ["error: --payload -: stdin is closed"]
+    assert not db_of(state_dir).exists()
+
+
+def test_stdin_payload_closed_in_a_real_process(state_dir):
+    # The shell's `<&-`: descriptor 0 closed before homeops starts.
+    result = subprocess.run(
+        ["/bin/sh", "-c", 'exec "$0" jobs enqueue "$1" --payload - <&-', HOMEOPS, SWEEP],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HOMEOPS_STATE_DIR": str(state_dir)},
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == "error: --payload -: stdin is closed"
+
+
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
