@@ -164,11 +164,10 @@ def _payload_bytes(value: str) -> bytes | str:
 
     if value == "-":
         # Python sets sys.stdin to None when descriptor 0 is closed (`<&-`).
-        stream = getattr(sys.stdin, "buffer", None)
-        if stream is None:
+        if sys.stdin is None:
             raise UsageError("--payload -: stdin is closed")
         try:
-            data = stream.read(MAX_PAYLOAD_BYTES + 1)
+            data = sys.stdin.buffer.read(MAX_PAYLOAD_BYTES + 1)
         except OSError as exc:
             raise UsageError(f"--payload -: cannot read stdin: {exc.strerror or exc}") from None
         if len(data) > MAX_PAYLOAD_BYTES:
