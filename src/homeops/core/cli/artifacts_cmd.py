@@ -74,15 +74,37 @@ def sweep(
     retention_days: float = typer.Option(
         None, "--retention-days", metavar="DAYS", min=0, help="Default: artifacts.retention_days."
     ),
+    prune_jobs: bool = typer.Option(
+        True,
+        "--prune-jobs/--no-prune-jobs",
+        help="Also prune finished jobs past jobs.retention_days (as the sweep job does).",
+    ),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Delete job artifact directories older than the retention period (unfinished jobs kept)."""
+    """Delete job artifact dirs past retention (unfinished jobs' kept), then finished jobs."""
     from homeops.core.housekeeping import sweep_artifacts
 
     settings = load_core(ctx).settings
     days = settings.artifacts.retention_days if retention_days is None else retention_days
     removed = sweep_artifacts(settings.artifacts_root, settings.jobs_db, days)
+    # The same two halves, in the same order, as the core.artifacts-sweep job.
+    pruned = None
+    if prune_jobs:
+        from homeops.core.jobs.retention import prune_finished_jobs
+
+        pruned = prune_finished_jobs(settings)
     if as_json:
-        print_json({"removed": removed})
-    else:
-        print_text(f"removed {len(removed)} job artifact dir(s)")
+        print_json(
+            {"removed": removed, "jobs_pruned": None if pruned is None else pruned.to_dict()}
+        )
+        return
+    lines = [f"removed {len(removed)} job artifact dir(s)"]
+    if pruned is not None:
+        from homeops.core.durations import format_duration
+
+        if pruned.older_than_s is None:
+            lines.append("retention is off (jobs.retention_days: never); no jobs pruned")
+        else:
+            since = format_duration(pruned.older_than_s)
+            lines.append(f"pruned {pruned.removed} finished job(s) older than {since}")
+    print_text("\n".join(lines))
