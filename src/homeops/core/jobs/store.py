@@ -44,7 +44,8 @@ def check_store_at(path: Path, *, quick: bool = False, max_errors: int = 100) ->
 
 
 def repair_store_at(path: Path) -> list[str]:
-    """Recount the embedded store's job counters from its rows; returns what was wrong."""
+    """Restore the embedded store's missing tables, indexes and triggers and recount its job
+    counters from its rows; returns what was wrong."""
     from homeops.core.jobs.sqlite import repair_store
 
     return repair_store(path)
