@@ -60,7 +60,7 @@ def test_sweep_with_empty_root_deletes_nothing(capsys, state_dir, tmp_path, monk
     make_job(cwd, "oldjob")
     code, out, err = run_main(capsys, "artifacts", "sweep", "--retention-days", "0", "--json")
     assert code == 0, err
-    assert json.loads(out) == {"removed": ["oldjob"]}
+    assert json.loads(out)["removed"] == ["oldjob"]
     assert sorted(p.name for p in cwd.iterdir()) == ["docs", "photos", "src"]
 
 

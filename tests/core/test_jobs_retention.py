@@ -580,7 +580,7 @@ def test_jobs_check_reports_and_repairs_counters(capsys, state_dir: Path) -> Non
     raw.close()
     code, out, _ = run_main(capsys, "jobs", "check")
     assert code == 1
-    assert out.splitlines()[0] == f"counters off: {path}"
+    assert out.splitlines()[0] == f"repairable (jobs check --repair): {path}"
     assert "t.a queued counted 9, the table holds 1" in out
     code, out, _ = run_main(capsys, "jobs", "check", "--repair", "--json")
     assert code == 0

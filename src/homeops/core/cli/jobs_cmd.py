@@ -317,7 +317,7 @@ def check(
         print_text(f"ok: {path}" + (f" (repaired {len(repaired)})" if repaired else ""))
     else:
         shown = found.problems[:_CHECK_SHOWN]
-        verdict = "counters off" if found.repairable else "corrupt"
+        verdict = "repairable (jobs check --repair)" if found.repairable else "corrupt"
         lines = [f"{verdict}: {path}", *(f"  {p}" for p in shown)]
         if len(found.problems) > len(shown):
             more = len(found.problems) - len(shown)
