@@ -108,10 +108,14 @@ def main() -> None:
         }
         print(f"{name}: {results[name]['median_ms']} ms", file=sys.stderr)
     base = results["python -c pass"]["median_ms"]
+    top = results.get("homeops --help", {}).get("median_ms")
     for name, (_, target) in cases.items():
         if target is None:
             continue
         results[name]["ratio_to_python"] = round(results[name]["median_ms"] / base, 2)
+        if top:
+            # Robust to a slow or busy machine: what a subcommand costs beyond the app itself.
+            results[name]["ratio_to_help"] = round(results[name]["median_ms"] / top, 2)
         results[name]["target_ms"] = target
         results[name]["pass"] = results[name]["median_ms"] <= target
     record = {
@@ -136,16 +140,17 @@ def main() -> None:
         f"Targets: median <= {TARGET_TOP_MS:g} ms for `--help` and `version` (issue 2), "
         f"<= {TARGET_SUB_MS:g} ms for every subcommand's `--help` and `jobs list` (issue 6).",
         "",
-        "| command | median ms | p90 ms | min ms | x python | target ms | met |",
-        "|---|---|---|---|---|---|---|",
+        "| command | median ms | p90 ms | min ms | x python | x `--help` | target ms | met |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         ratio = r.get("ratio_to_python", 1.0)
         ok = {True: "yes", False: "NO"}.get(r.get("pass"), "-")  # type: ignore[arg-type]
         target = r.get("target_ms", "-")
+        to_help = r.get("ratio_to_help", "-")
         lines.append(
             f"| `{name}` | {r['median_ms']} | {r['p90_ms']} | {r['min_ms']} | {ratio} "
-            f"| {target} | {ok} |"
+            f"| {to_help} | {target} | {ok} |"
         )
     (out / "cold_start.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
