@@ -46,6 +46,7 @@ from pydantic import (
 from homeops.core.durations import format_duration, parse_duration
 from homeops.core.errors import ConfigError
 from homeops.core.logging import get_logger, register_secret
+from homeops.core.paths import expand_path
 
 _log = get_logger("core.config")
 
@@ -157,31 +158,6 @@ def _is_structured(annotation: Any) -> bool:  # noqa: ANN401
 
 def _is_path(annotation: Any) -> bool:  # noqa: ANN401
     return any(isinstance(a, type) and issubclass(a, PurePath) for a in _union_args(annotation))
-
-
-def expand_path(text: str, environ: Mapping[str, str]) -> str:
-    """``text`` with a leading ``~`` or ``~/`` replaced by ``$HOME``; ValueError if unusable.
-
-    An empty path would silently mean the current directory (an artifact root of "" once
-    let a sweep delete photos/ and src/ there), so it is refused. ``~user`` is refused rather
-    than looked up: nothing else in a settings file depends on the passwd database.
-    """
-    if not text.strip():
-        raise ValueError("empty path (leave the setting out to use the default)")
-    if text != "~" and not text.startswith("~/"):
-        if text.startswith("~"):
-            raise ValueError(f"{text!r}: only ~ and ~/... are expanded, not ~user")
-        return text
-    home = environ.get("HOME")
-    if not home:
-        try:
-            home = str(Path.home())
-        except RuntimeError:
-            raise ValueError(f"{text!r}: cannot expand ~: no home directory") from None
-    if not os.path.isabs(home):
-        raise ValueError(f"{text!r}: cannot expand ~: HOME={home!r} is not absolute")
-    # Joined, not concatenated: HOME=/ must give /x, not //x.
-    return os.path.join(home, text[2:]) if text != "~" else home
 
 
 @functools.cache

@@ -2,36 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from homeops.core.config import Duration, PositiveDuration, Section, SettingsSpec, expand_path
-
-
-def default_state_dir(environ: Mapping[str, str]) -> Path:
-    """``$HOMEOPS_STATE_DIR``, else ``$XDG_STATE_HOME/homeops``, else ``~/.local/state/homeops``.
-
-    A leading ``~`` in ``$HOMEOPS_STATE_DIR`` is expanded (a literal ``./~`` directory is never
-    what was meant).
-    """
-    explicit = environ.get("HOMEOPS_STATE_DIR")
-    if explicit:
-        try:
-            return Path(expand_path(explicit, environ))
-        except ValueError:
-            # load_settings reads the same variable as the state_dir field and reports it
-            # as a ConfigError naming the variable; a default must not raise first.
-            return Path(explicit)
-    xdg = environ.get("XDG_STATE_HOME")
-    if xdg and os.path.isabs(xdg):
-        return Path(xdg) / "homeops"
-    home = environ.get("HOME") or str(Path.home())
-    return Path(home) / ".local" / "state" / "homeops"
-
+from homeops.core.config import Duration, PositiveDuration, Section, SettingsSpec
+from homeops.core.paths import default_state_dir
 
 MIN_LEASE_S = 1.0
 

@@ -132,6 +132,33 @@ def load_config(ctx: typer.Context) -> ConfigSet:
     return config
 
 
+def defaults_only_store(ctx: typer.Context) -> Path | None:
+    """The job store's path when only built-in defaults can decide it; else None.
+
+    `jobs list` and `jobs status` are typed all day; loading the settings models costs
+    pydantic's import (~70 ms). With no config file (``--config``, ``$HOMEOPS_CONFIG``), no
+    seed tool and no ``HOMEOPS_*`` variable but the state dir, every setting is its default
+    and the store is ``<state_dir>/jobs.sqlite3``, worked out here from the same function
+    the settings use (core/paths.py). Anything else returns None: the caller loads the
+    settings, which validates and reports, and warns about stray variables.
+    """
+    from homeops.core.paths import default_state_dir, expand_path
+
+    opts = options(ctx)
+    environ = os.environ
+    if opts.config is not None or opts.seed is not None or CONFIG_META in ctx.meta:
+        return None
+    if any(name.startswith("HOMEOPS_") and name != "HOMEOPS_STATE_DIR" for name in environ):
+        return None
+    explicit = environ.get("HOMEOPS_STATE_DIR")
+    if explicit:
+        try:
+            expand_path(explicit, environ)
+        except ValueError:
+            return None  # the settings path reports it, naming the variable
+    return default_state_dir(environ) / "jobs.sqlite3"
+
+
 def load_core(ctx: typer.Context) -> Loaded[CoreSettings]:
     """The core's settings with their sources (see :func:`load_config`)."""
     return load_config(ctx).core

@@ -15,6 +15,7 @@ import typer
 
 from homeops.core.cli.common import (
     JSON_HELP,
+    defaults_only_store,
     duration_flag,
     load_core,
     print_json,
@@ -47,11 +48,16 @@ def _queue(
 ) -> Iterator[JobClient]:
     """The configured store, opened for one command; ``job_id`` is validated first."""
     from homeops.core.jobs.model import validate_job_id
-    from homeops.core.jobs.store import open_store
+    from homeops.core.jobs.store import open_store, open_store_at
 
     if job_id is not None:
         validate_job_id(job_id)
-    queue = open_store(load_core(ctx).settings, readonly=readonly)
+    # Readers skip the settings models when only defaults apply (see defaults_only_store).
+    fast = defaults_only_store(ctx) if readonly else None
+    if fast is not None:
+        queue: JobClient = open_store_at(fast, readonly=True)
+    else:
+        queue = open_store(load_core(ctx).settings, readonly=readonly)
     try:
         yield queue
     finally:
