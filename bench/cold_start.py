@@ -30,16 +30,21 @@ TARGET_TOP_MS = 120.0
 TARGET_SUB_MS = 100.0
 
 
-def measure(argv: list[str], runs: int, env: dict[str, str]) -> list[float]:
-    """Wall-clock milliseconds of each of ``runs`` runs of ``argv`` (after two warm-ups)."""
-    times = []
+def measure(cases: dict[str, list[str]], runs: int, env: dict[str, str]) -> dict[str, list[float]]:
+    """Wall-clock milliseconds of ``runs`` runs of each case (after two warm-up rounds).
+
+    Round-robin, one run of every case per round: a machine that speeds up or slows down
+    during the minutes this takes shifts every case alike instead of the last ones only.
+    """
+    times: dict[str, list[float]] = {name: [] for name in cases}
     for i in range(runs + 2):
-        start = time.perf_counter()
-        subprocess.run(
-            argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=True
-        )
-        if i >= 2:
-            times.append((time.perf_counter() - start) * 1000)
+        for name, argv in cases.items():
+            start = time.perf_counter()
+            subprocess.run(
+                argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=True
+            )
+            if i >= 2:
+                times[name].append((time.perf_counter() - start) * 1000)
     return times
 
 
@@ -99,8 +104,8 @@ def main() -> None:
             if k == "python -c pass" or any(o in k for o in args.only)
         }
     results: dict[str, dict[str, Any]] = {}
-    for name, (argv, _) in cases.items():
-        samples = measure(argv, args.runs, env)
+    measured = measure({name: argv for name, (argv, _) in cases.items()}, args.runs, env)
+    for name, samples in measured.items():
         results[name] = {
             "median_ms": round(statistics.median(samples), 1),
             "p90_ms": round(sorted(samples)[max(int(len(samples) * 0.9) - 1, 0)], 1),
