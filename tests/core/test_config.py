@@ -177,13 +177,13 @@ def test_unset_secret_shows_null():
         pytest.param(
             '{"ssh": 5}',
             {},
-            r"^config error: {path}: ssh: expected an object \(section\), got int$",
+            r"^config error: {path}: ssh: expected an object \(section\), got number$",
             id="section-not-object",
         ),
         pytest.param(
             "[1, 2]",
             {},
-            r"^config error: {path}: top level must be a JSON object, not list$",
+            r"^config error: {path}: top level must be a JSON object, not array$",
             id="top-level-list",
         ),
         pytest.param(

@@ -214,7 +214,7 @@ def test_section_for_an_unregistered_domain(capsys, tmp_path):
     [
         pytest.param({"windos": {}}, "windos", 'unknown key (did you mean "windows"?)', id="typo"),
         pytest.param(
-            {"windows": []}, "windows", "expected an object (section), got list", id="list"
+            {"windows": []}, "windows", "expected an object (section), got array", id="list"
         ),
         pytest.param(
             {"windows": {"ssh": {"port": 0}}},

@@ -44,7 +44,7 @@ from pydantic import (
 )
 
 from homeops.core.durations import format_duration, parse_duration
-from homeops.core.errors import ConfigError
+from homeops.core.errors import ConfigError, json_type_name
 from homeops.core.logging import get_logger, register_secret
 from homeops.core.paths import expand_path
 
@@ -320,7 +320,7 @@ def _read_json(path: Path) -> dict[str, Any]:
         # Duplicate keys, NaN/Infinity, integers past Python's digit limit.
         raise ConfigError(label, "", f"invalid JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise ConfigError(label, "", f"top level must be a JSON object, not {type(data).__name__}")
+        raise ConfigError(label, "", f"top level must be a JSON object, not {json_type_name(data)}")
     return data
 
 
@@ -343,7 +343,7 @@ def _check_file_keys(
             annotation = fields[key].annotation
             if _is_model(annotation):
                 if not isinstance(value, Mapping):
-                    kind = type(value).__name__
+                    kind = json_type_name(value)
                     raise ConfigError(label, here, f"expected an object (section), got {kind}")
                 sub = typing.cast(type[BaseModel], annotation)
                 out[key] = _check_file_keys(sub, value, label, environ, (*path, key))

@@ -95,3 +95,21 @@ class JobCancelled(HomeopsError):
     """A job was cancelled while running."""
 
     exit_code = ExitCode.FAILURE
+
+
+def json_type_name(value: object) -> str:
+    """The JSON name of a parsed value's type, for error messages read by people who wrote
+    JSON, not Python: null, boolean, number, string, array, object."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list | tuple):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__

@@ -30,7 +30,7 @@ from homeops.core.config import (
     load_settings,
     read_config_file,
 )
-from homeops.core.errors import ConfigError, UsageError
+from homeops.core.errors import ConfigError, UsageError, json_type_name
 from homeops.core.settings import CORE_SPEC, CoreSettings
 
 SpecFactory = Callable[[], SettingsSpec[Any]]
@@ -133,7 +133,7 @@ def _check_sections(data: Mapping[str, Any], label: str, domains: Sequence[str])
             )
         if key in domains:
             if not isinstance(value, Mapping):
-                kind = type(value).__name__
+                kind = json_type_name(value)
                 raise ConfigError(label, key, f"expected an object (section), got {kind}")
         elif key not in core and key in PLANNED_DOMAINS:
             known = ", ".join(domains) or "none"

@@ -199,7 +199,7 @@ def _parse_payload(value: str) -> dict[str, Any]:
     import json
 
     from homeops.core.config import loads_strict
-    from homeops.core.errors import UsageError
+    from homeops.core.errors import UsageError, json_type_name
 
     raw = _payload_bytes(value)
     where = "--payload" if raw is value else f"--payload {value}"
@@ -213,7 +213,7 @@ def _parse_payload(value: str) -> dict[str, Any]:
         reason = str(exc) or type(exc).__name__
         raise UsageError(f"{where}: not valid JSON: {reason}") from None
     if not isinstance(data, dict):
-        raise UsageError(f"{where}: must be a JSON object, not {type(data).__name__}")
+        raise UsageError(f"{where}: must be a JSON object, not {json_type_name(data)}")
     return data
 
 

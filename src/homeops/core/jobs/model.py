@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any, Final
 
-from homeops.core.errors import UsageError
+from homeops.core.errors import UsageError, json_type_name
 from homeops.core.logging import format_ts
 
 JOB_TYPE_RE: Final = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
@@ -128,7 +128,7 @@ def validate_job_type(value: str) -> str:
 def encode_payload(payload: object) -> str:
     """Payload as compact JSON; a non-dict or non-JSON value is a UsageError."""
     if not isinstance(payload, dict):
-        raise UsageError(f"job payload must be a JSON object, got {type(payload).__name__}")
+        raise UsageError(f"job payload must be a JSON object, got {json_type_name(payload)}")
     try:
         return json.dumps(payload, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
