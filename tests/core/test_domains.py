@@ -22,9 +22,15 @@ class WinSsh(Section):
     port: Port = Field(default=22555, description="VM sshd port")
 
 
+class WinArtifacts(Section):
+    out_dir: Path | None = Field(default=None, description="Artifact root (the core's)")
+    retention_days: float | None = Field(default=None, ge=0, description="Sweep age")
+
+
 class WinSettings(Section):
     ssh: WinSsh = Field(default_factory=WinSsh)
     token: SecretStr | None = Field(default=None, description="API token")
+    artifacts: WinArtifacts = Field(default_factory=WinArtifacts)
 
 
 class SvcRestic(Section):
@@ -93,6 +99,10 @@ WINDOWS = Domain(
     core_env={
         "artifacts.root": ("WIN_AUTOMATION_ARTIFACT_OUT",),
         "supervisor.failpoint": ("WIN_AUTOMATION_SUPERVISOR_FAILPOINT",),
+    },
+    core_keys={
+        "artifacts.out_dir": "artifacts.root",
+        "artifacts.retention_days": "artifacts.retention_days",
     },
 )
 SERVICES = Domain(
@@ -467,3 +477,37 @@ def test_main_picks_the_seed_tool_by_the_name_it_was_started_as(tmp_path, state_
     assert done.returncode == 0
     assert done.stdout.startswith("Usage: win-automation [OPTIONS] COMMAND")
     assert "\n  whoami " in done.stdout  # the domain's own command: the record was found
+
+
+# -- a seed file's own keys for core settings ------------------------------------------------
+
+
+def test_seed_file_sets_core_settings_under_its_own_keys(capsys, tmp_path, monkeypatch):
+    out_dir = tmp_path / "art"
+    f = write(tmp_path / "win.json", {"artifacts": {"out_dir": str(out_dir), "retention_days": 2}})
+    code, out, err = run(capsys, "win-automation", "config", "show", "--json", "--config", str(f))
+    assert (code, err) == (0, "")
+    shown = json.loads(out)["settings"]
+    assert shown["artifacts.root"] == {"value": str(out_dir), "source": f"file:{f}"}
+    assert shown["artifacts.retention_days"]["value"] == 2
+    assert shown["windows.artifacts.out_dir"]["value"] == str(out_dir)
+    # The environment still wins over the file, the seed's own name included.
+    monkeypatch.setenv("WIN_AUTOMATION_ARTIFACT_OUT", str(tmp_path / "env"))
+    code, out, _ = run(capsys, "win-automation", "config", "show", "--json", "--config", str(f))
+    assert settings_of(out)["artifacts.root"] == str(tmp_path / "env")
+
+
+def test_seed_file_core_keys_do_not_reach_homeops(capsys, tmp_path, monkeypatch, state_dir):
+    f = write(tmp_path / "win.json", {"artifacts": {"out_dir": str(tmp_path / "art")}})
+    monkeypatch.setenv("WIN_AUTOMATION_CONFIG", str(f))
+    code, out, _ = run(capsys, "homeops", "config", "show", "--json")
+    assert code == 0
+    assert settings_of(out)["artifacts.root"] == str(state_dir / "artifacts")
+    assert settings_of(out)["windows.artifacts.out_dir"] == str(tmp_path / "art")
+
+
+def test_bad_seed_core_key_is_reported_under_the_seeds_name(capsys, tmp_path):
+    f = write(tmp_path / "win.json", {"artifacts": {"retention_days": -1}})
+    code, _, err = run(capsys, "win-automation", "doctor", "--config", str(f))
+    assert code == 2
+    assert err.startswith(f"config error: {f}: artifacts.retention_days: ")

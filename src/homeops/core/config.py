@@ -416,6 +416,7 @@ def load_settings(
     section: tuple[str, ...] = (),
     extra_candidates: Sequence[str] = (),
     also_known_env: Collection[str] = (),
+    overlay: tuple[str, Mapping[str, Any]] | None = None,
 ) -> Loaded[M]:
     """Build the effective settings; any bad input raises :class:`ConfigError` (exit 2).
 
@@ -423,7 +424,9 @@ def load_settings(
     umbrella file is read once for every domain); ``section`` is where this spec's keys
     live in it (``("windows",)``), which also prefixes every error's dotted field.
     ``also_known_env`` are names under this spec's prefix that another spec reads, so
-    they are not reported as typos.
+    they are not reported as typos. ``overlay`` is (file label, data): values another file
+    gives for these settings (a seed tool's own file), above this file and below the
+    environment.
     """
     path = config_path if config_path is not None else env_path(environ, spec.config_env)
     data: dict[str, Any] = spec.dynamic_defaults(environ) if spec.dynamic_defaults else {}
@@ -445,6 +448,16 @@ def load_settings(
                 node = node.get(key, _MISSING) if isinstance(node, Mapping) else _MISSING
             if node is not _MISSING:
                 sources[leaf.dotted] = f"file:{file_label}"
+    if overlay is not None:
+        over_label, over_raw = overlay
+        over_data = _check_file_keys(spec.model, over_raw, over_label, environ)
+        data = _merge(data, over_data)
+        for leaf in _spec_leaves(spec):
+            node = over_data
+            for key in leaf.path:
+                node = node.get(key, _MISSING) if isinstance(node, Mapping) else _MISSING
+            if node is not _MISSING:
+                sources[leaf.dotted] = f"file:{over_label}"
     env_data: dict[str, Any] = {}
     known_env = {spec.config_env, *also_known_env}
     for leaf in _spec_leaves(spec):

@@ -67,7 +67,9 @@ class Domain:
     ``command`` is its group under ``homeops`` (default: ``name``); ``aliases`` are the seed
     tool names (console scripts) that run ``cli()`` as a program of its own; ``core_env``
     maps core settings to the seed's names for them (``{"metrics.path":
-    ("WIN_AUTOMATION_METRICS_PATH",)}``).
+    ("WIN_AUTOMATION_METRICS_PATH",)}``), and ``core_keys`` the seed file's keys to the core
+    settings they set (``{"artifacts.out_dir": "artifacts.root"}``); both count only in the
+    seed tool.
     """
 
     name: str
@@ -80,6 +82,7 @@ class Domain:
     remediations: RemediationFactory | None = None
     job_types: JobTypeFactory | None = None
     core_env: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    core_keys: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def group(self) -> str:
@@ -143,7 +146,7 @@ class Registry:
         from homeops.core.umbrella import DomainConfig
 
         return {
-            d.name: DomainConfig(d.settings, d.core_env)
+            d.name: DomainConfig(d.settings, d.core_env, d.core_keys)
             for d in self._records.values()
             if d.settings is not None
         }

@@ -47,6 +47,9 @@ class DomainConfig:
     spec: SpecFactory
     # Core dotted setting -> the seed tool's names for it (WIN_AUTOMATION_METRICS_PATH).
     core_env: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # The seed file's dotted key -> the core setting it sets ("artifacts.out_dir" ->
+    # "artifacts.root"): the seeds keep core settings in their own file, under their names.
+    core_keys: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -172,6 +175,10 @@ def load_config_set(
         umbrella = config_path
         if umbrella is None:
             umbrella = env_path(environ, CORE_SPEC.config_env)
+    overlay: tuple[str, dict[str, Any]] | None = None
+    preloaded: Loaded[Any] | None = None
+    if seed is not None and domains[seed].core_keys:
+        overlay, preloaded = _seed_core_values(domains[seed], environ, config_path)
     data: dict[str, Any] | None = None
     core_data: dict[str, Any] | None = None
     if umbrella is not None:
@@ -184,6 +191,7 @@ def load_config_set(
         config_path=umbrella,
         file_data=core_data,
         extra_candidates=list(domains),
+        overlay=overlay,
     )
     config = ConfigSet(
         environ=environ,
@@ -194,8 +202,42 @@ def load_config_set(
         seed=seed,
         seed_path=seed_path,
     )
+    if preloaded is not None and seed is not None:
+        config._cache[seed] = preloaded
     for name in domains:
         # Sections present are validated now; so is the seed tool's own file.
         if (data is not None and name in data) or name == seed:
             config.domain(name)
     return config
+
+
+def _seed_core_values(
+    dom: DomainConfig, environ: Mapping[str, str], config_path: Path | None
+) -> tuple[tuple[str, dict[str, Any]] | None, Loaded[Any] | None]:
+    """The core settings a seed tool's own file sets under its names, and that domain's
+    settings (validated first, so a bad value is reported under the seed's own key)."""
+    spec = dom.spec()
+    path = config_path if config_path is not None else env_path(environ, spec.config_env)
+    if path is None:
+        return None, None
+    raw = read_config_file(path)
+    others = {n for names in dom.core_env.values() for n in names}
+    loaded = load_settings(
+        spec, environ=environ, config_path=path, file_data=raw, also_known_env=others
+    )
+    values: dict[str, Any] = {}
+    for seed_key, core_key in dom.core_keys.items():
+        node: Any = raw
+        for part in seed_key.split("."):
+            node = node.get(part, _ABSENT) if isinstance(node, Mapping) else _ABSENT
+        if node is _ABSENT:
+            continue
+        target = values
+        *parents, leaf = core_key.split(".")
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[leaf] = node
+    return ((str(path), values) if values else None), loaded
+
+
+_ABSENT = object()
