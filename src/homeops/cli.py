@@ -23,6 +23,7 @@ from homeops import __version__
 if TYPE_CHECKING:
     import typer
 
+    from homeops.core.config import SettingsSpec
     from homeops.core.health import Check
     from homeops.core.jobs.types import JobType
     from homeops.core.registry import Domain, DomainContext, Registry
@@ -50,8 +51,15 @@ def _core_job_types(ctx: "DomainContext") -> "Sequence[JobType[Any]]":
     return core_job_types(ctx)
 
 
+def _windows_spec() -> "SettingsSpec[Any]":
+    from homeops.windows.settings import SPEC
+
+    return SPEC
+
+
 def domain_records() -> "list[Domain]":
     """Every domain of this build, in report order; the core registers like any domain."""
+    from homeops import windows
     from homeops.core.registry import Domain
 
     return [
@@ -60,6 +68,15 @@ def domain_records() -> "list[Domain]":
             "State dir, job store, artifacts, tools.",
             checks=_core_checks,
             job_types=_core_job_types,
+        ),
+        # Issue 7 in progress: settings so far; commands, checks and job types follow.
+        Domain(
+            "windows",
+            "Drive the Windows VM: commands over SSH, Aloha, Playwright.",
+            command="win",
+            settings=_windows_spec,
+            core_env=windows.CORE_ENV,
+            core_keys=windows.CORE_KEYS,
         ),
     ]
 

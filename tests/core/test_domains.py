@@ -121,7 +121,8 @@ def registry(monkeypatch, state_dir):
     real = cli.domain_records
 
     def records() -> list[Domain]:
-        return [*real(), WINDOWS, SERVICES]
+        # The real core, with these two in place of the build's own domains.
+        return [*(d for d in real() if d.name == "core"), WINDOWS, SERVICES]
 
     monkeypatch.setattr(cli, "domain_records", records)
     for name in ("WIN_AUTOMATION_CONFIG", "SVC_CONFIG", "HOMEOPS_CONFIG"):
@@ -465,7 +466,8 @@ def test_main_picks_the_seed_tool_by_the_name_it_was_started_as(tmp_path, state_
         "import homeops.cli as cli\n"
         "import tests.core.test_domains as t\n"
         "real = cli.domain_records\n"
-        "cli.domain_records = lambda: [*real(), t.WINDOWS, t.SERVICES]\n"
+        "core = [d for d in real() if d.name == 'core']\n"
+        "cli.domain_records = lambda: [*core, t.WINDOWS, t.SERVICES]\n"
         "sys.argv = ['/nix/store/x/bin/.win-automation-wrapped', '--help']\n"
         "cli.main()\n"
     )

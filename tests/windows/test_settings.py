@@ -1,0 +1,198 @@
+"""The windows domain's settings: the seed's names, defaults, env spellings and secrets, and
+the core settings its own file and names set in the seed tool."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from homeops.core.config import load_settings
+from homeops.core.errors import ConfigError
+from homeops.core.umbrella import DomainConfig, load_config_set
+from homeops.windows import CORE_ENV, CORE_KEYS
+from homeops.windows.settings import SPEC
+
+
+def load(environ=None, data=None, tmp_path=None):
+    path = None
+    if data is not None:
+        path = tmp_path / "win.json"
+        path.write_text(json.dumps(data))
+    return load_settings(SPEC, environ=environ or {}, config_path=path)
+
+
+@pytest.mark.parametrize(
+    ("dotted", "value"),
+    [
+        pytest.param("windows.ssh_host", "localhost", id="ssh-host"),
+        pytest.param("windows.ssh_port", 22555, id="ssh-port"),
+        pytest.param("windows.ssh_user", "administrator", id="ssh-user"),
+        pytest.param("aloha.server_url", "http://127.0.0.1:7887/", id="aloha-server"),
+        pytest.param("aloha.client_url", "http://127.0.0.1:7888", id="aloha-client"),
+        pytest.param("hatchet.http_url", "http://localhost:8888", id="hatchet-http"),
+        pytest.param("hatchet.grpc_address", "localhost:7077", id="hatchet-grpc"),
+        pytest.param("hatchet.health_url", "http://localhost:8733", id="hatchet-health"),
+        pytest.param("hatchet.worker_concurrency", 10, id="concurrency"),
+        pytest.param("hatchet.tls_strategy", "none", id="tls"),
+        pytest.param("playwright.host", "127.0.0.1", id="pw-host"),
+        pytest.param("playwright.port", 9323, id="pw-port"),
+    ],
+)
+def test_seed_defaults(dotted, value):
+    node: object = load().settings
+    for key in dotted.split("."):
+        node = getattr(node, key)
+    assert node == value
+
+
+@pytest.mark.parametrize(
+    ("variable", "dotted", "raw", "want"),
+    [
+        pytest.param("WIN_AUTOMATION_WINDOWS_SSH_HOST", "windows.ssh_host", "vm", "vm", id="host"),
+        pytest.param(
+            "WIN_AUTOMATION_WINDOWS_SSH_PORT", "windows.ssh_port", "2222", 2222, id="port"
+        ),
+        pytest.param("WIN_AUTOMATION_PLAYWRIGHT_PORT", "playwright.port", "9000", 9000, id="pw"),
+        pytest.param(
+            "WIN_AUTOMATION_ARTIFACT_OUT", "artifacts.out_dir", "/a", Path("/a"), id="out"
+        ),
+        pytest.param(
+            "WIN_AUTOMATION_ARTIFACT_RETENTION_DAYS",
+            "artifacts.retention_days",
+            "14",
+            14.0,
+            id="retention",
+        ),
+        pytest.param(
+            "WIN_AUTOMATION_METRICS_PATH", "worker.metrics_path", "/m.log", Path("/m.log"), id="m"
+        ),
+        pytest.param(
+            "WIN_AUTOMATION_SUPERVISOR_FAILPOINT",
+            "supervisor.failpoint",
+            "aloha_server",
+            "aloha_server",
+            id="failpoint",
+        ),
+        pytest.param(
+            "WIN_AUTOMATION_HATCHET_JOB_TIMEOUT", "hatchet.job_timeout", "1h", 3600.0, id="d"
+        ),
+    ],
+)
+def test_seed_environment_names(variable, dotted, raw, want):
+    loaded = load({variable: raw})
+    node: object = loaded.settings
+    for key in dotted.split("."):
+        node = getattr(node, key)
+    assert node == want
+    assert loaded.sources[dotted] == f"env:{variable}"
+
+
+@pytest.mark.parametrize(
+    ("variable", "dotted"),
+    [
+        pytest.param("WIN_AUTOMATION_HATCHET_TOKEN_FILE", "hatchet.token", id="token"),
+        pytest.param("WIN_AUTOMATION_PLAYWRIGHT_WS_PATH_FILE", "playwright.ws_path", id="ws-path"),
+    ],
+)
+def test_secrets_from_files(tmp_path, variable, dotted):
+    secret = tmp_path / "s"
+    secret.write_text("s3cr3t-value\n")
+    loaded = load({variable: str(secret)})
+    section, field = dotted.split(".")
+    assert getattr(getattr(loaded.settings, section), field).get_secret_value() == "s3cr3t-value"
+
+
+def test_secret_file_key_in_the_json_file(tmp_path):
+    secret = tmp_path / "tok"
+    secret.write_text("jwt")
+    loaded = load(data={"hatchet": {"token_file": str(secret)}}, tmp_path=tmp_path)
+    assert loaded.settings.hatchet.token.get_secret_value() == "jwt"
+
+
+@pytest.mark.parametrize(
+    ("data", "where"),
+    [
+        pytest.param({"windows": {"ssh_port": 0}}, "windows.ssh_port", id="port"),
+        pytest.param({"windows": {"ssh_host": ""}}, "windows.ssh_host", id="empty-host"),
+        pytest.param({"hatchet": {"tls_strategy": "ssl"}}, "hatchet.tls_strategy", id="tls"),
+        pytest.param({"hatchet": {"job_timeout": "0s"}}, "hatchet.job_timeout", id="timeout"),
+        pytest.param({"worker": {"metrics": "yes"}}, "worker.metrics", id="bool"),
+        pytest.param({"playwright": {"wspath": "x"}}, "playwright.wspath", id="typo"),
+    ],
+)
+def test_bad_values_name_the_field(tmp_path, data, where):
+    with pytest.raises(ConfigError) as info:
+        load(data=data, tmp_path=tmp_path)
+    assert info.value.field == where
+
+
+def _seed_config(tmp_path, data, environ=None):
+    path = tmp_path / "win.json"
+    path.write_text(json.dumps(data))
+    env = {"HOMEOPS_STATE_DIR": str(tmp_path / "state"), **(environ or {})}
+    domains = {"windows": DomainConfig(lambda: SPEC, CORE_ENV, CORE_KEYS)}
+    return load_config_set(domains, environ=env, config_path=path, seed="windows")
+
+
+def test_seed_file_sets_the_core_settings_it_names(tmp_path):
+    config = _seed_config(
+        tmp_path,
+        {
+            "artifacts": {"out_dir": str(tmp_path / "art"), "retention_days": 14},
+            "worker": {"metrics": True, "metrics_interval": "15s", "metrics_path": "/tmp/m"},
+            "supervisor": {"interval": "45s"},
+        },
+    )
+    core = config.core.settings
+    assert core.artifacts.root == tmp_path / "art"
+    assert core.artifacts.retention_days == 14
+    assert (core.metrics.enabled, core.metrics.interval) == (True, 15.0)
+    assert core.metrics.path == Path("/tmp/m")
+    assert core.supervisor.interval == 45.0
+    assert config.domain("windows").settings.artifacts.retention_days == 14
+
+
+def test_seed_env_names_set_core_settings_over_the_file(tmp_path):
+    config = _seed_config(
+        tmp_path,
+        {"artifacts": {"retention_days": 14}},
+        {"WIN_AUTOMATION_ARTIFACT_RETENTION_DAYS": "3", "WIN_AUTOMATION_METRICS_PATH": "/x/m"},
+    )
+    core = config.core
+    assert core.settings.artifacts.retention_days == 3
+    assert core.sources["artifacts.retention_days"] == "env:WIN_AUTOMATION_ARTIFACT_RETENTION_DAYS"
+    assert core.settings.metrics.path == Path("/x/m")
+
+
+def test_every_core_key_names_real_fields():
+    from homeops.core.settings import CoreSettings
+    from homeops.windows.settings import WindowsSettings
+
+    def has(model, dotted):
+        for key in dotted.split("."):
+            field = model.model_fields[key]
+            model = field.annotation
+        return True
+
+    for seed_key, core_key in CORE_KEYS.items():
+        assert has(WindowsSettings, seed_key), seed_key
+        assert has(CoreSettings, core_key), core_key
+    assert set(CORE_ENV) <= set(CORE_KEYS.values())
+
+
+def test_umbrella_section_and_config_show(capsys, tmp_path, state_dir):
+    from homeops.cli import run_console
+
+    f = tmp_path / "homelab.json"
+    f.write_text(json.dumps({"windows": {"windows": {"ssh_host": "127.0.0.1"}}}))
+    code = run_console("homeops", ["config", "show", "--json", "--config", str(f)])
+    out, err = capsys.readouterr()
+    assert (code, err) == (0, "")
+    shown = json.loads(out)["settings"]
+    assert shown["windows.windows.ssh_host"] == {"value": "127.0.0.1", "source": f"file:{f}"}
+    assert shown["windows.playwright.port"]["value"] == 9323
+    f.write_text(json.dumps({"windows": {"windows": {"ssh_port": 0}}}))
+    code = run_console("homeops", ["config", "show", "--config", str(f)])
+    _, err = capsys.readouterr()
+    assert code == 2
+    assert err.startswith(f"config error: {f}: windows.windows.ssh_port: ")
