@@ -196,3 +196,19 @@ def test_umbrella_section_and_config_show(capsys, tmp_path, state_dir):
     _, err = capsys.readouterr()
     assert code == 2
     assert err.startswith(f"config error: {f}: windows.windows.ssh_port: ")
+
+
+def test_vm_target_from_settings(tmp_path):
+    from homeops.core.ssh.model import HostKeyPolicy
+    from homeops.windows.target import vm_target
+
+    loaded = load(
+        {"WIN_AUTOMATION_WINDOWS_SSH_IDENTITY_FILE": str(tmp_path / "id")},
+        data={"windows": {"known_hosts": str(tmp_path / "kh"), "ssh_port": 2222}},
+        tmp_path=tmp_path,
+    )
+    target = vm_target(loaded.settings.windows)
+    assert target.destination == "administrator@localhost:2222"
+    assert (target.identity_file, target.known_hosts) == (tmp_path / "id", tmp_path / "kh")
+    assert target.host_key_policy is HostKeyPolicy.STRICT
+    assert target.remote_shell == "powershell"
