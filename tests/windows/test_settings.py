@@ -212,3 +212,16 @@ def test_vm_target_from_settings(tmp_path):
     assert (target.identity_file, target.known_hosts) == (tmp_path / "id", tmp_path / "kh")
     assert target.host_key_policy is HostKeyPolicy.STRICT
     assert target.remote_shell == "powershell"
+
+
+@pytest.mark.parametrize(
+    ("data", "where"),
+    [
+        pytest.param({"worker": {"metrics_interval": "0s"}}, "worker.metrics_interval", id="m"),
+        pytest.param({"supervisor": {"interval": "0s"}}, "supervisor.interval", id="sup"),
+    ],
+)
+def test_core_values_are_refused_under_the_seeds_key(tmp_path, data, where):
+    with pytest.raises(ConfigError) as info:
+        _seed_config(tmp_path, data)
+    assert info.value.field == where

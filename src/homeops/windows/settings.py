@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr
 
-from homeops.core.config import Duration, Port, PositiveDuration, Section, SettingsSpec, env_names
+from homeops.core.config import Port, PositiveDuration, Section, SettingsSpec, env_names
 
 
 class WindowsSection(Section):
@@ -105,7 +105,7 @@ class WorkerSection(Section):
     """The job worker's metrics (the core's metrics settings)."""
 
     metrics: bool | None = Field(default=None, description="Emit metric lines (metrics.enabled)")
-    metrics_interval: Duration | None = Field(
+    metrics_interval: PositiveDuration | None = Field(
         default=None, description="Emission interval (metrics.interval)"
     )
     metrics_path: Path | None = Field(
@@ -118,7 +118,7 @@ class WorkerSection(Section):
 class SupervisorSection(Section):
     """The self-repair loop (the core's supervisor settings)."""
 
-    interval: Duration | None = Field(default=None, description="Between passes")
+    interval: PositiveDuration | None = Field(default=None, description="Between passes")
     failpoint: str | None = Field(default=None, description="Force this check to fail")
 
 
