@@ -222,7 +222,20 @@ def leaves(spec: SettingsSpec[Any]) -> list[tuple[str, tuple[str, ...], bool]]:
     return [(leaf.dotted, leaf.env, is_secret(leaf.annotation)) for leaf in _spec_leaves(spec)]
 
 
-def _set(data: dict[str, Any], path: tuple[str, ...], value: object) -> None:
+MISSING: Any = object()
+"""What :func:`get_path` returns where nothing is (None is a value a file can hold)."""
+
+
+def get_path(data: object, path: Sequence[str]) -> Any:  # noqa: ANN401 - JSON data
+    """The value at ``path`` in nested mappings, or :data:`MISSING`."""
+    node = data
+    for key in path:
+        node = node.get(key, MISSING) if isinstance(node, Mapping) else MISSING
+    return node
+
+
+def set_path(data: dict[str, Any], path: Sequence[str], value: object) -> None:
+    """Set ``value`` at ``path`` in nested dicts, creating the missing levels."""
     node = data
     for key in path[:-1]:
         node = node.setdefault(key, {})
@@ -431,33 +444,23 @@ def load_settings(
     path = config_path if config_path is not None else env_path(environ, spec.config_env)
     data: dict[str, Any] = spec.dynamic_defaults(environ) if spec.dynamic_defaults else {}
     sources: dict[str, str] = {}
+
+    def file_layer(raw: object, label: str, where: tuple[str, ...] = ()) -> None:
+        nonlocal data
+        layer = raw if isinstance(raw, Mapping) else {}
+        checked = _check_file_keys(spec.model, layer, label, environ, where, extra_candidates)
+        data = _merge(data, checked)
+        for leaf in _spec_leaves(spec):
+            if get_path(checked, leaf.path) is not MISSING:
+                sources[leaf.dotted] = f"file:{label}"
+
     file_label = ""
     if path is not None:
         file_label = str(path)
-        node: Any = _read_json(path) if file_data is None else file_data
-        for key in section:
-            node = node.get(key) if isinstance(node, Mapping) else None
-        raw_data: Mapping[str, Any] = node if isinstance(node, Mapping) else {}
-        file_data = _check_file_keys(
-            spec.model, raw_data, file_label, environ, section, extra_candidates
-        )
-        data = _merge(data, file_data)
-        for leaf in _spec_leaves(spec):
-            node = file_data
-            for key in leaf.path:
-                node = node.get(key, _MISSING) if isinstance(node, Mapping) else _MISSING
-            if node is not _MISSING:
-                sources[leaf.dotted] = f"file:{file_label}"
+        whole = _read_json(path) if file_data is None else file_data
+        file_layer(get_path(whole, section), file_label, section)
     if overlay is not None:
-        over_label, over_raw = overlay
-        over_data = _check_file_keys(spec.model, over_raw, over_label, environ)
-        data = _merge(data, over_data)
-        for leaf in _spec_leaves(spec):
-            node = over_data
-            for key in leaf.path:
-                node = node.get(key, _MISSING) if isinstance(node, Mapping) else _MISSING
-            if node is not _MISSING:
-                sources[leaf.dotted] = f"file:{over_label}"
+        file_layer(overlay[1], overlay[0])
     env_data: dict[str, Any] = {}
     known_env = {spec.config_env, *also_known_env}
     for leaf in _spec_leaves(spec):
@@ -480,13 +483,13 @@ def load_settings(
                         raw = expand_path(environ[name], environ)
                     except ValueError as exc:
                         raise ConfigError(name, leaf.dotted, str(exc)) from None
-                _set(env_data, leaf.path, raw)
+                set_path(env_data, leaf.path, raw)
                 sources[leaf.dotted] = f"env:{name}"
                 break
             if secret and environ.get(name + "_FILE"):
                 file_var = name + "_FILE"
                 value = _read_secret_file(environ[file_var], file_var, leaf.dotted)
-                _set(env_data, leaf.path, value)
+                set_path(env_data, leaf.path, value)
                 sources[leaf.dotted] = f"env:{file_var}"
                 break
     warnings = _stray_env(environ, spec.env_prefix, known_env)
@@ -516,9 +519,6 @@ def load_settings(
             if isinstance(secret_value, SecretStr):
                 register_secret(secret_value.get_secret_value())
     return Loaded(settings, sources, path, tuple(warnings))
-
-
-_MISSING = object()
 
 
 def _get(obj: object, path: tuple[str, ...]) -> object:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 from homeops.core import process
 from homeops.core.errors import OperationalError, UsageError
 from homeops.core.logging import mask
+from homeops.core.output import CapturedOutput
 from homeops.core.ssh.shell import remote_command
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ class CommandFailed(OperationalError):
 
 
 @dataclass(frozen=True)
-class CommandResult:
+class CommandResult(CapturedOutput):
     """A finished command, local or remote.
 
     ``argv`` is what the caller asked to run (for :meth:`SshRunner.run_raw` the command line
@@ -80,20 +81,6 @@ class CommandResult:
     def ok(self) -> bool:
         """Exit status 0."""
         return self.exit_status == 0
-
-    @property
-    def stdout_text(self) -> str:
-        """stdout decoded as UTF-8, undecodable bytes as U+FFFD."""
-        return self.text()
-
-    @property
-    def stderr_text(self) -> str:
-        """stderr decoded as UTF-8, undecodable bytes as U+FFFD."""
-        return self.stderr.decode("utf-8", "replace")
-
-    def text(self, encoding: str = "utf-8", errors: str = "replace") -> str:
-        """stdout decoded with ``encoding`` (e.g. a Windows code page) and ``errors``."""
-        return self.stdout.decode(encoding, errors)
 
     def lines(self) -> list[str]:
         """stdout as UTF-8 lines, line endings (``\\n`` or Windows' ``\\r\\n``) removed."""

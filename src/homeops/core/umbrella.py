@@ -23,12 +23,15 @@ from typing import Any
 
 from homeops.core.config import (
     FILE_SUFFIX,
+    MISSING,
     Loaded,
     SettingsSpec,
     env_path,
+    get_path,
     is_secret,
     load_settings,
     read_config_file,
+    set_path,
 )
 from homeops.core.errors import ConfigError, UsageError, json_type_name
 from homeops.core.settings import CORE_SPEC, CoreSettings
@@ -227,17 +230,7 @@ def _seed_core_values(
     )
     values: dict[str, Any] = {}
     for seed_key, core_key in dom.core_keys.items():
-        node: Any = raw
-        for part in seed_key.split("."):
-            node = node.get(part, _ABSENT) if isinstance(node, Mapping) else _ABSENT
-        if node is _ABSENT:
-            continue
-        target = values
-        *parents, leaf = core_key.split(".")
-        for part in parents:
-            target = target.setdefault(part, {})
-        target[leaf] = node
+        value = get_path(raw, seed_key.split("."))
+        if value is not MISSING:
+            set_path(values, core_key.split("."), value)
     return ((str(path), values) if values else None), loaded
-
-
-_ABSENT = object()

@@ -8,6 +8,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Final, Protocol, get_args
 
+from homeops.core.output import CapturedOutput
 from homeops.core.ssh.shell import RemoteShell
 
 DEFAULT_PORT: Final = 22
@@ -100,7 +101,7 @@ def log_fields(target: SshTarget) -> dict[str, object]:
 
 
 @dataclass(frozen=True)
-class SshResult:
+class SshResult(CapturedOutput):
     """A finished remote command.
 
     ``exit_status`` is the remote status; killed by a signal it is 128 + the signal number
@@ -131,20 +132,6 @@ class SshResult:
     def stderr_truncated(self) -> bool:
         """Whether the cap cut stderr (``stderr_dropped`` bytes are missing from its end)."""
         return self.stderr_dropped > 0
-
-    @property
-    def stdout_text(self) -> str:
-        """stdout decoded as UTF-8, undecodable bytes as U+FFFD."""
-        return self.text()
-
-    @property
-    def stderr_text(self) -> str:
-        """stderr decoded as UTF-8, undecodable bytes as U+FFFD."""
-        return self.stderr.decode("utf-8", "replace")
-
-    def text(self, encoding: str = "utf-8", errors: str = "replace") -> str:
-        """stdout decoded with ``encoding`` (e.g. a Windows code page) and ``errors``."""
-        return self.stdout.decode(encoding, errors)
 
 
 class SupportsWriteBytes(Protocol):
