@@ -57,6 +57,12 @@ def _windows_spec() -> "SettingsSpec[Any]":
     return SPEC
 
 
+def _windows_cli() -> "typer.Typer":
+    from homeops.windows.cli import app
+
+    return app()
+
+
 def domain_records() -> "list[Domain]":
     """Every domain of this build, in report order; the core registers like any domain."""
     from homeops import windows
@@ -69,12 +75,14 @@ def domain_records() -> "list[Domain]":
             checks=_core_checks,
             job_types=_core_job_types,
         ),
-        # Issue 7 in progress: settings so far; commands, checks and job types follow.
+        # Issue 7 in progress: checks and job types follow.
         Domain(
             "windows",
             "Drive the Windows VM: commands over SSH, Aloha, Playwright.",
             command="win",
             settings=_windows_spec,
+            cli=_windows_cli,
+            aliases=("win-automation",),
             core_env=windows.CORE_ENV,
             core_keys=windows.CORE_KEYS,
         ),

@@ -123,13 +123,27 @@ def _describe(job: Job) -> str:
     return table(("field", "value"), [(k, data.get(k)) for k in keys])
 
 
+def _one_job_id(positional: str | None, option: str | None) -> str:
+    """The job id given as ``JOB_ID`` or as the seeds' ``--id JOB_ID`` (exactly one of them)."""
+    from homeops.core.errors import UsageError
+
+    if positional is not None and option is not None and positional != option:
+        raise UsageError("give the job id once: as JOB_ID or as --id, not both")
+    job_id = positional if positional is not None else option
+    if job_id is None:
+        raise UsageError("missing job id: give JOB_ID or --id JOB_ID")
+    return job_id
+
+
 @app.command("status")
 def status(
     ctx: typer.Context,
-    job_id: str = typer.Argument(..., metavar="JOB_ID"),
+    job_arg: str = typer.Argument(None, metavar="JOB_ID"),
+    job_opt: str = typer.Option(None, "--id", metavar="JOB_ID", help="The seeds' form of JOB_ID."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Show one job."""
+    """Show one job (``status JOB_ID`` or ``status --id JOB_ID``)."""
+    job_id = _one_job_id(job_arg, job_opt)
     with _queue(ctx, job_id, readonly=True) as queue:
         job = queue.get(job_id)
     if as_json:
@@ -141,10 +155,12 @@ def status(
 @app.command("cancel")
 def cancel(
     ctx: typer.Context,
-    job_id: str = typer.Argument(..., metavar="JOB_ID"),
+    job_arg: str = typer.Argument(None, metavar="JOB_ID"),
+    job_opt: str = typer.Option(None, "--id", metavar="JOB_ID", help="The seeds' form of JOB_ID."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Cancel a job: a queued one at once, a running one within a second (its worker stops it)."""
+    job_id = _one_job_id(job_arg, job_opt)
     # Looked up read-only first: cancelling an unknown job must not create a missing store.
     with _queue(ctx, job_id, readonly=True) as reader:
         was_terminal = reader.get(job_id).state.terminal

@@ -181,6 +181,7 @@ class JobContext:
     cancel_event: asyncio.Event = field(default_factory=asyncio.Event)
     artifact_store: ArtifactStore | None = field(default=None, repr=False)
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
+    metrics: MetricsSink | None = field(default=None, repr=False)
     _progress: _ProgressState = field(default_factory=_ProgressState, repr=False)
     _artifacts: list[JobArtifacts] = field(default_factory=list, repr=False)
 
@@ -201,6 +202,11 @@ class JobContext:
                 JobArtifacts(self.artifact_store, self.job.id, self.job.trace_id)
             )
         return self._artifacts[0]
+
+    def count(self, name: str, value: float = 1.0) -> None:
+        """Add ``value`` to the worker's counter ``name`` (``aloha_runs_total``), if any."""
+        if self.metrics is not None:
+            self.metrics.inc(name, value)
 
     @property
     def last_progress(self) -> Progress | None:
@@ -589,7 +595,13 @@ class Worker:
             )
             return True
         log = _log.bind(job_id=job.id, trace_id=job.trace_id, job_type=job.type)
-        ctx = JobContext(job=job, log=log, artifact_store=self.artifacts, clock=self._clock)
+        ctx = JobContext(
+            job=job,
+            log=log,
+            artifact_store=self.artifacts,
+            clock=self._clock,
+            metrics=self._metrics,
+        )
         entry = _Running(ctx, deadline=deadline)
         self._running[job.id] = entry
         entry.task = asyncio.create_task(self._execute(entry), name=f"job:{job.id}")
