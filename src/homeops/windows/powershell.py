@@ -19,10 +19,8 @@ UNLOCKED: Final = "unlocked"
 LISTENING: Final = "listening"
 NOT_LISTENING: Final = "not-listening"
 
-# The scheduled task and the paths of the Playwright server (CONTRACTS.md §1).
+# The Playwright server's scheduled task (CONTRACTS.md §1).
 PLAYWRIGHT_TASK: Final = "WinAutomation-Playwright"
-PLAYWRIGHT_DIR: Final = r"C:\ProgramData\win-automation\playwright"
-ARTIFACT_ROOT: Final = r"C:\ProgramData\win-automation\artifacts"
 
 
 def desktop_locked_script() -> str:
