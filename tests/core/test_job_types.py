@@ -220,6 +220,44 @@ async def test_handler_receives_the_parsed_model(queue: SqliteJobQueue) -> None:
     assert payload.not_before == datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
+async def test_handlers_count_into_the_workers_metrics_and_close_runs_once_at_stop(
+    queue: SqliteJobQueue,
+) -> None:
+    from homeops.core.metrics import MetricsRegistry
+
+    events: list[str] = []
+
+    async def run(ctx: JobContext, payload: Exec) -> None:
+        ctx.count("aloha_runs_total")
+        events.append("ran")
+
+    async def close() -> None:
+        events.append("closed")
+
+    metrics = MetricsRegistry.with_seed_metrics()
+    job_types = [
+        JobType("t.exec", Exec, run, close=close),
+        JobType("t.two", Exec, run, close=close),
+    ]
+    queue.enqueue("t.exec", validate_enqueue(TYPES, "t.exec", GOOD))
+    queue.enqueue("t.two", validate_enqueue(TYPES, "t.exec", GOOD))
+    await drain(Worker(queue, job_types, metrics=metrics))
+    # Shared by both types, the closer is awaited once, after the last handler.
+    assert events == ["ran", "ran", "closed"]
+    assert metrics.snapshot()["aloha_runs_total"] == 2
+
+
+async def test_a_failing_close_is_logged_not_raised(queue: SqliteJobQueue) -> None:
+    async def run(ctx: JobContext, payload: Exec) -> None:
+        return None
+
+    async def close() -> None:
+        raise RuntimeError("pool already gone")
+
+    queue.enqueue("t.exec", validate_enqueue(TYPES, "t.exec", GOOD))
+    await drain(Worker(queue, [JobType("t.exec", Exec, run, close=close)]))  # does not raise
+
+
 @pytest.mark.parametrize(
     ("payload", "field"),
     [

@@ -40,7 +40,7 @@ class JobType(Generic[P]):
     """One kind of job: ``<domain>.<verb>``, its payload model, its handler and retry rule.
 
     ``retryable``: ``True`` for the core rule (``core.retry.is_retryable_job_error``),
-    ``False`` for never, or a predicate of its own.
+    ``False`` for never, or a predicate of its own. ``close`` releases shared resources.
     """
 
     name: str
@@ -48,6 +48,10 @@ class JobType(Generic[P]):
     handler: Callable[[JobContext, P], Awaitable[Any]]
     retryable: bool | RetryRule = True
     description: str = ""
+    # Releases what the handlers share (a domain's SSH pool), once the worker has stopped and
+    # no handler runs any more. Types sharing one resource may share one callable: it is
+    # awaited once.
+    close: Callable[[], Awaitable[None]] | None = None
 
 
 class PayloadError(UsageError):

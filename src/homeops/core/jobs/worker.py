@@ -78,6 +78,8 @@ MAX_HEARTBEAT_INTERVAL_S: Final = 0.25
 # After the grace period, cancelled handlers get this long to unwind before we stop waiting
 # (a handler that swallows cancellation keeps its lease until it expires, then is re-run).
 _UNWIND_S: Final = 5.0
+# A job type's close() (an SSH pool waiting for its kills) gets this long at worker stop.
+CLOSE_TIMEOUT_S: Final = 15.0
 
 # Why a run is being stopped: a cancel request, worker shutdown, or the lease is gone.
 _StopReason = Literal["cancel", "shutdown", "lost"]
@@ -454,11 +456,22 @@ class Worker:
                         task.cancel()
                 try:
                     await asyncio.gather(*(t for t in (watcher, beat) if t), return_exceptions=True)
+                    await self._close_job_types()
                 finally:
                     # Calls already handed to the thread finish there; nothing new is accepted.
                     self._calls.close()
                     self._set_running_gauge()
                     self._log.info("stop", "worker stopped")
+
+    async def _close_job_types(self) -> None:
+        """Await each distinct ``JobType.close`` once; a failing or slow one is logged only."""
+        closers = list(dict.fromkeys(t.close for t in self.job_types.values() if t.close))
+        for close in closers:
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await close()
+            except Exception as exc:  # a leak at exit is not worth failing the stop for
+                self._log.warn("stop", "releasing a job type's resources failed", err=exc)
 
     def _check_busy_timeout(self) -> None:
         # A queue call can wait for the database's write lock up to its busy timeout; with a

@@ -1,10 +1,144 @@
-"""``windows exec``: one command on the VM."""
+"""``windows exec``: one command on the VM, its output streamed to ours."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import typer
+
+from homeops.core.cli.common import JSON_HELP
+
+EXEC_HELP = """Run CMD on the Windows VM (put it after --).
+
+The command line goes to the VM's default shell as given (cmd.exe unless DefaultShell is
+set); --powershell sends it as PowerShell source (-EncodedCommand, no quoting to worry
+about). Remote stdout goes to stdout and remote stderr to stderr as they arrive, Windows
+line ends made Unix ones (--raw: bytes untouched).
+
+With --idempotent-check SCRIPT (run the same way as CMD) the desktop must be unlocked and a
+check exiting 0 skips CMD (state=skipped).
+
+Exit: 0 ok or skipped, 1 the remote command failed (or the desktop is locked, state=blocked),
+2 usage, 3 VM unreachable after 3 attempts, 4 timed out (the remote command is killed)."""
 
 
 def group() -> typer.Typer:
     """The ``windows`` command group."""
-    return typer.Typer(help="Commands on the Windows VM over SSH.", no_args_is_help=True)
+    app = typer.Typer(help="Commands on the Windows VM over SSH.", no_args_is_help=True)
+    app.command("exec", help=EXEC_HELP, no_args_is_help=True)(exec_command)
+    return app
+
+
+def exec_command(
+    ctx: typer.Context,
+    command: list[str] = typer.Argument(None, metavar="-- CMD...", show_default=False),
+    raw: bool = typer.Option(False, "--raw", help="Pass output bytes through untouched."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    timeout: str = typer.Option(
+        None, "--timeout", metavar="DURATION", help="Whole call, checks included. Default: 10m."
+    ),
+    powershell: bool = typer.Option(
+        False, "--powershell", help="CMD is PowerShell source, sent as -EncodedCommand."
+    ),
+    idempotent: bool = typer.Option(
+        False, "--idempotent", help="Skip CMD when --idempotent-check exits 0."
+    ),
+    idempotent_check: str = typer.Option(
+        None, "--idempotent-check", metavar="SCRIPT", help="The check (implies --idempotent)."
+    ),
+) -> None:
+    """Run CMD on the VM (see EXEC_HELP)."""
+    import sys
+
+    from homeops.core.cli.common import duration_flag, print_json
+    from homeops.core.errors import OperationalError, UsageError
+    from homeops.windows.cli.common import run_async, windows_settings
+    from homeops.windows.exec_flow import (
+        CrlfSink,
+        ExecRequest,
+        ExecState,
+        command_line,
+        normalize_newlines,
+        wire_command,
+    )
+
+    line = command_line(command or [])
+    if idempotent and idempotent_check is None:
+        raise UsageError("--idempotent needs --idempotent-check SCRIPT (the check to run)")
+    if idempotent_check is not None and not idempotent_check.strip():
+        raise UsageError("--idempotent-check: the check script is empty")
+    timeout_s = 600.0 if timeout is None else duration_flag("--timeout", timeout)
+    request = ExecRequest(line, powershell, idempotent_check, timeout_s)
+    wire_command(line, powershell=powershell)  # refused before connecting, not after
+    settings = windows_settings(ctx)
+
+    sinks: list[Callable[[bytes], None]] = []
+    if not as_json:
+        for stream in (sys.stdout, sys.stderr):
+            writer = _StreamWriter(stream)
+            sinks.append(writer if raw else CrlfSink(writer))
+
+    async def main() -> object:
+        from homeops.core.ssh import SshPool
+        from homeops.windows.exec_flow import execute
+        from homeops.windows.target import vm_target
+
+        async with SshPool() as pool:
+            return await execute(
+                pool,
+                vm_target(settings.windows),
+                request,
+                stdout=sinks[0] if sinks else None,
+                stderr=sinks[1] if sinks else None,
+            )
+
+    from homeops.windows.exec_flow import ExecOutcome
+
+    outcome = run_async(main())
+    assert isinstance(outcome, ExecOutcome)
+    for sink in sinks:
+        if isinstance(sink, CrlfSink):
+            sink.flush()
+    if as_json:
+        fix = (lambda b: b) if raw else normalize_newlines
+        print_json(
+            {
+                "state": str(outcome.state),
+                "exit_code": outcome.exit_code,
+                "check_exit_code": outcome.check_exit_code,
+                "stdout": fix(outcome.stdout).decode("utf-8", "replace"),
+                "stderr": fix(outcome.stderr).decode("utf-8", "replace"),
+                "duration_ms": round(outcome.duration_ms, 1),
+                "host": f"{settings.windows.ssh_user}@{settings.windows.ssh_host}:"
+                f"{settings.windows.ssh_port}",
+            }
+        )
+        if not outcome.ok:
+            raise typer.Exit(1)
+        return
+    match outcome.state:
+        case ExecState.SUCCEEDED:
+            return
+        case ExecState.SKIPPED:
+            sys.stderr.write("state=skipped (the idempotent check exited 0)\n")
+        case ExecState.BLOCKED:
+            raise OperationalError("the Windows desktop is locked; nothing ran (state=blocked)")
+        case ExecState.FAILED:
+            raise OperationalError(
+                f"remote command exited with status {outcome.exit_code} (state=failed)"
+            )
+
+
+class _StreamWriter:
+    """Writes remote bytes to one of our streams at once (a long command shows progress)."""
+
+    def __init__(self, stream: object) -> None:
+        self._buffer = getattr(stream, "buffer", None)
+        self._stream = stream
+
+    def __call__(self, data: bytes) -> None:
+        if self._buffer is not None:
+            self._buffer.write(data)
+            self._buffer.flush()
+        else:  # a test's text stream
+            self._stream.write(data.decode("utf-8", "replace"))  # type: ignore[attr-defined]
