@@ -468,6 +468,25 @@ async def test_sftp_round_trip(pool: SshPool, sshd: SshdHandle, tmp_path: Path) 
         await pool.run(sshd.target(), f"rm -f {remote}", timeout=10)
 
 
+async def test_sftp_listdir_names_files_and_dirs_and_none_when_absent(
+    pool: SshPool, sshd: SshdHandle
+) -> None:
+    remote = f"/tmp/homeops-ls-{uuid.uuid4().hex}"
+    try:
+        await pool.run(
+            sshd.target(), f"mkdir -p {remote}/sub && printf abc > {remote}/b.txt", timeout=10
+        )
+        entries = await pool.listdir(sshd.target(), remote, timeout=10)
+        assert entries is not None
+        assert [(e.name, e.size, e.is_file, e.is_dir) for e in entries] == [
+            ("b.txt", 3, True, False),
+            ("sub", entries[1].size, False, True),
+        ]
+        assert await pool.listdir(sshd.target(), remote + "/missing", timeout=10) is None
+    finally:
+        await pool.run(sshd.target(), f"rm -rf {remote}", timeout=10)
+
+
 async def test_sftp_missing_remote_file_is_operational_error(
     pool: SshPool, sshd: SshdHandle, tmp_path: Path
 ) -> None:

@@ -362,6 +362,12 @@ class SshPool:
         """
         await sftp.transfer(self, target, "get", remote, str(local), timeout)
 
+    async def listdir(
+        self, target: SshTarget, remote: str, *, timeout: float
+    ) -> list[sftp.RemoteEntry] | None:
+        """Directory ``remote`` on ``target`` over SFTP, sorted by name; None if it is absent."""
+        return await sftp.listdir(self, target, remote, timeout)
+
     async def close(self) -> None:
         """Close every connection; the pool cannot be used afterwards.
 

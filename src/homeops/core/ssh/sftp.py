@@ -10,8 +10,11 @@ import asyncio
 import contextlib
 import os
 import posixpath
+import stat
 import time
 import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal
 
 from homeops.core.errors import HomeopsTimeout, OperationalError, SshUnavailable
@@ -46,28 +49,31 @@ async def _start_sftp(entry: Conn) -> SFTPClient:
         raise
 
 
-async def transfer(
-    pool: SshPool,
-    target: SshTarget,
-    op: Literal["put", "get"],
-    src: str,
-    dst: str,
-    timeout: float,
-) -> None:
-    """Copy ``src`` to ``dst`` through a temporary name beside ``dst``, renamed when done.
+@dataclass(frozen=True)
+class RemoteEntry:
+    """One entry of a remote directory listing."""
 
-    ``dst`` is never seen half-written: a transfer that fails or times out removes its
-    temporary file (remotely: if the connection still answers within a moment).
+    name: str
+    size: int
+    is_dir: bool
+    is_file: bool
+
+
+@contextlib.asynccontextmanager
+async def _session(
+    pool: SshPool, target: SshTarget, what: str, timeout: float
+) -> AsyncIterator[SFTPClient]:
+    """An SFTP client on the pool's connection to ``target``, queued with its commands.
+
+    ``timeout`` bounds the whole block; errors come out as the seam's: timeout (4), a lost
+    or refusing connection (3), a failed file operation (1), each naming ``what``.
     """
     import asyncssh
 
-    start = time.monotonic()
-    what = f"ssh {target.destination}: sftp {op} {src} -> {dst}"
     slot = Slot(pool._command_slots(target))
     sftp: SFTPClient | None = None
     entry: Conn | None = None
     counted = False
-    temp: str | None = None
     try:
         async with asyncio.timeout(timeout):
             entry, _ = await pool._connection(target)
@@ -84,14 +90,7 @@ async def transfer(
             entry.count.open += 1
             counted = True
             slot.slots.seen_open(entry.count.open)
-            temp = _temp_name(dst, remote=op == "put")
-            if op == "put":
-                await sftp.put(src, temp)
-                await _replace_remote(sftp, temp, dst)
-            else:
-                await sftp.get(src, temp)
-                os.replace(temp, dst)
-            temp = None
+            yield sftp
     except TimeoutError as exc:
         raise HomeopsTimeout(f"{what}: timed out after {timeout:g}s") from exc
     except (asyncssh.DisconnectError, asyncssh.SFTPConnectionLost, ConnectionError) as exc:
@@ -103,13 +102,42 @@ async def transfer(
     except (asyncssh.SFTPError, OSError) as exc:
         raise OperationalError(f"{what}: {one_line(exc)}") from exc
     finally:
-        if temp is not None:
-            await _remove_temp(sftp, temp, remote=op == "put")
         if sftp is not None:
             sftp.exit()
         if counted and entry is not None:
             entry.count.open -= 1
         slot.release()
+
+
+async def transfer(
+    pool: SshPool,
+    target: SshTarget,
+    op: Literal["put", "get"],
+    src: str,
+    dst: str,
+    timeout: float,
+) -> None:
+    """Copy ``src`` to ``dst`` through a temporary name beside ``dst``, renamed when done.
+
+    ``dst`` is never seen half-written: a transfer that fails or times out removes its
+    temporary file (remotely: if the connection still answers within a moment).
+    """
+    start = time.monotonic()
+    what = f"ssh {target.destination}: sftp {op} {src} -> {dst}"
+    async with _session(pool, target, what, timeout) as sftp:
+        temp = _temp_name(dst, remote=op == "put")
+        done = False
+        try:
+            if op == "put":
+                await sftp.put(src, temp)
+                await _replace_remote(sftp, temp, dst)
+            else:
+                await sftp.get(src, temp)
+                os.replace(temp, dst)
+            done = True
+        finally:
+            if not done:
+                await _remove_temp(sftp, temp, remote=op == "put")
     _log.debug(
         "sftp",
         f"{op} done",
@@ -118,6 +146,35 @@ async def transfer(
         dst=dst,
         **log_fields(target),
     )
+
+
+async def listdir(
+    pool: SshPool, target: SshTarget, remote: str, timeout: float
+) -> list[RemoteEntry] | None:
+    """The entries of directory ``remote`` (sorted by name), or None when it does not exist."""
+    import asyncssh
+
+    what = f"ssh {target.destination}: sftp list {remote}"
+    async with _session(pool, target, what, timeout) as sftp:
+        try:
+            names = await sftp.readdir(remote)
+        except asyncssh.SFTPNoSuchFile:
+            return None
+    out = []
+    for item in names:
+        if item.filename in (".", ".."):
+            continue
+        mode = item.attrs.permissions or 0
+        name = item.filename
+        out.append(
+            RemoteEntry(
+                name if isinstance(name, str) else name.decode("utf-8", "replace"),
+                int(item.attrs.size or 0),
+                stat.S_ISDIR(mode),
+                stat.S_ISREG(mode),
+            )
+        )
+    return sorted(out, key=lambda e: e.name)
 
 
 def _temp_name(dst: str, *, remote: bool) -> str:
