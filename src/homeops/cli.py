@@ -57,6 +57,12 @@ def _windows_spec() -> "SettingsSpec[Any]":
     return SPEC
 
 
+def _windows_job_types(ctx: "DomainContext") -> "Sequence[JobType[Any]]":
+    from homeops.windows.jobs import windows_job_types
+
+    return windows_job_types(ctx)
+
+
 def _windows_cli() -> "typer.Typer":
     from homeops.windows.cli import app
 
@@ -75,7 +81,7 @@ def domain_records() -> "list[Domain]":
             checks=_core_checks,
             job_types=_core_job_types,
         ),
-        # Issue 7 in progress: checks and job types follow.
+        # Issue 7 in progress: checks follow.
         Domain(
             "windows",
             "Drive the Windows VM: commands over SSH, Aloha, Playwright.",
@@ -83,6 +89,7 @@ def domain_records() -> "list[Domain]":
             settings=_windows_spec,
             cli=_windows_cli,
             aliases=("win-automation",),
+            job_types=_windows_job_types,
             core_env=windows.CORE_ENV,
             core_keys=windows.CORE_KEYS,
         ),

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Final
 
-from homeops.core.errors import HomeopsTimeout, UsageError
+from homeops.core.errors import HomeopsTimeout, OperationalError, UsageError
 from homeops.core.ssh.shell import encode_powershell
 
 if TYPE_CHECKING:
@@ -36,6 +36,17 @@ class ExecState(StrEnum):
     FAILED = "failed"
     SKIPPED = "skipped"
     BLOCKED = "blocked"
+
+
+class RemoteCommandFailed(OperationalError):
+    """The command ran on the VM and exited non-zero: exit 1, and a job is not retried
+    (running it again would do the same; the VM answered)."""
+
+    retryable = False
+
+    def __init__(self, exit_code: int) -> None:
+        super().__init__(f"remote command exited with status {exit_code} (state=failed)")
+        self.remote_exit_code = exit_code
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,10 @@ PROBE_TIMEOUT_S: Final = 15.0
 
 
 class DesktopLocked(OperationalError):
-    """GUI work refused: the VM shows its lock screen (exit 1, ``state=blocked``)."""
+    """GUI work refused: the VM shows its lock screen (exit 1, ``state=blocked``); a job
+    is not retried by itself (someone must unlock the desktop)."""
+
+    retryable = False
 
 
 async def run_script(

@@ -279,11 +279,39 @@ def enqueue(
     The type must be registered and the payload must be what its model accepts: a job that
     no worker could ever run is refused here (exit 2) rather than failed later.
     """
+    data = _parse_payload(payload)
+    timeout_s = None if timeout is None else duration_flag("--timeout", timeout)
+    job = enqueue_job(
+        ctx,
+        job_type,
+        data,
+        idempotency_key=idempotency_key,
+        max_attempts=max_attempts,
+        timeout_s=timeout_s,
+    )
+    if as_json:
+        print_json(job.to_dict())
+    else:
+        print_text(job.id)
+
+
+def enqueue_job(
+    ctx: typer.Context,
+    job_type: str,
+    data: dict[str, Any],
+    *,
+    idempotency_key: str | None = None,
+    max_attempts: int | None = None,
+    timeout_s: float | None = None,
+) -> Job:
+    """Validate ``data`` against ``job_type``'s model and queue it in the configured store.
+
+    Domain CLIs that build the payload from flags of their own (``win-automation jobs
+    enqueue --type windows.exec --cmd …``) call this too, so both forms store the same.
+    """
     from homeops.core.jobs.model import validate_idempotency_key
     from homeops.core.jobs.types import validate_enqueue
 
-    data = _parse_payload(payload)
-    timeout_s = None if timeout is None else duration_flag("--timeout", timeout)
     if idempotency_key is not None:
         validate_idempotency_key(idempotency_key)  # every input checked before the store opens
     # Stored as the model dumps it (defaults filled in): what the worker parses is exactly
@@ -291,17 +319,13 @@ def enqueue(
     stored = validate_enqueue(_job_types(ctx, job_type), job_type, data)
     with _queue(ctx) as queue:
         attempts = max_attempts or load_core(ctx).settings.jobs.max_attempts
-        job = queue.enqueue(
+        return queue.enqueue(
             job_type,
             stored,
             idempotency_key=idempotency_key,
             max_attempts=attempts,
             timeout_s=timeout_s,
         )
-    if as_json:
-        print_json(job.to_dict())
-    else:
-        print_text(job.id)
 
 
 @app.command("check")

@@ -57,6 +57,7 @@ def exec_command(
         CrlfSink,
         ExecRequest,
         ExecState,
+        RemoteCommandFailed,
         command_line,
         normalize_newlines,
         wire_command,
@@ -124,9 +125,7 @@ def exec_command(
         case ExecState.BLOCKED:
             raise OperationalError("the Windows desktop is locked; nothing ran (state=blocked)")
         case ExecState.FAILED:
-            raise OperationalError(
-                f"remote command exited with status {outcome.exit_code} (state=failed)"
-            )
+            raise RemoteCommandFailed(outcome.exit_code or 0)
 
 
 class _StreamWriter:

@@ -1,0 +1,127 @@
+"""windows job types through the seed tool: enqueue with the seed's flags, a real worker,
+a real loopback sshd (its /bin/sh reads these command lines as cmd.exe would)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from homeops.windows.jobs import ExecPayload
+from tests.windows.test_exec import run_win, vm_config
+
+
+def enqueue(capsys, config: Path, *args: str) -> str:
+    code, out, err = run_win(capsys, "--config", str(config), "jobs", "enqueue", *args)
+    assert code == 0, err
+    fields = dict(part.split("=", 1) for part in out.split())
+    assert fields["state"] == "queued"
+    assert len(fields["trace_id"]) >= 16
+    return fields["job_id"]
+
+
+def job(capsys, config: Path, job_id: str) -> dict:
+    code, out, err = run_win(
+        capsys, "--config", str(config), "jobs", "status", "--id", job_id, "--json"
+    )
+    assert code == 0, err
+    return json.loads(out)
+
+
+def manifest(state_dir: Path, job_id: str) -> dict[str, dict]:
+    data = json.loads((state_dir / "artifacts" / job_id / "manifest.json").read_text())
+    return {a["path"]: a for a in data["artifacts"]}
+
+
+def test_exec_jobs_run_with_their_artifacts_and_manifest(capsys, tmp_path, state_dir, sshd):
+    config = vm_config(tmp_path, sshd)
+    ok = enqueue(capsys, config, "--type", "windows.exec", "--cmd", "echo hi; echo oops >&2")
+    bad = enqueue(
+        capsys, config, "--type", "windows.exec", "--cmd", "exit 7", "--max-attempts", "3"
+    )
+    code, _, err = run_win(capsys, "--config", str(config), "worker", "--drain")
+    assert code == 0, err
+
+    done = job(capsys, config, ok)
+    assert done["state"] == "succeeded"
+    assert done["result"] == {"state": "succeeded", "exit_code": 0}
+    files = manifest(state_dir, ok)
+    assert set(files) == {"ssh/stdout.txt", "ssh/stderr.txt", "ssh/exit_code.txt"}
+    for rel, entry in files.items():
+        body = (state_dir / "artifacts" / ok / rel).read_bytes()
+        assert entry["sha256"] == hashlib.sha256(body).hexdigest()
+        assert entry["size_bytes"] == len(body)
+        assert entry["type"] == "ssh"
+    assert (state_dir / "artifacts" / ok / "ssh/stdout.txt").read_bytes() == b"hi\n"
+    assert (state_dir / "artifacts" / ok / "ssh/stderr.txt").read_bytes() == b"oops\n"
+
+    failed = job(capsys, config, bad)
+    # The VM answered: running it again would do the same, so no second attempt.
+    assert (failed["state"], failed["attempts"]) == ("failed", 1)
+    assert "exited with status 7" in failed["error"]
+    assert (state_dir / "artifacts" / bad / "ssh/exit_code.txt").read_text() == "7\n"
+
+
+def test_exec_job_pulls_what_the_job_left_on_the_vm(capsys, tmp_path, state_dir, sshd):
+    config = vm_config(tmp_path, sshd)
+    job_id = enqueue(capsys, config, "--type", "windows.exec", "--cmd", "true")
+    # What a job's commands would have written on Windows, where SFTP finds it.
+    vm_dir = sshd.home / "C:" / "ProgramData" / "win-automation" / "artifacts" / job_id
+    (vm_dir / "sub").mkdir(parents=True)
+    (vm_dir / "export.csv").write_bytes(b"a,b\n1,2\n")
+    (vm_dir / "sub" / "shot.png").write_bytes(b"\x89PNG fake")
+    try:
+        code, _, err = run_win(capsys, "--config", str(config), "worker", "--drain")
+        assert code == 0, err
+        files = manifest(state_dir, job_id)
+        assert files["windows/export.csv"]["sha256"] == hashlib.sha256(b"a,b\n1,2\n").hexdigest()
+        assert files["windows/sub/shot.png"]["type"] == "windows"
+    finally:
+        import shutil
+
+        shutil.rmtree(sshd.home / "C:", ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        pytest.param(["--type", "windows.exec"], "needs --cmd", id="no-cmd"),
+        pytest.param(["--type", "windows.exec", "--cmd", " "], "needs --cmd", id="blank-cmd"),
+        pytest.param(
+            ["--type", "windows.exec", "--cmd", "x", "--url", "u"], "--url is not", id="stray"
+        ),
+        pytest.param(["--type", "nope.run", "--cmd", "x"], "not a windows job type", id="type"),
+        pytest.param(
+            ["--type", "windows.exec", "--cmd", "x", "--timeout", "-1s"], "--timeout", id="t"
+        ),
+    ],
+)
+def test_enqueue_usage_errors_are_exit_2_and_store_nothing(
+    capsys, tmp_path, state_dir, sshd, args, match
+):
+    config = vm_config(tmp_path, sshd)
+    code, out, err = run_win(capsys, "--config", str(config), "jobs", "enqueue", *args)
+    assert code == 2, err
+    assert match in err
+    code, out, _ = run_win(capsys, "--config", str(config), "jobs", "list", "--json")
+    assert json.loads(out) == []
+
+
+def test_exec_payload_model_is_strict():
+    assert ExecPayload.model_validate({"cmd": "dir"}).powershell is False
+    with pytest.raises(ValueError, match="extra"):
+        ExecPayload.model_validate({"cmd": "dir", "shell": "cmd"})
+
+
+def test_the_umbrella_sees_the_same_job_types_and_store(capsys, tmp_path, state_dir, sshd):
+    from tests.core.test_cli import run_main
+
+    config = vm_config(tmp_path, sshd)
+    job_id = enqueue(capsys, config, "--type", "windows.exec", "--cmd", "echo x")
+    umbrella = tmp_path / "homeops.json"
+    umbrella.write_text(json.dumps({"windows": json.loads(config.read_text())}))
+    code, out, err = run_main(capsys, "--config", str(umbrella), "jobs", "status", job_id, "--json")
+    assert code == 0, err
+    assert json.loads(out)["type"] == "windows.exec"
