@@ -389,6 +389,19 @@ async def test_supervisor_healthy_pass_does_nothing() -> None:
     assert (svc.remediations, report.ok, report.remediated) == (0, True, ())
 
 
+async def test_supervisor_reports_changes_not_ticks(log_stream: io.StringIO) -> None:
+    svc = Service(up=True, fixable=False)
+    sup = supervisor(svc, FakeClock())
+    changes = []
+    for up in (True, True, False, False, True, True):
+        svc.up = up
+        changes.append((await sup.run_once()).changed)
+    # First pass, the fall, the recovery; repeats are quiet.
+    assert changes == [True, False, True, False, True, False]
+    lines = [ln for ln in log_stream.getvalue().splitlines() if "supervisor pass done" in ln]
+    assert [("level=debug" in ln) for ln in lines] == [not c for c in changes]
+
+
 async def test_supervisor_warn_and_skip_do_not_fail_pass() -> None:
     checks = [Check("a", const(Status.WARN)), Check("b", const(Status.SKIP))]
     breaker = CircuitBreaker(threshold=1)

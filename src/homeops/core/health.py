@@ -296,6 +296,9 @@ class PassReport:
     remediation_skipped: tuple[str, ...]
     breaker_state: BreakerState
     ok: bool
+    # Whether this pass differs from the one before (what fails, the breaker, a repair):
+    # a long-running supervisor reports changes, not ticks.
+    changed: bool = True
 
 
 def render_pass(report: PassReport) -> str:
@@ -356,6 +359,7 @@ class Supervisor:
         self._sleep = sleep
         self._clock = clock
         self._on_pass = on_pass
+        self._last: tuple[object, ...] | None = None
 
     async def _remediate(self, check: Check) -> bool:
         """Run the remediation of ``check``; False when it raised or timed out."""
@@ -417,6 +421,10 @@ class Supervisor:
         # failures, or a permanently skipped check would keep the breaker counting.
         ok = exit_code_for(results) is ExitCode.OK
         self.breaker.record(ok)
+        failing_now = tuple(r.name for r in results if r.status is Status.FAIL)
+        signature = (ok, failing_now, self.breaker.state)
+        changed = signature != self._last or bool(remediated or failed)
+        self._last = signature
         report = PassReport(
             results=tuple(results),
             remediated=tuple(remediated),
@@ -424,8 +432,10 @@ class Supervisor:
             remediation_skipped=tuple(skipped),
             breaker_state=self.breaker.state,
             ok=ok,
+            changed=changed,
         )
-        level = "info" if ok else "warn"
+        # One line per change of state (or repair), not per tick; every pass at debug.
+        level = ("info" if ok else "warn") if changed else "debug"
         _log.log(
             level,
             "pass",

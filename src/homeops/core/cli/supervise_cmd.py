@@ -38,6 +38,8 @@ def run_supervise(
     checks = registry.collect(dctx, only or ())
 
     def report(rep: PassReport) -> None:
+        if not once and not rep.changed:
+            return  # a long run prints what changed, not every tick
         if as_json:
             # One JSON document per line, so a long run can be piped into jq.
             sys.stdout.write(json.dumps(pass_to_json(rep), default=str) + "\n")
