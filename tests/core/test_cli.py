@@ -1,10 +1,10 @@
 """The CLI frame end to end: the real console script for a few paths, main() for the rest."""
 
 import json
-import time
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest

@@ -423,7 +423,7 @@ class Supervisor:
         self.breaker.record(ok)
         failing_now = tuple(r.name for r in results if r.status is Status.FAIL)
         signature = (ok, failing_now, self.breaker.state)
-        changed = signature != self._last or bool(remediated or failed)
+        changed = signature != self._last or bool(remediated)
         self._last = signature
         report = PassReport(
             results=tuple(results),
