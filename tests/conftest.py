@@ -1,3 +1,7 @@
 """Test-wide fixtures live in tests/fixtures/; this file only registers them."""
 
-pytest_plugins = ["tests.fixtures.common", "tests.fixtures.sshd"]
+pytest_plugins = [
+    "tests.fixtures.common",
+    "tests.fixtures.sshd",
+    "tests.fixtures.playwright_server",
+]
