@@ -114,7 +114,7 @@ def test_run_without_files_only_opens_the_page(
         )
     )
     assert (result.title, result.files) == (PAGE_TITLE, ())
-    assert not list((tmp_path / "o").iterdir())
+    assert not (tmp_path / "o").exists()
 
 
 def test_run_page_that_never_loads_times_out_exit_4(

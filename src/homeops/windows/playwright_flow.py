@@ -421,8 +421,9 @@ async def run(
     clock: Callable[[], float] = time.monotonic,
 ) -> RunResult:
     """Open ``url`` in the VM's browser; write ``screenshot.png`` / ``trace.zip`` into
-    ``out_dir`` (created). ``timeout`` bounds the whole run: :class:`HomeopsTimeout` (exit 4).
-    Unreachable server: exit 3; a page that fails to load: :class:`OperationalError` (exit 1)."""
+    ``out_dir`` (created when a file is asked for). ``timeout`` bounds the whole run:
+    :class:`HomeopsTimeout` (exit 4). Unreachable server: exit 3; a page that fails to load:
+    :class:`OperationalError` (exit 1)."""
     from playwright.async_api import Error as PlaywrightError
     from playwright.async_api import TimeoutError as PlaywrightTimeout
 
@@ -470,7 +471,8 @@ async def _open_page(
     trace: bool,
     timeout: float,
 ) -> tuple[str, str, int | None, Path | None, Path | None]:
-    await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
+    if screenshot or trace:
+        await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
     context = await browser.new_context()
     try:
         if trace:

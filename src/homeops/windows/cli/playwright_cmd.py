@@ -2,9 +2,192 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+from homeops.core.cli.common import JSON_HELP
+
+INSTALL_HELP = """Install the Playwright server on the VM (over SSH; safe to run again).
+
+Checks Node.js and the playwright npm package on Windows (exit 3 naming what is missing, or
+when its major.minor differs from this client's), writes launch-server.js and install.ps1
+under C:\\ProgramData\\win-automation\\playwright, stores the ws path in ws_path.txt there,
+registers the scheduled task WinAutomation-Playwright (at startup, as SYSTEM) and starts it.
+
+The ws path is playwright.ws_path when set (WIN_AUTOMATION_PLAYWRIGHT_WS_PATH or its _FILE
+form); otherwise a random one is generated once and kept in
+<state_dir>/windows/playwright-ws-path (mode 0600), where health, run and the worker find it.
+It is never printed or logged."""
+
+HEALTH_HELP = """Check the Playwright server: its port answers AND a real WebSocket connect
+with this Playwright client succeeds. Exit 3 when not (or on a version mismatch, naming both
+versions), 2 when no ws path is configured or stored."""
+
+RUN_HELP = """Open URL in the VM's browser and report its title and final URL.
+
+--screenshot writes screenshot.png and --trace writes trace.zip into --out (here, on this
+machine). Exit 1 if the page fails to load, 3 if the server is unavailable, 4 on timeout."""
 
 
 def group() -> typer.Typer:
     """The ``playwright`` command group."""
-    return typer.Typer(help="The Playwright browser server on the VM.", no_args_is_help=True)
+    app = typer.Typer(help="The Playwright browser server on the VM.", no_args_is_help=True)
+    app.command("install", help=INSTALL_HELP)(install_command)
+    app.command("health", help=HEALTH_HELP)(health_command)
+    app.command("run", help=RUN_HELP, no_args_is_help=True)(run_command)
+    return app
+
+
+def _state_dir(ctx: typer.Context) -> Path:
+    from homeops.core.cli.common import domain_context
+
+    return domain_context(ctx).core.state_dir
+
+
+def install_command(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    no_start: bool = typer.Option(False, "--no-start", help="Register the task, do not start it."),
+) -> None:
+    """Install the server on the VM (see INSTALL_HELP)."""
+    from homeops.core.cli.common import print_json, print_text
+    from homeops.windows.cli.common import run_async, windows_settings
+    from homeops.windows.playwright_flow import InstallResult
+
+    settings = windows_settings(ctx)
+    state_dir = _state_dir(ctx)
+
+    async def main() -> InstallResult:
+        from homeops.core.runner import SshRunner
+        from homeops.core.ssh import SshPool
+        from homeops.windows.playwright_flow import install, vm_uploader
+        from homeops.windows.target import vm_target
+
+        target = vm_target(settings.windows)
+        async with SshPool() as pool:
+            return await install(
+                SshRunner(pool, target),
+                vm_uploader(pool, target),
+                settings.playwright,
+                state_dir=state_dir,
+                start=not no_start,
+            )
+
+    result = run_async(main())
+    stored = str(result.ws_path_file) if result.ws_path_file else "settings (playwright.ws_path)"
+    data = {
+        "node": result.node_version,
+        "playwright": result.playwright_version,
+        "package": result.playwright_package,
+        "task": result.task.state or "missing",
+        "started": result.started,
+        "ws_path_generated": result.ws_path_generated,
+        "ws_path_source": stored,
+        "files": list(result.files),
+    }
+    if as_json:
+        print_json(data)
+        return
+    print_text(
+        f"node={result.node_version} playwright={result.playwright_version} "
+        f"task={data['task']} started={'yes' if result.started else 'no'}\n"
+        f"ws path: {'generated, ' if result.ws_path_generated else ''}from {stored}"
+    )
+
+
+def health_command(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    timeout: str = typer.Option(
+        None, "--timeout", metavar="DURATION", help="Connect timeout. Default: 15s."
+    ),
+) -> None:
+    """Check the server (see HEALTH_HELP)."""
+    from homeops.core.cli.common import duration_flag, print_json, print_text
+    from homeops.windows.cli.common import run_async, windows_settings
+    from homeops.windows.playwright_flow import (
+        DEFAULT_HEALTH_TIMEOUT_S,
+        HealthReport,
+        health,
+        resolve_ws_path,
+    )
+
+    timeout_s = DEFAULT_HEALTH_TIMEOUT_S if timeout is None else duration_flag("--timeout", timeout)
+    settings = windows_settings(ctx)
+    ws_path = resolve_ws_path(settings.playwright, _state_dir(ctx))
+    report: HealthReport = run_async(health(settings.playwright, ws_path, timeout=timeout_s))
+    if as_json:
+        print_json(
+            {
+                "ok": True,
+                "host": report.host,
+                "port": report.port,
+                "browser_version": report.browser_version,
+                "client_version": report.client_version,
+                "duration_ms": round(report.duration_ms, 1),
+            }
+        )
+        return
+    print_text(
+        f"playwright: ok {report.host}:{report.port} chromium {report.browser_version} "
+        f"(client {report.client_version})"
+    )
+
+
+def run_command(
+    ctx: typer.Context,
+    url: str = typer.Option(..., "--url", metavar="URL", help="http(s) page to open."),
+    screenshot: bool = typer.Option(False, "--screenshot", help="Write screenshot.png."),
+    trace: bool = typer.Option(False, "--trace", help="Write trace.zip (Playwright trace)."),
+    timeout: str = typer.Option(
+        None, "--timeout", metavar="DURATION", help="The whole run. Default: 60s."
+    ),
+    out: Path = typer.Option(
+        Path("."), "--out", metavar="DIR", help="Where the files go (created).", show_default=True
+    ),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Open a page (see RUN_HELP)."""
+    import json
+
+    from homeops.core.cli.common import duration_flag, print_json, print_text
+    from homeops.core.errors import UsageError
+    from homeops.windows.cli.common import run_async, windows_settings
+    from homeops.windows.playwright import check_url
+    from homeops.windows.playwright_flow import DEFAULT_RUN_TIMEOUT_S, RunResult, resolve_ws_path
+    from homeops.windows.playwright_flow import run as run_page
+
+    check_url(url)  # refused before anything connects
+    timeout_s = DEFAULT_RUN_TIMEOUT_S if timeout is None else duration_flag("--timeout", timeout)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: not a directory")
+    settings = windows_settings(ctx)
+    ws_path = resolve_ws_path(settings.playwright, _state_dir(ctx))
+    result: RunResult = run_async(
+        run_page(
+            settings.playwright,
+            ws_path,
+            url=url,
+            out_dir=out,
+            screenshot=screenshot,
+            trace=trace,
+            timeout=timeout_s,
+        )
+    )
+    if as_json:
+        print_json(
+            {
+                "url": result.url,
+                "final_url": result.final_url,
+                "title": result.title,
+                "status": result.status,
+                "files": [str(p) for p in result.files],
+                "duration_ms": round(result.duration_ms, 1),
+            }
+        )
+        return
+    title = json.dumps(result.title, ensure_ascii=False)
+    lines = [f"title={title} final_url={result.final_url} status={result.status}"]
+    lines.extend(str(p) for p in result.files)
+    print_text("\n".join(lines))
