@@ -276,3 +276,93 @@ def test_install_version_mismatch_names_both(tmp_path: Path) -> None:
                 runner, Uploads(), PlaywrightSection(), state_dir=tmp_path, client="1.65.1"
             )
         )
+
+
+# -- install for real: the emulator's handlers start the uploaded launch-server.js -----------
+
+
+class EmulatedVm:
+    """A RawRunner + Uploader that answers as tests/fakes/winvm_playwright.py does, in-process
+    (until the sshd-based VM emulator wires those handlers behind real SSH)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.state: dict[str, object] = {}
+        self.scripts: list[str] = []
+
+    async def run(self, argv, *, timeout, stdin=None, check=False):  # pragma: no cover
+        raise AssertionError(f"install sends PowerShell only, got argv {argv}")
+
+    async def run_raw(self, command, *, timeout, stdin=None, check=False):
+        from homeops.core.runner import CommandResult
+        from homeops.core.ssh.shell import decode_powershell
+        from tests.fakes import winvm_playwright as vm
+
+        script = decode_powershell(command)
+        self.scripts.append(script)
+        reply = await asyncio.to_thread(vm.handle, script, self.state, self.root)
+        assert reply is not None, f"no handler for {script!r}"
+        done = CommandResult(
+            (command,), reply.exit_code, reply.stdout.encode(), reply.stderr.encode(), 0.0, "vm"
+        )
+        return done.check() if check else done
+
+    async def upload(self, local: Path, remote: str) -> None:
+        from tests.fakes.winvm_playwright import local_path
+
+        def copy() -> None:
+            target = local_path(self.root, remote)
+            assert target.parent.is_dir(), "uploaded before the directory was made"
+            target.write_bytes(local.read_bytes())
+
+        await asyncio.to_thread(copy)
+
+
+@pytest.fixture
+def emulated_vm(tmp_path: Path):
+    from tests.fakes import winvm_playwright as vm
+    from tests.fixtures.playwright_server import missing_prerequisite
+
+    reason = missing_prerequisite()
+    if reason:
+        pytest.skip(reason)
+    emulated = EmulatedVm(tmp_path / "vm")
+    yield emulated
+    vm.stop_server(emulated.state)
+
+
+def test_install_then_health_against_the_started_server(
+    emulated_vm: EmulatedVm, tmp_path: Path, page_server: PageServer, log_stream
+) -> None:
+    sec = PlaywrightSection(host="127.0.0.1", port=free_port())
+    state_dir = tmp_path / "state"
+    result = asyncio.run(flow.install(emulated_vm, emulated_vm.upload, sec, state_dir=state_dir))
+    assert result.ws_path_generated and result.task.running
+    assert result.task.action == "node.exe " + pw.task_arguments(sec.port)
+    ws_path = flow.resolve_ws_path(sec, state_dir)  # found in the 0600 file install wrote
+    report = asyncio.run(flow.health(sec, ws_path))
+    assert report.browser_version[0].isdigit()
+    shot = asyncio.run(
+        flow.run(sec, ws_path, url=page_server.base + "/", out_dir=tmp_path / "o", timeout=30)
+    )
+    assert shot.title == PAGE_TITLE
+    # Installing again replaces the task and restarts the server with the same secret.
+    again = asyncio.run(flow.install(emulated_vm, emulated_vm.upload, sec, state_dir=state_dir))
+    assert not again.ws_path_generated and again.task.running
+    assert emulated_vm.state["playwright"]["task"]["registered"] == 2
+    asyncio.run(flow.health(sec, ws_path))
+    assert ws_path not in log_stream.getvalue()
+    assert all(ws_path not in script for script in emulated_vm.scripts)
+
+
+def test_install_node_missing_on_the_emulated_vm(emulated_vm: EmulatedVm, tmp_path: Path) -> None:
+    from tests.fakes.winvm_playwright import pw_state
+
+    pw_state(emulated_vm.state)["node"] = None
+    with pytest.raises(flow.PlaywrightMissing, match=r"Node\.js"):
+        asyncio.run(
+            flow.install(
+                emulated_vm, emulated_vm.upload, PlaywrightSection(), state_dir=tmp_path / "s"
+            )
+        )
+    assert emulated_vm.scripts == [pw.prerequisites_script()]
