@@ -15,7 +15,7 @@ needs. ``homeops version`` skips typer altogether (it is what scripts call in lo
 import errno
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from homeops import __version__
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from homeops.core.config import SettingsSpec
     from homeops.core.health import Check
     from homeops.core.jobs.types import JobType
-    from homeops.core.registry import Domain, DomainContext, Registry
+    from homeops.core.registry import Domain, DomainContext, Registry, Remediation
 
 PROG = "homeops"
 HELP = """One tool for a NixOS homelab: fleet deploys, builds and binary cache, service
@@ -63,6 +63,18 @@ def _windows_job_types(ctx: "DomainContext") -> "Sequence[JobType[Any]]":
     return windows_job_types(ctx)
 
 
+def _windows_checks(ctx: "DomainContext") -> "Sequence[Check]":
+    from homeops.windows.checks import windows_checks
+
+    return windows_checks(ctx)
+
+
+def _windows_remediations(ctx: "DomainContext") -> "Mapping[str, Remediation]":
+    from homeops.windows.checks import windows_remediations
+
+    return windows_remediations(ctx)
+
+
 def _windows_cli() -> "typer.Typer":
     from homeops.windows.cli import app
 
@@ -81,7 +93,6 @@ def domain_records() -> "list[Domain]":
             checks=_core_checks,
             job_types=_core_job_types,
         ),
-        # Issue 7 in progress: checks follow.
         Domain(
             "windows",
             "Drive the Windows VM: commands over SSH, Aloha, Playwright.",
@@ -90,6 +101,8 @@ def domain_records() -> "list[Domain]":
             cli=_windows_cli,
             aliases=("win-automation",),
             job_types=_windows_job_types,
+            checks=_windows_checks,
+            remediations=_windows_remediations,
             core_env=windows.CORE_ENV,
             core_keys=windows.CORE_KEYS,
         ),

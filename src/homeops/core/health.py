@@ -88,6 +88,19 @@ def _error_detail(exc: Exception) -> str:
     return f"{name}: {text}" if text else name
 
 
+async def tcp_port_open(host: str, port: int, *, timeout: float) -> bool:
+    """Whether a TCP connect to ``host:port`` succeeds within ``timeout`` (then closed)."""
+    try:
+        async with asyncio.timeout(timeout):
+            _reader, writer = await asyncio.open_connection(host, port)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
 def validate_failpoint(checks: Sequence[Check], failpoint: str | None) -> None:
     """:class:`UsageError` listing valid names unless ``failpoint`` is None or a check name."""
     if failpoint is None:

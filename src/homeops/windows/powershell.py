@@ -8,6 +8,7 @@ not run" (a missing cmdlet, a profile that prints a banner) instead of guessing.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final
 
@@ -18,6 +19,9 @@ LOCKED: Final = "locked"
 UNLOCKED: Final = "unlocked"
 LISTENING: Final = "listening"
 NOT_LISTENING: Final = "not-listening"
+
+# The program name of a start command's .exe (quoted or bare, any directory).
+_EXE: Final = re.compile(r"([A-Za-z0-9_.-]+)\.exe\b", re.IGNORECASE)
 
 # The Playwright server's scheduled task (CONTRACTS.md §1).
 PLAYWRIGHT_TASK: Final = "WinAutomation-Playwright"
@@ -104,3 +108,64 @@ def parse_firewall_rule(stdout: str) -> str:
 def start_playwright_task_script() -> str:
     """Start the Playwright server's scheduled task."""
     return f"Start-ScheduledTask -TaskName {powershell_literal(PLAYWRIGHT_TASK)}"
+
+
+# -- drift queries (doctor): one `name=state` line per item asked about ------------------------
+
+
+def _names(names: tuple[str, ...], what: str) -> str:
+    if not names:
+        raise UsageError(f"{what}: no names given")
+    for name in names:
+        if not name.strip() or any(c in name for c in "\r\n="):
+            raise UsageError(f"{what}: not a plain name: {name!r}")
+    return ", ".join(powershell_literal(n) for n in names)
+
+
+def firewall_state_script(names: tuple[str, ...]) -> str:
+    """Prints ``<name>=enabled|disabled|missing`` for each firewall rule display name."""
+    return (
+        f"foreach ($n in @({_names(names, 'firewall rules')})) {{\n"
+        "  $r = Get-NetFirewallRule -DisplayName $n -ErrorAction SilentlyContinue\n"
+        "  if (-not $r) { \"$n=missing\" }\n"
+        "  elseif (@($r | Where-Object { $_.Enabled -eq 'True' }).Count -gt 0) "
+        '{ "$n=enabled" }\n'
+        '  else { "$n=disabled" }\n'
+        "}"
+    )
+
+
+def process_state_script(names: tuple[str, ...]) -> str:
+    """Prints ``<name>=running|missing`` for each process name (``server`` for server.exe)."""
+    return (
+        f"foreach ($n in @({_names(names, 'processes')})) {{\n"
+        "  if (Get-Process -Name $n -ErrorAction SilentlyContinue) "
+        '{ "$n=running" } else { "$n=missing" }\n'
+        "}"
+    )
+
+
+def parse_states(stdout: str, names: tuple[str, ...], allowed: tuple[str, ...]) -> dict[str, str]:
+    """The ``name=state`` lines of a drift query, for exactly ``names``.
+
+    A name the VM did not answer for, or an unknown state, is an :class:`OperationalError`
+    (the script did not run as written), never read as "missing".
+    """
+    found: dict[str, str] = {}
+    for line in stdout.splitlines():
+        name, sep, state = line.strip().rpartition("=")
+        if sep and name in names and state in allowed:
+            found[name] = state
+    absent = [n for n in names if n not in found]
+    if absent:
+        raise OperationalError(f"drift query: no answer from the VM for {absent[0]!r}")
+    return found
+
+
+def program_process_name(start_cmd: str | None) -> str | None:
+    """The process name a start command launches: ``Start-Process -FilePath 'C:\\A\\server.exe'``
+    → ``server``; None when the command names no ``.exe``."""
+    if not start_cmd:
+        return None
+    match = _EXE.search(start_cmd)
+    return match.group(1) if match else None

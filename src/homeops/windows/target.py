@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
 from homeops.core.ssh.model import HostKeyPolicy, SshTarget
 from homeops.windows.settings import WindowsSection
+
+if TYPE_CHECKING:
+    from homeops.core.runner import SshRunner
 
 
 def vm_target(section: WindowsSection) -> SshTarget:
@@ -23,3 +30,13 @@ def vm_target(section: WindowsSection) -> SshTarget:
         host_key_policy=HostKeyPolicy.STRICT,
         remote_shell="powershell",
     )
+
+
+@contextlib.asynccontextmanager
+async def vm_runner(section: WindowsSection) -> AsyncIterator[SshRunner]:
+    """A runner on the VM over a pool of its own, closed (remote kills awaited) on exit."""
+    from homeops.core.runner import SshRunner
+    from homeops.core.ssh import SshPool
+
+    async with SshPool() as pool:
+        yield SshRunner(pool, vm_target(section))

@@ -27,12 +27,10 @@ def windows_settings(ctx: typer.Context) -> WindowsSettings:
 @contextlib.asynccontextmanager
 async def vm_runner(settings: WindowsSettings) -> AsyncIterator[SshRunner]:
     """A runner on the VM over a pool of its own, closed (remote kills awaited) on exit."""
-    from homeops.core.runner import SshRunner
-    from homeops.core.ssh import SshPool
-    from homeops.windows.target import vm_target
+    from homeops.windows.target import vm_runner as open_runner
 
-    async with SshPool() as pool:
-        yield SshRunner(pool, vm_target(settings.windows))
+    async with open_runner(settings.windows) as runner:
+        yield runner
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
