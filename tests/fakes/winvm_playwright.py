@@ -60,7 +60,7 @@ def local_path(root: Path, windows_path: str) -> Path:
 
 def pw_state(state: dict[str, Any]) -> dict[str, Any]:
     """This module's part of the emulator state (defaults filled in)."""
-    part = state.setdefault("playwright", {})
+    part: dict[str, Any] = state.setdefault("playwright", {})
     for key, value in DEFAULTS.items():
         part.setdefault(key, value)
     return part
