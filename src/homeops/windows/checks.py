@@ -78,7 +78,11 @@ class _Probes:
     settings: WindowsSettings
     dctx: DomainContext
 
-    async def _on_vm(self, action: Callable[[RawRunner], Awaitable[CheckOutcome]]) -> CheckOutcome:
+    async def _on_vm(
+        self,
+        action: Callable[[RawRunner], Awaitable[CheckOutcome]],
+        fix: str = "make the ssh check pass first: this is read over SSH",
+    ) -> CheckOutcome:
         from homeops.core.errors import HomeopsError
         from homeops.windows.target import vm_runner
 
@@ -86,10 +90,9 @@ class _Probes:
             async with vm_runner(self.settings.windows) as runner:
                 return await action(runner)
         except HomeopsError as exc:
-            return _fail(exc.message, "make the ssh check pass first: this is read over SSH")
+            return _fail(exc.message, fix)
 
     async def ssh(self) -> CheckOutcome:
-        from homeops.core.errors import HomeopsError
         from homeops.windows.vm import run_script
 
         section = self.settings.windows
@@ -104,14 +107,11 @@ class _Probes:
                 )
             return _ok(f"{where}: OpenSSH and PowerShell answer", host=where)
 
-        try:
-            return await self._on_vm(probe)
-        except HomeopsError as exc:
-            return _fail(
-                f"{where}: {exc.message}",
-                "start the VM and its OpenSSH server (sshd), check the 22555->22 forward, "
-                "windows.ssh_identity_file and the host key in windows.known_hosts",
-            )
+        return await self._on_vm(
+            probe,
+            "start the VM and its OpenSSH server (sshd), check the 22555->22 forward, "
+            "windows.ssh_identity_file and the host key in windows.known_hosts",
+        )
 
     async def aloha_server(self) -> CheckOutcome:
         from homeops.core import http
@@ -348,8 +348,32 @@ def _sdk_version() -> str | None:
         return None
 
 
+def configured(dctx: DomainContext) -> bool:
+    """Whether this invocation is about the VM: the seed tool, or a windows setting given
+    in a file or the environment. ``homeops doctor`` on the embedded defaults is not."""
+    from homeops.core.config import DEFAULT
+
+    config = dctx.config
+    if config is None or config.seed == GROUP:
+        return True
+    return any(source != DEFAULT for source in config.domain(GROUP).sources.values())
+
+
+def _skipped(check: Check) -> Check:
+    async def probe() -> CheckOutcome:
+        return _skip("windows domain not configured (no windows settings in file or env)")
+
+    return Check(check.name, probe, check.timeout, check.group)
+
+
 def windows_checks(dctx: DomainContext) -> list[Check]:
-    """The domain's doctor checks, the seed's five first (they are the failpoint names)."""
+    """The domain's doctor checks, the seed's five first (they are the failpoint names);
+    all skipped when nothing configures the domain (see :func:`configured`)."""
+    checks = _all_checks(dctx)
+    return checks if configured(dctx) else [_skipped(c) for c in checks]
+
+
+def _all_checks(dctx: DomainContext) -> list[Check]:
     probes = _Probes(dctx.settings("windows"), dctx)
     return [
         Check("ssh", probes.ssh, SSH_CHECK_TIMEOUT_S, GROUP),
