@@ -13,15 +13,25 @@
     {
       overlays.default = import ./nix/overlay.nix;
 
+      nixosModules = {
+        default = self.nixosModules.win-automation;
+        win-automation = import ./nix/modules/win-automation.nix;
+      };
+
       packages = forAllSystems (pkgs: {
         default = pkgs.homeops;
         homeops = pkgs.homeops;
+        win-automation = pkgs.win-automation;
       });
 
       apps = forAllSystems (pkgs: {
         default = {
           type = "app";
           program = "${pkgs.homeops}/bin/homeops";
+        };
+        win-automation = {
+          type = "app";
+          program = "${pkgs.win-automation}/bin/win-automation";
         };
       });
 

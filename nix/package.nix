@@ -1,7 +1,9 @@
 # The homeops Python application. Runtime dependencies mirror pyproject.toml's
 # [project.dependencies]; tests/core/test_nix.py evaluates this file and fails when the
 # two lists drift apart.
-{ lib, python3Packages }:
+# `mainProgram` only changes meta (not the derivation): pkgs.win-automation is the same build
+# with the seed's program as what `nix run` and lib.getExe pick; both bins are installed.
+{ lib, python3Packages, mainProgram ? "homeops" }:
 
 python3Packages.buildPythonApplication {
   pname = "homeops";
@@ -19,6 +21,9 @@ python3Packages.buildPythonApplication {
     asyncssh
     httpx
     tenacity
+    # Its major.minor must match playwright-core on the VM (pyproject pins 1.65.1); nixpkgs'
+    # version is what `win-automation playwright install` should then install there.
+    playwright
   ];
 
   # nixpkgs moves these at its own pace; the lower bounds in pyproject.toml are what matters.
@@ -32,7 +37,7 @@ python3Packages.buildPythonApplication {
   meta = {
     description = "Runs a NixOS homelab end to end: fleet deploys, builds and cache, backups, a Windows VM";
     license = lib.licenses.mit;
-    mainProgram = "homeops";
+    inherit mainProgram;
     platforms = lib.platforms.linux;
   };
 }
