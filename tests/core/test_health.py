@@ -402,6 +402,19 @@ async def test_supervisor_reports_changes_not_ticks(log_stream: io.StringIO) -> 
     assert [("level=debug" in ln) for ln in lines] == [not c for c in changes]
 
 
+async def test_failpoint_on_one_check_while_another_is_repaired() -> None:
+    # The repaired check is confirmed alone: the failpoint (another check) must not be
+    # re-validated against that one-check list.
+    svc = Service()
+    sup = supervisor(svc, FakeClock(), failpoint="ssh")
+    report = await sup.run_once()
+    assert report.remediated == ("aloha_server",)
+    assert [(r.name, r.status) for r in report.results] == [
+        ("ssh", Status.FAIL),
+        ("aloha_server", Status.OK),
+    ]
+
+
 async def test_supervisor_warn_and_skip_do_not_fail_pass() -> None:
     checks = [Check("a", const(Status.WARN)), Check("b", const(Status.SKIP))]
     breaker = CircuitBreaker(threshold=1)

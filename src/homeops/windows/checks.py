@@ -53,8 +53,8 @@ def url_port(url: str, default: int) -> tuple[str, int]:
     host = parts.hostname or "localhost"
     try:
         port = parts.port
-    except ValueError:
-        port = None
+    except ValueError:  # out of range: the settings' own check reports it; probe the default
+        return host, default
     if port is None:
         port = {"http": 80, "https": 443}.get(parts.scheme, default)
     return host, port

@@ -127,7 +127,7 @@ def firewall_state_script(names: tuple[str, ...]) -> str:
     return (
         f"foreach ($n in @({_names(names, 'firewall rules')})) {{\n"
         "  $r = Get-NetFirewallRule -DisplayName $n -ErrorAction SilentlyContinue\n"
-        "  if (-not $r) { \"$n=missing\" }\n"
+        '  if (-not $r) { "$n=missing" }\n'
         "  elseif (@($r | Where-Object { $_.Enabled -eq 'True' }).Count -gt 0) "
         '{ "$n=enabled" }\n'
         '  else { "$n=disabled" }\n'
