@@ -125,3 +125,56 @@ def test_the_umbrella_sees_the_same_job_types_and_store(capsys, tmp_path, state_
     code, out, err = run_main(capsys, "--config", str(umbrella), "jobs", "status", job_id, "--json")
     assert code == 0, err
     assert json.loads(out)["type"] == "windows.exec"
+
+
+def test_playwright_run_job_keeps_a_real_screenshot_and_trace(
+    capsys, tmp_path, state_dir, playwright_server, page_server
+):
+    config = tmp_path / "win.json"
+    config.write_text(
+        json.dumps(
+            {
+                "playwright": {
+                    "host": playwright_server.host,
+                    "port": playwright_server.port,
+                    "ws_path": playwright_server.ws_path,
+                }
+            }
+        )
+    )
+    job_id = enqueue(
+        capsys, config, "--type", "playwright.run", "--url", page_server.base + "/", "--trace"
+    )
+    code, out, err = run_win(capsys, "--config", str(config), "worker", "--drain", "--metrics")
+    assert code == 0, err
+    done = job(capsys, config, job_id)
+    assert done["state"] == "succeeded", done["error"]
+    files = manifest(state_dir, job_id)
+    png = (state_dir / "artifacts" / job_id / "playwright/screenshot.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    assert files["playwright/screenshot.png"]["sha256"] == hashlib.sha256(png).hexdigest()
+    import zipfile
+
+    with zipfile.ZipFile(state_dir / "artifacts" / job_id / "playwright/trace.zip") as zf:
+        assert zf.namelist()
+    # The seed's counter, incremented where the session happened, in the worker's metrics.
+    assert "metric=playwright_sessions_total value=1 " in out
+    assert playwright_server.ws_path not in out + err
+
+
+def test_playwright_payload_refuses_a_file_url(capsys, tmp_path, state_dir):
+    config = tmp_path / "win.json"
+    config.write_text("{}")
+    code, _, err = run_win(
+        capsys,
+        "--config",
+        str(config),
+        "jobs",
+        "enqueue",
+        "--type",
+        "playwright.run",
+        "--url",
+        "file:///etc/passwd",
+    )
+    assert code == 2
+    assert "url" in err

@@ -13,9 +13,10 @@ command it was running.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from homeops.core.logging import get_logger
 
@@ -48,6 +49,21 @@ class ExecPayload(_Payload):
     idempotent_check: str | None = Field(
         default=None, min_length=1, description="Skip cmd when this check exits 0"
     )
+
+
+class PlaywrightPayload(_Payload):
+    """``playwright.run``: open a page in the VM's browser, keep what was asked for."""
+
+    url: str = Field(min_length=1, description="http(s) URL to open")
+    screenshot: bool = Field(default=True, description="Keep playwright/screenshot.png")
+    trace: bool = Field(default=False, description="Keep playwright/trace.zip")
+
+    @field_validator("url")
+    @classmethod
+    def _http_only(cls, value: str) -> str:
+        from homeops.windows.playwright import check_url
+
+        return check_url(value)
 
 
 class VmSession:
@@ -121,6 +137,33 @@ def _exec_handler(
     return run_exec
 
 
+def _playwright_handler(
+    settings: WindowsSettings, state_dir: Path
+) -> Callable[[JobContext, PlaywrightPayload], Awaitable[dict[str, Any]]]:
+    async def run_playwright(ctx: JobContext, payload: PlaywrightPayload) -> dict[str, Any]:
+        import tempfile
+
+        from homeops.windows import playwright_flow
+
+        ws_path = playwright_flow.resolve_ws_path(settings.playwright, state_dir)
+        with tempfile.TemporaryDirectory(prefix="homeops-playwright-") as tmp:
+            ctx.count("playwright_sessions_total")
+            result = await playwright_flow.run(
+                settings.playwright,
+                ws_path,
+                url=payload.url,
+                out_dir=Path(tmp),
+                screenshot=payload.screenshot,
+                trace=payload.trace,
+                timeout=_timeout(ctx, settings),
+            )
+            for path in result.files:
+                await ctx.artifacts.add_file(f"playwright/{path.name}", path, type="playwright")
+        return {"final_url": result.final_url, "title": result.title, "status": result.status}
+
+    return run_playwright
+
+
 def windows_job_types(dctx: DomainContext) -> list[JobType[Any]]:
     """The domain's job types, their handlers sharing one VM session."""
     from homeops.core.jobs.types import JobType
@@ -135,5 +178,11 @@ def windows_job_types(dctx: DomainContext) -> list[JobType[Any]]:
             _exec_handler(settings, session),
             description="One command on the VM (windows exec)",
             close=session.close,
+        ),
+        JobType(
+            PLAYWRIGHT_RUN,
+            PlaywrightPayload,
+            _playwright_handler(settings, dctx.core.state_dir),
+            description="Open a page in the VM's browser (playwright run)",
         ),
     ]
