@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.common",
     "tests.fixtures.sshd",
     "tests.fixtures.playwright_server",
+    "tests.fixtures.aloha",
 ]
