@@ -110,7 +110,7 @@ let
     LoadCredential = map (c: "${c.name}:${c.source}") credentials;
     ReadWritePaths = map (p: "-${p}") extraWritable;
 
-    # Hardening (systemd-analyze security: about 1.1). What stays open, and why:
+    # Hardening (systemd-analyze security --offline=true: 1.2). What stays open, and why:
     # the network (SSH to the VM, HTTP to Aloha/Hatchet/Playwright, on loopback or the LAN),
     # and writable+executable memory: the Python Playwright client runs a Node driver (V8 JIT).
     ProtectSystem = "strict";

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tomllib
 from dataclasses import dataclass
@@ -632,6 +633,65 @@ def test_program_loads_the_units_environment(mock_dir: Path, tmp_path: Path) -> 
     }
     text = json.dumps(shown)
     assert all(v not in text for v in secret_values.values())
+
+
+def unit_runtime(ev: Evaluated, name: str, tmp_path: Path) -> tuple[list[str], dict[str, str]]:
+    """A unit's command and environment as systemd would start it, on this machine: its
+    StateDirectory, LogsDirectory and credentials directory are temp dirs (systemd creates
+    them; here nothing runs as PID 1), its ExecStart runs .venv's win-automation."""
+    svc = ev.unit(name)
+    dirs = {
+        "/var/lib/win-automation": tmp_path / "state",
+        "/var/log/win-automation": tmp_path / "logs",
+    }
+    for d in dirs.values():
+        d.mkdir(exist_ok=True)
+    creds = tmp_path / "credentials"
+    creds.mkdir(exist_ok=True)
+    for cred in credentials(svc):
+        (creds / cred).write_text(f"secret-{cred}")
+
+    def place(text: str) -> str:
+        for unit_path, here in dirs.items():
+            text = text.replace(unit_path, str(here))
+        return text.replace("%d", str(creds))
+
+    assert ev.config_text is not None
+    config = tmp_path / "win-automation.json"
+    config.write_text(place(ev.config_text))
+    env = {k: place(v) for k, v in unit_env(svc).items()}
+    env["WIN_AUTOMATION_CONFIG"] = str(config)
+    argv = svc["serviceConfig"]["ExecStart"].split()
+    assert argv[0] == f"{MOCK_PACKAGE}/bin/win-automation"
+    return [str(WIN_AUTOMATION), *argv[1:]], env
+
+
+@pytest.mark.parametrize("name", UNITS)
+def test_unit_command_runs_until_sigterm(mock_dir: Path, tmp_path: Path, name: str) -> None:
+    """The units' command lines are ones the program accepts, and run until SIGTERM (exit 0)."""
+    if not WIN_AUTOMATION.exists():
+        pytest.skip(f"{WIN_AUTOMATION} missing (pip install -e . in .venv)")
+    # Nothing answers on the VM's ports here: the supervisor's checks fail on loopback only.
+    argv, env = unit_runtime(evaluate(mock_dir, SEED_FULL), name, tmp_path)
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("WIN_AUTOMATION", "HOMEOPS"))}
+    proc = subprocess.Popen(
+        argv,
+        env={**base, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=3)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "secret-" not in err
+    if name == "win-automation-worker":
+        # worker.metrics and metricsPath reached the worker: it wrote its lines on exit.
+        assert "metric=jobs_enqueued_total " in (tmp_path / "logs" / "metrics.log").read_text()
 
 
 # -- the mock agrees with nixpkgs' lib ----------------------------------------------------------
