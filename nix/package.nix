@@ -1,5 +1,5 @@
 # The homeops Python application. Runtime dependencies mirror pyproject.toml's
-# [project.dependencies]; tests/core/test_nix.py evaluates this file and fails when the
+# [project.dependencies]; tests/nix/test_flake.py evaluates this file and fails when the
 # two lists drift apart.
 # `mainProgram` only changes meta (not the derivation): pkgs.win-automation is the same build
 # with the seed's program as what `nix run` and lib.getExe pick; both bins are installed.
