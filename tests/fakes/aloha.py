@@ -94,6 +94,7 @@ class Knobs:
     busy_delay_s: float = 0.005  # client: the busy flag is set this late in the run thread
     stop_delay_s: float = 0.05  # client: a run ends this long after /stop
     call_server: bool = False  # client: each step POSTs to server_url (loopback only)
+    error_paths: set[str] = field(default_factory=set)  # these routes give the HTML 500 page
 
 
 def _loopback(host: str) -> bool:
@@ -155,7 +156,10 @@ class FakeAloha:
 
     def start(self) -> FakeAloha:
         """Serve in a background thread."""
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        # A short poll: shutdown() waits for it, and tests tear a fake down each time.
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
         self._thread.start()
         if self.role == "client":
             self.log(f"Starting Client Flask on 127.0.0.1:{self.port}")
@@ -332,6 +336,8 @@ def _handler_class(app: FakeAloha) -> type[BaseHTTPRequestHandler]:
             if knobs.unavailable > 0:
                 knobs.unavailable -= 1
                 status, ctype, text = 503, "text/html", "<title>503 Service Unavailable</title>"
+            elif parts.path in knobs.error_paths:
+                status, ctype, text = 500, "text/html; charset=utf-8", _DEBUGGER_PAGE
             else:
                 status, ctype, text = app.answer(method, parts.path, body)
             app.requests.append(Recorded(method, parts.path, body, status))
