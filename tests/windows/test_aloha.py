@@ -546,3 +546,27 @@ async def test_wait_timeout_with_a_controlled_clock():
             log, 0, timeout=5, poll_interval=1, clock=lambda: now[0], sleep=sleep
         )
     assert len(log.reads) == 5
+
+
+async def test_the_fake_as_a_subprocess_answers_and_crashes_on_request(tmp_path):
+    import os
+
+    from tests.fixtures.aloha import aloha_process
+
+    port = free_port()
+    settings = AlohaSection(server_url=f"http://127.0.0.1:{port}/", client_url="http://127.0.0.1:1")
+    with aloha_process("server", port) as pid:
+        async with http.make_client(timeout=5) as client:
+            assert (await flow.server_health(client, settings)).ok
+            knob = await client.get(f"http://127.0.0.1:{port}/__fake__/crash")
+            assert knob.status_code == 200
+
+            def gone():
+                try:
+                    return os.waitpid(pid, os.WNOHANG)[0] == pid
+                except ChildProcessError:
+                    return True
+
+            _until(gone, "the fake process exits")
+            after = await flow.server_health(client, settings, policy=FAST)
+    assert not after.ok and "unreachable" in after.detail
