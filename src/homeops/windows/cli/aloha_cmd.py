@@ -145,7 +145,10 @@ def run_command(
     ),
     wait: bool = typer.Option(False, "--wait", help="Follow the client's log until the end."),
     timeout: str = typer.Option(
-        None, "--timeout", metavar="DURATION", help=f"With --wait: longest wait. {DEFAULT_WAIT}."
+        None,
+        "--timeout",
+        metavar="DURATION",
+        help=f"With --wait: the longest wait. Default: {DEFAULT_WAIT}.",
     ),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
