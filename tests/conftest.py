@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.sshd",
     "tests.fixtures.playwright_server",
     "tests.fixtures.aloha",
+    "tests.fixtures.winvm",
 ]
