@@ -264,10 +264,13 @@ class SshPool:
                     target, entry, fresh, command, tried, slot, streams
                 )
                 assert session.chan is not None
-                if data:
-                    session.chan.write(data)
-                # Without EOF a command that reads stdin would wait for the timeout.
-                session.chan.write_eof()
+                # A command that exits without reading its stdin may close the channel
+                # before the write: its result, not a broken pipe, is the answer.
+                with contextlib.suppress(BrokenPipeError):
+                    if data:
+                        session.chan.write(data)
+                    # Without EOF a command that reads stdin would wait for the timeout.
+                    session.chan.write_eof()
                 await session.finished.wait()
             if session.sink_error is not None:
                 kill = self._killer.start(target, tried, command, CANCEL_GRACE_S, slot)
