@@ -229,3 +229,25 @@ async def test_proxy_environment_is_ignored(monkeypatch):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("answers", "arrived"),
+    [
+        pytest.param([httpx.ConnectError("refused")], False, id="refused"),
+        pytest.param([httpx.ConnectTimeout("slow connect")], False, id="connect-timeout"),
+        pytest.param([503], False, id="503s"),
+        pytest.param([httpx.ReadTimeout("no answer")], True, id="read-timeout"),
+        pytest.param([httpx.RemoteProtocolError("dropped")], True, id="dropped-mid-answer"),
+    ],
+)
+async def test_whether_a_failed_post_may_have_arrived(answers, arrived):
+    transport, _ = scripted(answers)
+    async with hhttp.make_client(transport=transport) as client:
+        with pytest.raises((HttpUnavailable, HomeopsTimeout)) as caught:
+            await hhttp.request(
+                client, "POST", "http://127.0.0.1:9/run", idempotent=False, sleep=Recorder()
+            )
+    assert hhttp.request_may_have_arrived(caught.value) is arrived
+    # Anything the seam did not raise is not known to have stayed unsent.
+    assert hhttp.request_may_have_arrived(RuntimeError("x")) is True

@@ -287,6 +287,46 @@ async def test_second_stop_skips_grace(queue: SqliteJobQueue) -> None:
     assert queue.get(job.id).state is JobState.QUEUED
 
 
+async def test_an_unrepeatable_run_is_failed_not_handed_back_at_stop(
+    queue: SqliteJobQueue,
+) -> None:
+    started = asyncio.Event()
+
+    async def handler(ctx: JobContext) -> None:
+        ctx.mark_unrepeatable("sent the one-shot request")
+        started.set()
+        await asyncio.sleep(30)
+
+    job = queue.enqueue("t.x", {}, max_attempts=3)
+    worker = Worker(queue, types({"t.x": handler}), grace_s=0.05)
+    run = asyncio.create_task(worker.run())
+    await asyncio.wait_for(started.wait(), 5)
+    worker.request_stop()
+    await asyncio.wait_for(run, 5)
+    final = queue.get(job.id)
+    assert (final.state, final.attempts) == (JobState.FAILED, 1)
+    assert final.error is not None
+    assert "not run again (sent the one-shot request)" in final.error
+
+
+@pytest.mark.parametrize("taken_back", [False, True])
+async def test_an_unrepeatable_failure_is_final_unless_taken_back(
+    queue: SqliteJobQueue, taken_back: bool
+) -> None:
+    async def handler(ctx: JobContext) -> None:
+        ctx.mark_unrepeatable("posted")
+        assert ctx.unrepeatable == "posted"
+        if taken_back:
+            ctx.mark_unrepeatable(None)  # it turned out the request never arrived
+        raise OperationalError("transient, would normally be retried")
+
+    job = queue.enqueue("t.x", {}, max_attempts=2)
+    await drain(Worker(queue, types({"t.x": handler})))
+    final = queue.get(job.id)
+    assert final.state is JobState.FAILED
+    assert final.attempts == (2 if taken_back else 1)
+
+
 async def test_signal_handlers_stop_the_worker(queue: SqliteJobQueue) -> None:
     import os
     import signal

@@ -51,6 +51,26 @@ def is_retryable_http_error(exc: BaseException, *, idempotent: bool) -> bool:
     return False
 
 
+def request_may_have_arrived(exc: BaseException) -> bool:
+    """Whether a failed :func:`request` may still have reached the server.
+
+    False only when the error proves nothing was processed: the connection was never made
+    (refused, connect or pool timeout) or the server said 502/503/504. A caller whose request
+    is not idempotent (``POST /run_task``) must not send it again when this is True.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, _NOT_SENT):
+            return False
+        if isinstance(current, httpx.TransportError):
+            return True
+        current = current.__cause__
+    # HttpUnavailable for a 502/503/504 answer is raised "from None": no cause, not started.
+    return not isinstance(exc, HttpUnavailable)
+
+
 def make_client(
     *,
     base_url: str = "",

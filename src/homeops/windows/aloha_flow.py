@@ -199,18 +199,22 @@ async def run_task(
     *,
     policy: RetryPolicy = SEED_POLICY,
     sleep: Sleep = asyncio.sleep,
+    on_post: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Start ``request`` on the client; its JSON answer (for ``aloha/response.json``).
 
     The desktop must be unlocked (:class:`~homeops.windows.vm.DesktopLocked`, exit 1,
     ``state=blocked``); 409 is :class:`AlohaBusy`, 400 :class:`AlohaRejected`, any other
-    answer an :class:`OperationalError` naming it.
+    answer an :class:`OperationalError` naming it. ``on_post`` is called just before the
+    POST goes out: from then on a retry of the caller's own could start a second task.
     """
     from homeops.core import http
     from homeops.windows.vm import require_unlocked
 
     await require_unlocked(runner, "aloha run")
     url = aloha.app_url(settings.client_url, "/run_task")
+    if on_post is not None:
+        on_post()
     elapsed = timed()
     response = await http.request(
         client, "POST", url, json=request.body(), idempotent=False, policy=policy, sleep=sleep
@@ -387,16 +391,20 @@ async def run(
     poll_interval: float = DEFAULT_POLL_INTERVAL_S,
     policy: RetryPolicy = SEED_POLICY,
     sleep: Sleep = asyncio.sleep,
+    on_post: Callable[[], None] | None = None,
 ) -> RunResult:
     """Start ``request`` and, with ``wait``, follow it to its end in ``log``.
 
     ``wait`` without a log is a :class:`UsageError` before anything is sent. A wait that
     times out or is cancelled sends ``/stop`` (best effort), so no GUI run is left behind.
+    ``on_post``: see :func:`run_task`.
     """
     if wait and log is None:
         raise UsageError(WAIT_NEEDS_LOG)
     start = await log_size(log) if wait and log is not None else 0
-    response = await run_task(client, runner, settings, request, policy=policy, sleep=sleep)
+    response = await run_task(
+        client, runner, settings, request, policy=policy, sleep=sleep, on_post=on_post
+    )
     if not wait or log is None:
         return RunResult(response, request)
     try:

@@ -12,12 +12,14 @@ command it was running.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from homeops.core.errors import HomeopsError, OperationalError
 from homeops.core.logging import get_logger
 
 if TYPE_CHECKING:
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
     from homeops.core.registry import DomainContext
     from homeops.core.ssh.model import SshTarget
     from homeops.core.ssh.pool import SshPool
+    from homeops.windows import aloha, aloha_flow
     from homeops.windows.settings import WindowsSettings
 
 _log = get_logger("windows.jobs")
@@ -35,6 +38,8 @@ ALOHA_RUN: Final = "aloha.run"
 PLAYWRIGHT_RUN: Final = "playwright.run"
 # Pulling the VM-side artifacts after the job: per SFTP call.
 PULL_TIMEOUT_S: Final = 60.0
+# One HTTP request to an Aloha app (the run's wait has the job's timeout).
+ALOHA_REQUEST_TIMEOUT_S: Final = 15.0
 
 
 class _Payload(BaseModel):
@@ -49,6 +54,26 @@ class ExecPayload(_Payload):
     idempotent_check: str | None = Field(
         default=None, min_length=1, description="Skip cmd when this check exits 0"
     )
+
+
+class AlohaPayload(_Payload):
+    """``aloha.run``: one task for the Aloha client; omitted values are the client's defaults
+    (every field is sent anyway, see CONTRACTS.md §2)."""
+
+    task: str = Field(min_length=1, description="What the agent should do")
+    max_steps: int | None = Field(default=None, ge=1, le=10_000, description="Step budget")
+    selected_screen: int | None = Field(default=None, ge=0, le=64, description="Screen index")
+    trace_id: str | None = Field(default=None, min_length=1, description="Taught trajectory")
+    wait: bool = Field(
+        default=True, description="Succeed when the run ends (needs aloha.client_log_path)"
+    )
+
+    @field_validator("task", "trace_id")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("blank")
+        return value
 
 
 class PlaywrightPayload(_Payload):
@@ -137,6 +162,79 @@ def _exec_handler(
     return run_exec
 
 
+class AlohaRunFailed(OperationalError):
+    """The run ended with an error in the client's log (final: it would fail again)."""
+
+    retryable = False
+
+
+def _aloha_handler(
+    settings: WindowsSettings, session: VmSession
+) -> Callable[[JobContext, AlohaPayload], Awaitable[dict[str, Any]]]:
+    async def run_aloha(ctx: JobContext, payload: AlohaPayload) -> dict[str, Any]:
+        from homeops.core import http
+        from homeops.core.runner import SshRunner
+        from homeops.windows import aloha, aloha_flow
+
+        request = aloha.run_task_request(
+            payload.task,
+            settings.aloha.server_url,
+            selected_screen=payload.selected_screen,
+            trace_id=payload.trace_id,
+            max_steps=payload.max_steps,
+        )
+        pool = session.pool()
+        log = aloha_flow.client_log(pool, session.target, settings.aloha)
+
+        def on_post() -> None:
+            # From here another attempt could start the same GUI task a second time.
+            ctx.mark_unrepeatable("POST /run_task was sent to the Aloha client")
+            ctx.count("aloha_runs_total")
+
+        try:
+            async with http.make_client(timeout=ALOHA_REQUEST_TIMEOUT_S) as client:
+                result = await aloha_flow.run(
+                    client,
+                    SshRunner(pool, session.target),
+                    settings.aloha,
+                    request,
+                    log=log,
+                    wait=payload.wait,
+                    timeout=_timeout(ctx, settings),
+                    on_post=on_post,
+                )
+        except HomeopsError as exc:
+            if ctx.unrepeatable is not None and not http.request_may_have_arrived(exc):
+                ctx.mark_unrepeatable(None)  # refused or 503: the client never took the task
+            raise
+        data = _aloha_data(request, result)
+        await ctx.artifacts.write_text(
+            "aloha/response.json", json.dumps(data, indent=2, sort_keys=True) + "\n", type="aloha"
+        )
+        await _pull(ctx, session)
+        if data["errors"]:
+            raise AlohaRunFailed(f"aloha.run: the client logged an error: {data['errors'][0]}")
+        return {key: data[key] for key in ("state", "steps", "duration_ms") if key in data}
+
+    return run_aloha
+
+
+def _aloha_data(request: aloha.RunTaskRequest, result: aloha_flow.RunResult) -> dict[str, Any]:
+    """What ``aloha/response.json`` keeps: the request sent, the answer, and the run's end."""
+    end = result.end
+    errors = list(end.progress.errors) if end is not None else []
+    data: dict[str, Any] = {
+        "state": "started" if end is None else ("failed" if errors else "finished"),
+        "request": request.body(),
+        "response": result.response,
+        "errors": errors,
+    }
+    if end is not None:
+        data["steps"] = len(end.progress.steps)
+        data["duration_ms"] = round(end.duration_s * 1000, 1)
+    return data
+
+
 def _playwright_handler(
     settings: WindowsSettings, state_dir: Path
 ) -> Callable[[JobContext, PlaywrightPayload], Awaitable[dict[str, Any]]]:
@@ -177,6 +275,13 @@ def windows_job_types(dctx: DomainContext) -> list[JobType[Any]]:
             ExecPayload,
             _exec_handler(settings, session),
             description="One command on the VM (windows exec)",
+            close=session.close,
+        ),
+        JobType(
+            ALOHA_RUN,
+            AlohaPayload,
+            _aloha_handler(settings, session),
+            description="One task for the Aloha client (aloha run)",
             close=session.close,
         ),
         JobType(

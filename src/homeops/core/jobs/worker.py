@@ -184,6 +184,7 @@ class JobContext:
     artifact_store: ArtifactStore | None = field(default=None, repr=False)
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
     metrics: MetricsSink | None = field(default=None, repr=False)
+    _unrepeatable: list[str] = field(default_factory=list, repr=False)
     _progress: _ProgressState = field(default_factory=_ProgressState, repr=False)
     _artifacts: list[JobArtifacts] = field(default_factory=list, repr=False)
 
@@ -204,6 +205,20 @@ class JobContext:
                 JobArtifacts(self.artifact_store, self.job.id, self.job.trace_id)
             )
         return self._artifacts[0]
+
+    @property
+    def unrepeatable(self) -> str | None:
+        """Why this attempt must not be run again (see :meth:`mark_unrepeatable`), or None."""
+        return self._unrepeatable[-1] if self._unrepeatable else None
+
+    def mark_unrepeatable(self, reason: str | None) -> None:
+        """Say the handler has started something that must not happen twice (a GUI task
+        posted to a client), and why; ``None`` takes it back (it turned out not to have
+        happened). While marked, a failure of this attempt is final and a stopping worker
+        fails the job instead of handing it back to the queue."""
+        self._unrepeatable.clear()
+        if reason is not None:
+            self._unrepeatable.append(reason)
 
     def count(self, name: str, value: float = 1.0) -> None:
         """Add ``value`` to the worker's counter ``name`` (``aloha_runs_total``), if any."""
@@ -759,6 +774,8 @@ class Worker:
 
     async def _fail(self, ctx: JobContext, error: str, retryable: bool, ms: float) -> None:
         job = ctx.job
+        if ctx.unrepeatable is not None:
+            retryable = False
         owned = await self._call(
             self.queue.fail, job.id, self.worker_id, error, retryable=retryable
         )
@@ -792,6 +809,10 @@ class Worker:
             if await self._call(self.queue.mark_cancelled, job.id, self.worker_id):
                 self._inc("jobs_cancelled_total")
                 ctx.log.info("run", "job cancelled", attempt=job.attempts, duration_ms=ms)
+        elif ctx.unrepeatable is not None:
+            # Handing it back would run it again: what it started may still be going on.
+            error = f"worker stopped mid-run; not run again ({ctx.unrepeatable})"
+            await self._fail(ctx, error, False, ms)
         elif await self._call(self.queue.requeue, job.id, self.worker_id):
             ctx.log.info(
                 "run",

@@ -103,6 +103,8 @@ def enqueue(
         case "aloha.run":
             if task is None or not task.strip():
                 raise UsageError("--type aloha.run needs --task TEXT")
+            if not no_wait:
+                _require_client_log(ctx)
             payload = {
                 "task": task,
                 "max_steps": max_steps,
@@ -128,3 +130,13 @@ def enqueue(
         print_json(job.to_dict())
     else:
         print_text(f"job_id={job.id} state={job.state.value} trace_id={job.trace_id}")
+
+
+def _require_client_log(ctx: typer.Context) -> None:
+    """A waiting aloha.run job needs the client's log: refuse it now, not at run time."""
+    from homeops.core.errors import UsageError
+    from homeops.windows.aloha_flow import WAIT_NEEDS_LOG
+    from homeops.windows.cli.common import windows_settings
+
+    if not (windows_settings(ctx).aloha.client_log_path or "").strip():
+        raise UsageError(f"{WAIT_NEEDS_LOG}; or pass --no-wait")
