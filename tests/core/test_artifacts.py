@@ -723,3 +723,51 @@ async def test_fetch_does_not_write_through_a_symlinked_subdir_of_out(
     (out / "ssh").unlink()
     assert store.fetch("j", out) == [out / "ssh" / "stdout.txt"]
     assert (out / "ssh" / "stdout.txt").read_bytes() == b"data"
+
+
+# -- batches and durability order -----------------------------------------------------------
+
+
+async def test_add_many_lists_every_file_in_one_manifest(store: ArtifactStore) -> None:
+    files = {"ssh/stdout.txt": b"hi\n", "ssh/stderr.txt": b"", "ssh/exit_code.txt": b"0\n"}
+    added = await store.add_many("job-1", files, type="ssh", trace_id="t-1")
+    assert [a.path for a in added] == list(files)
+    manifest = store.manifest("job-1")
+    assert manifest.trace_id == "t-1"
+    assert {a.path: a.sha256 for a in manifest.artifacts} == {p: sha(d) for p, d in files.items()}
+    for rel, data in files.items():
+        assert (store.job_dir("job-1") / rel).read_bytes() == data
+    assert leftovers(store.root) == []
+    assert await store.add_many("job-1", {}, type="ssh") == []
+
+
+async def test_add_many_with_one_bad_path_stores_nothing(store: ArtifactStore) -> None:
+    with pytest.raises(UsageError):
+        await store.add_many("job-1", {"ok.txt": b"a", "../escape": b"b"}, type="ssh")
+    assert not store.job_dir("job-1").exists() or store.manifest("job-1").artifacts == ()
+
+
+class OrderCheck:
+    """A flusher that records, at each flush, which final names exist and what is listed."""
+
+    def __init__(self, store: ArtifactStore, job_id: str, names: list[str]) -> None:
+        self.store, self.job_id, self.names = store, job_id, names
+        self.seen: list[tuple[list[bool], int]] = []
+
+    def flush(self, paths: object) -> None:
+        job_dir = self.store.job_dir(self.job_id)
+        manifest = job_dir / "manifest.json"
+        listed = len(json.loads(manifest.read_text())["artifacts"]) if manifest.exists() else 0
+        self.seen.append(([(job_dir / n).exists() for n in self.names], listed))
+
+
+async def test_file_bytes_are_flushed_before_the_manifest_lists_them(
+    store: ArtifactStore,
+) -> None:
+    names = ["a.txt", "d/b.txt"]
+    check = OrderCheck(store, "job-1", names)
+    store.flusher = check  # type: ignore[assignment]
+    await store.add_many("job-1", dict.fromkeys(names, b"x"), type="ssh")
+    # First flush: the data (temp files and the new manifest), before any rename; the
+    # second: the renames.
+    assert check.seen == [([False, False], 0), ([True, True], 2)]

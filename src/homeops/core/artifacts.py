@@ -5,11 +5,15 @@ Seed 001: every job keeps its artifacts (``ssh``: stdout.txt, stderr.txt, exit_c
 with a manifest of ``job_id``, ``trace_id``, ``created_at`` and ``artifacts[]`` (type, path,
 size_bytes, sha256). Retention defaults to 7 days.
 
-Every file lands by write-to-temp, fsync, ``os.replace`` so a reader never sees half a file
-or half a manifest. Manifest updates are read-modify-write under a per-job thread lock and an
-``flock`` on ``.manifest.lock`` so concurrent writers (tasks, threads, processes) never lose
-an entry. Job ids and artifact paths come from users and remote hosts, so both are validated
-before they touch the filesystem and symlinks are never followed out of the store.
+Every file lands by write-to-temp, flush to disk, ``os.replace`` so a reader never sees half a
+file or half a manifest; files are durable before the manifest that lists them is. The flushes
+are the store's :class:`~homeops.core.durable.Flusher`: concurrent jobs share one ``syncfs``
+instead of paying an fsync per file and directory. A job's files of one moment go in together
+(:meth:`ArtifactStore.add_many`): one manifest update for all of them. Manifest updates are
+read-modify-write under a per-job thread lock and an ``flock`` on ``.manifest.lock`` so
+concurrent writers (tasks, threads, processes) never lose an entry. Job ids and artifact paths
+come from users and remote hosts, so both are validated before they touch the filesystem and
+symlinks are never followed out of the store.
 """
 
 from __future__ import annotations
@@ -29,12 +33,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Final
 
+from homeops.core.durable import Flusher
 from homeops.core.errors import OperationalError, UsageError
 from homeops.core.jobs.model import validate_job_id  # one id rule: an id is also a dir name
 from homeops.core.logging import format_ts, get_logger
@@ -263,9 +268,11 @@ class _TempArtifact:
         self.fh.write(chunk)
         self.size += len(chunk)
 
-    def finish(self) -> None:
+    def finish(self, *, sync: bool = True) -> None:
+        """Close the file; ``sync=False`` leaves making it durable to the caller."""
         self.fh.flush()
-        os.fsync(self.fh.fileno())
+        if sync:
+            os.fsync(self.fh.fileno())
         self.fh.close()
 
     def move_to(self, final: Path) -> None:
@@ -279,6 +286,15 @@ class _TempArtifact:
         if not self.moved:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
+
+
+@dataclass(frozen=True)
+class _Staged:
+    """A finished temp file waiting to become artifact ``rel_path``."""
+
+    rel_path: str
+    kind: str
+    tmp: _TempArtifact
 
 
 def _make_out_dir(path: Path) -> None:
@@ -323,6 +339,7 @@ class ArtifactStore:
         self._clock = clock
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        self.flusher = Flusher(self.root)
 
     # -- paths -----------------------------------------------------------------------
 
@@ -487,33 +504,49 @@ class ArtifactStore:
 
     # -- adding ----------------------------------------------------------------------
 
-    def _commit(self, job_id: str, rel_path: str, tmp: _TempArtifact, kind: str) -> Artifact:
-        """Move the finished temp file to its name and record it in the manifest."""
+    def _commit(self, job_id: str, staged: list[_Staged], trace_id: str = "") -> list[Artifact]:
+        """Move finished temp files to their names and list them in the manifest, at once.
+
+        Order: the files' data and the new manifest's are flushed before any rename, the
+        renames after; so a manifest on disk never lists a file whose bytes are not.
+        """
         job_dir = self._make_job_dir(job_id)
-        artifact = Artifact(kind, rel_path, tmp.size, tmp.hasher.hexdigest())
+        artifacts = [
+            Artifact(s.kind, s.rel_path, s.tmp.size, s.tmp.hasher.hexdigest()) for s in staged
+        ]
         with self._locked(job_id, job_dir):
             # Re-check under the lock: a concurrent writer may have swapped a dir for a symlink.
-            parent = self._parent_for(job_dir, rel_path, create=False)
+            parents = [self._parent_for(job_dir, s.rel_path, create=False) for s in staged]
             # Read first: an unreadable manifest must stop us before the file lands unlisted.
-            manifest = self._read_manifest(job_dir) or self._new_manifest(job_id, "")
-            final = parent / rel_path.rsplit("/", 1)[-1]
-            tmp.move_to(final)
-            _fsync_dir(parent)
+            manifest = self._read_manifest(job_dir) or self._new_manifest(job_id, trace_id)
             # Re-adding a path replaces its entry: the manifest describes what is on disk.
-            kept = tuple(a for a in manifest.artifacts if a.path != rel_path)
+            paths = {a.path for a in artifacts}
+            kept = tuple(a for a in manifest.artifacts if a.path not in paths)
             updated = Manifest(
-                manifest.job_id, manifest.trace_id, manifest.created_at, (*kept, artifact)
+                manifest.job_id, manifest.trace_id, manifest.created_at, (*kept, *artifacts)
             )
-            self._write_manifest(job_dir, updated)
-        _log.debug(
-            "add",
-            "artifact stored",
-            job_id=job_id,
-            path=rel_path,
-            type=kind,
-            size_bytes=artifact.size_bytes,
-        )
-        return artifact
+            data = json.dumps(updated.to_json(), indent=2).encode("utf-8") + b"\n"
+            manifest_tmp = _TempArtifact(job_dir)
+            try:
+                manifest_tmp.write(data)
+                manifest_tmp.finish(sync=False)
+                self.flusher.flush([*(s.tmp.path for s in staged), manifest_tmp.path])
+                for item, parent in zip(staged, parents, strict=True):
+                    item.tmp.move_to(parent / item.rel_path.rsplit("/", 1)[-1])
+                manifest_tmp.move_to(job_dir / MANIFEST)
+            finally:
+                manifest_tmp.discard()
+            self.flusher.flush(dict.fromkeys([*parents, job_dir, self.root]))
+        for artifact in artifacts:
+            _log.debug(
+                "add",
+                "artifact stored",
+                job_id=job_id,
+                path=artifact.path,
+                type=artifact.type,
+                size_bytes=artifact.size_bytes,
+            )
+        return artifacts
 
     def _store_error(self, job_id: str, rel_path: str, exc: OSError) -> OperationalError:
         where = self.job_dir(job_id) / rel_path
@@ -528,25 +561,61 @@ class ArtifactStore:
         except OSError as exc:
             raise self._store_error(job_id, rel_path, exc) from exc
 
-    def _add_chunks_sync(
-        self, job_id: str, rel_path: str, chunks: Iterable[bytes], kind: str
-    ) -> Artifact:
-        tmp = self._start(job_id, rel_path, kind)
+    def _add_many_sync(
+        self,
+        job_id: str,
+        items: list[tuple[str, Iterable[bytes], str]],
+        trace_id: str,
+    ) -> list[Artifact]:
+        for rel_path, _, kind in items:
+            validate_artifact_type(kind)
+            validate_artifact_path(rel_path)
+        staged: list[_Staged] = []
+        rel_path = items[0][0] if items else ""
         try:
-            for chunk in chunks:
-                tmp.write(chunk)
-            tmp.finish()
-            return self._commit(job_id, rel_path, tmp, kind)
+            for rel_path, chunks, kind in items:
+                staged.append(_Staged(rel_path, kind, self._start(job_id, rel_path, kind)))
+                tmp = staged[-1].tmp
+                for chunk in chunks:
+                    tmp.write(chunk)
+                tmp.finish(sync=False)
+            return self._commit(job_id, staged, trace_id)
         except OSError as exc:
             raise self._store_error(job_id, rel_path, exc) from exc
         finally:
-            tmp.discard()
+            for item in staged:
+                item.tmp.discard()
 
-    async def add_bytes(self, job_id: str, rel_path: str, data: bytes, *, type: str) -> Artifact:
-        """Store ``data`` as ``rel_path`` of ``job_id``."""
-        return await asyncio.to_thread(self._add_chunks_sync, job_id, rel_path, (data,), type)
+    def _add_chunks_sync(
+        self, job_id: str, rel_path: str, chunks: Iterable[bytes], kind: str, trace_id: str = ""
+    ) -> Artifact:
+        return self._add_many_sync(job_id, [(rel_path, chunks, kind)], trace_id)[0]
 
-    async def add_file(self, job_id: str, rel_path: str, src: Path, *, type: str) -> Artifact:
+    async def add_bytes(
+        self, job_id: str, rel_path: str, data: bytes, *, type: str, trace_id: str = ""
+    ) -> Artifact:
+        """Store ``data`` as ``rel_path`` of ``job_id`` (a new manifest gets ``trace_id``)."""
+        return await asyncio.to_thread(
+            self._add_chunks_sync, job_id, rel_path, (data,), type, trace_id
+        )
+
+    async def add_many(
+        self, job_id: str, files: Mapping[str, bytes], *, type: str, trace_id: str = ""
+    ) -> list[Artifact]:
+        """Store several small files of ``job_id`` with one manifest update (and one flush).
+
+        All paths are validated before anything is written; a failure stores none of them.
+        """
+        items: list[tuple[str, Iterable[bytes], str]] = [
+            (rel_path, (data,), type) for rel_path, data in files.items()
+        ]
+        if not items:
+            return []
+        return await asyncio.to_thread(self._add_many_sync, job_id, items, trace_id)
+
+    async def add_file(
+        self, job_id: str, rel_path: str, src: Path, *, type: str, trace_id: str = ""
+    ) -> Artifact:
         """Copy the file ``src`` into the store as ``rel_path`` of ``job_id``."""
 
         def chunks() -> Iterator[bytes]:
@@ -557,7 +626,9 @@ class ArtifactStore:
             except OSError as exc:
                 raise OperationalError(f"{src}: cannot read: {exc.strerror}") from exc
 
-        return await asyncio.to_thread(self._add_chunks_sync, job_id, rel_path, chunks(), type)
+        return await asyncio.to_thread(
+            self._add_chunks_sync, job_id, rel_path, chunks(), type, trace_id
+        )
 
     async def add_stream(
         self,
@@ -566,16 +637,23 @@ class ArtifactStore:
         chunks: Iterable[bytes] | AsyncIterable[bytes],
         *,
         type: str,
+        trace_id: str = "",
     ) -> Artifact:
         """Store chunks as they arrive, hashing on the way: memory stays constant."""
         if not isinstance(chunks, AsyncIterable):
-            return await asyncio.to_thread(self._add_chunks_sync, job_id, rel_path, chunks, type)
+            return await asyncio.to_thread(
+                self._add_chunks_sync, job_id, rel_path, chunks, type, trace_id
+            )
+        validate_artifact_type(type)
+        validate_artifact_path(rel_path)
         tmp = await asyncio.to_thread(self._start, job_id, rel_path, type)
         try:
             async for chunk in chunks:
                 tmp.write(chunk)
-            await asyncio.to_thread(tmp.finish)
-            return await asyncio.to_thread(self._commit, job_id, rel_path, tmp, type)
+            await asyncio.to_thread(tmp.finish, sync=False)
+            staged = [_Staged(rel_path, type, tmp)]
+            done = await asyncio.to_thread(self._commit, job_id, staged, trace_id)
+            return done[0]
         except OSError as exc:
             raise self._store_error(job_id, rel_path, exc) from exc
         finally:

@@ -144,11 +144,15 @@ def _exec_handler(
             payload.cmd, payload.powershell, payload.idempotent_check, _timeout(ctx, settings)
         )
         outcome = await execute(session.pool(), session.target, request)
-        artifacts = ctx.artifacts
-        await artifacts.write_bytes("ssh/stdout.txt", outcome.stdout, type="ssh")
-        await artifacts.write_bytes("ssh/stderr.txt", outcome.stderr, type="ssh")
         code = "" if outcome.exit_code is None else str(outcome.exit_code)
-        await artifacts.write_text("ssh/exit_code.txt", code + "\n", type="ssh")
+        await ctx.artifacts.write_files(
+            {
+                "ssh/stdout.txt": outcome.stdout,
+                "ssh/stderr.txt": outcome.stderr,
+                "ssh/exit_code.txt": (code + "\n").encode(),
+            },
+            type="ssh",
+        )
         await _pull(ctx, session)
         match outcome.state:
             case ExecState.BLOCKED:

@@ -56,7 +56,7 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,9 +116,10 @@ class JobArtifacts:
 
     A thin view of :class:`~homeops.core.artifacts.ArtifactStore`: every write goes through
     the store (atomic files, locked manifest, validated paths); what this adds is that the
-    job's directory and manifest are created first with the job's trace id, so every file a
-    handler writes is listed under the right job and trace. Nothing is created until the
-    first write: a job that stores nothing leaves no directory behind.
+    job's manifest is created, by the first write and in the same update, with the job's
+    trace id, so every file a handler writes is listed under the right job and trace.
+    Nothing is created until the first write: a job that stores nothing leaves no directory
+    behind. :meth:`write_files` stores several files with one manifest update.
     """
 
     def __init__(self, store: ArtifactStore, job_id: str, trace_id: str) -> None:
@@ -141,8 +142,14 @@ class JobArtifacts:
 
     async def write_bytes(self, rel_path: str, data: bytes, *, type: str) -> Artifact:
         """Store ``data`` as ``rel_path`` (``a/b.txt``) of this job, typed ``type``."""
-        await self.ensure()
-        return await self.store.add_bytes(self.job_id, rel_path, data, type=type)
+        return await self.store.add_bytes(
+            self.job_id, rel_path, data, type=type, trace_id=self.trace_id
+        )
+
+    async def write_files(self, files: Mapping[str, bytes], *, type: str) -> list[Artifact]:
+        """Store ``{rel_path: data}`` together: one manifest update, one flush (cheaper than
+        a write per file for the small outputs every job leaves)."""
+        return await self.store.add_many(self.job_id, files, type=type, trace_id=self.trace_id)
 
     async def write_text(
         self, rel_path: str, text: str, *, type: str, encoding: str = "utf-8"
@@ -152,8 +159,9 @@ class JobArtifacts:
 
     async def add_file(self, rel_path: str, src: Path, *, type: str) -> Artifact:
         """Copy the file ``src`` into this job's directory as ``rel_path``."""
-        await self.ensure()
-        return await self.store.add_file(self.job_id, rel_path, src, type=type)
+        return await self.store.add_file(
+            self.job_id, rel_path, src, type=type, trace_id=self.trace_id
+        )
 
     async def add_stream(
         self,
@@ -163,8 +171,9 @@ class JobArtifacts:
         type: str,
     ) -> Artifact:
         """Store chunks as they arrive (constant memory) as ``rel_path`` of this job."""
-        await self.ensure()
-        return await self.store.add_stream(self.job_id, rel_path, chunks, type=type)
+        return await self.store.add_stream(
+            self.job_id, rel_path, chunks, type=type, trace_id=self.trace_id
+        )
 
     async def manifest(self) -> Manifest:
         """This job's manifest as it is on disk now."""
