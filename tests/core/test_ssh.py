@@ -487,6 +487,44 @@ async def test_sftp_listdir_names_files_and_dirs_and_none_when_absent(
         await pool.run(sshd.target(), f"rm -rf {remote}", timeout=10)
 
 
+def sftp_sessions(sshd: SshdHandle) -> int:
+    return sshd.log_text().count("subsystem 'sftp'")
+
+
+async def test_sftp_calls_share_one_kept_session(
+    pool: SshPool, sshd: SshdHandle, tmp_path: Path
+) -> None:
+    # Each SFTP session is a new sftp-server process on the server: a job's pull after every
+    # command must not pay one per call.
+    local = tmp_path / "f.txt"
+    local.write_text("x")
+    remote = f"/tmp/homeops-kept-{uuid.uuid4().hex}.txt"
+    before = sftp_sessions(sshd)
+    try:
+        await asyncio.gather(*(pool.listdir(sshd.target(), "/tmp", timeout=10) for _ in range(4)))
+        await pool.put(sshd.target(), local, remote, timeout=10)
+        await pool.get(sshd.target(), remote, tmp_path / "back.txt", timeout=10)
+        assert await pool.listdir(sshd.target(), remote + ".missing", timeout=10) is None
+    finally:
+        await pool.run(sshd.target(), f"rm -f {remote}", timeout=10)
+    assert (tmp_path / "back.txt").read_text() == "x"
+    assert sftp_sessions(sshd) - before == 1
+
+
+async def test_a_kept_sftp_session_gives_its_slot_to_a_waiting_command(
+    pool: SshPool, sshd: SshdHandle
+) -> None:
+    # With one session allowed, the kept SFTP session would starve every command until its
+    # timeout; it is closed instead, and opened again by the next SFTP call.
+    target = sshd.target(max_sessions=1)
+    before = sftp_sessions(sshd)
+    assert await pool.listdir(target, "/tmp", timeout=10) is not None
+    done = await pool.run(target, "echo after", timeout=5)
+    assert done.stdout == b"after\n"
+    assert await pool.listdir(target, "/tmp", timeout=10) is not None
+    assert sftp_sessions(sshd) - before == 2
+
+
 async def test_sftp_missing_remote_file_is_operational_error(
     pool: SshPool, sshd: SshdHandle, tmp_path: Path
 ) -> None:

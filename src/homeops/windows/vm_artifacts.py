@@ -9,6 +9,7 @@ store refuses is skipped with a warning, never followed.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import tempfile
 from dataclasses import dataclass
@@ -52,7 +53,9 @@ async def pull_job_artifacts(
     files: list[str] = []
     skipped: list[str] = []
     pending: list[tuple[str, tuple[str, ...]]] = [(root, ())]
-    with tempfile.TemporaryDirectory(prefix="homeops-vm-artifacts-") as tmp:
+    # The temp dir only once there is a file to fetch: most jobs leave nothing on the VM.
+    with contextlib.ExitStack() as stack:
+        tmp: str | None = None
         while pending:
             remote_dir, rel = pending.pop()
             entries = await pool.listdir(target, remote_dir, timeout=timeout)
@@ -70,6 +73,10 @@ async def pull_job_artifacts(
                 if not entry.is_file or len(files) >= MAX_FILES:
                     skipped.append(shown)
                     continue
+                if tmp is None:
+                    tmp = stack.enter_context(
+                        tempfile.TemporaryDirectory(prefix="homeops-vm-artifacts-")
+                    )
                 local = Path(tmp) / f"{len(files)}.part"
                 await pool.get(target, f"{remote_dir}/{entry.name}", local, timeout=timeout)
                 await artifacts.add_file(f"windows/{shown}", local, type=ARTIFACT_TYPE)

@@ -118,6 +118,33 @@ class Conn:
     count: ChannelCount = field(default_factory=ChannelCount)
     # Its SSH_CONNECTION as the server's sessions see it (None: unknown), for the fallback kill.
     identity: str | None = None
+    # One SFTP session kept open for every SFTP call on this connection (core/ssh/sftp.py):
+    # starting one costs the server a new sftp-server process each time. It holds a session
+    # slot while kept, and gives it back when a command waits for one and nobody uses it.
+    sftp: Any = None
+    sftp_slot: Slot | None = None
+    sftp_users: int = 0
+    sftp_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def forget_sftp(self) -> None:
+        """Close the kept SFTP session (if any) and give its slot back."""
+        sftp, self.sftp = self.sftp, None
+        slot, self.sftp_slot = self.sftp_slot, None
+        if sftp is not None:
+            with contextlib.suppress(Exception):
+                sftp.exit()
+            self.count.open -= 1
+        if slot is not None:
+            if slot.slots.reclaim == self.reclaim_sftp:
+                slot.slots.reclaim = None
+            slot.release()
+
+    def reclaim_sftp(self) -> bool:
+        """Free the kept SFTP session's slot if nobody is using it; whether it did."""
+        if self.sftp is None or self.sftp_users:
+            return False
+        self.forget_sftp()
+        return True
 
 
 class Collector:
@@ -338,6 +365,8 @@ class SessionSlots:
         self.held = 0
         self.proven = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        # Frees a slot held by something idle (a kept SFTP session) when all are taken.
+        self.reclaim: Callable[[], bool] | None = None
 
     def seen_open(self, count: int) -> None:
         self.proven = max(self.proven, count)
@@ -353,6 +382,8 @@ class SessionSlots:
         return open_now >= 1 and open_now >= self.limit
 
     async def acquire(self) -> None:
+        if self.held >= self.limit and not self._waiters and self.reclaim is not None:
+            self.reclaim()
         if self.held < self.limit and not self._waiters:
             self.held += 1
             return

@@ -117,6 +117,7 @@ class SshPool:
         if pending is None or pending.done():
             stale = self._conns.pop(key, None)
             if stale is not None:
+                stale.forget_sftp()  # its session slot is the next connection's
                 stale.conn.abort()
             pending = asyncio.create_task(self._establish(target, key))
             self._connecting[key] = pending
@@ -171,6 +172,7 @@ class SshPool:
         key = connection_key(target)
         if self._conns.get(key) is entry:
             del self._conns[key]
+        entry.forget_sftp()
         entry.conn.abort()
 
     async def _open(
@@ -387,6 +389,7 @@ class SshPool:
         entries = list(self._conns.values())
         self._conns.clear()
         for entry in entries:
+            entry.forget_sftp()
             entry.conn.close()
         for entry in entries:
             with contextlib.suppress(Exception):

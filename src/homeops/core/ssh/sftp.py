@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Final, Literal, cast
 
 from homeops.core.errors import HomeopsTimeout, OperationalError, SshUnavailable
 from homeops.core.logging import get_logger
@@ -59,25 +59,17 @@ class RemoteEntry:
     is_file: bool
 
 
-@contextlib.asynccontextmanager
-async def _session(
-    pool: SshPool, target: SshTarget, what: str, timeout: float
-) -> AsyncIterator[SFTPClient]:
-    """An SFTP client on the pool's connection to ``target``, queued with its commands.
-
-    ``timeout`` bounds the whole block; errors come out as the seam's: timeout (4), a lost
-    or refusing connection (3), a failed file operation (1), each naming ``what``.
-    """
+async def _kept_sftp(pool: SshPool, target: SshTarget, entry: Conn) -> SFTPClient:
+    """The connection's kept SFTP session, started (holding a session slot) on first use."""
     import asyncssh
 
-    slot = Slot(pool._command_slots(target))
-    sftp: SFTPClient | None = None
-    entry: Conn | None = None
-    counted = False
-    try:
-        async with asyncio.timeout(timeout):
-            entry, _ = await pool._connection(target)
-            await slot.acquire()
+    async with entry.sftp_lock:
+        if entry.sftp is not None:
+            return cast("SFTPClient", entry.sftp)
+        slot = Slot(pool._command_slots(target))
+        await slot.acquire()
+        sftp: SFTPClient | None = None
+        try:
             pauses = iter(REFUSED_OPEN_PAUSES_S)
             while sftp is None:
                 try:
@@ -87,9 +79,36 @@ async def _session(
                         raise
                     if await after_refusal(target, entry, slot, pauses, "sftp session", exc):
                         pauses = iter(REFUSED_OPEN_PAUSES_S)
-            entry.count.open += 1
-            counted = True
-            slot.slots.seen_open(entry.count.open)
+        except BaseException:
+            slot.release()
+            raise
+        entry.sftp, entry.sftp_slot = sftp, slot
+        entry.count.open += 1
+        slot.slots.seen_open(entry.count.open)
+        slot.slots.reclaim = entry.reclaim_sftp
+        return sftp
+
+
+@contextlib.asynccontextmanager
+async def _session(
+    pool: SshPool, target: SshTarget, what: str, timeout: float
+) -> AsyncIterator[SFTPClient]:
+    """The SFTP session kept on the pool's connection to ``target`` (one per connection,
+    shared by concurrent calls; it takes a slot like a command while it is kept).
+
+    ``timeout`` bounds the whole block; errors come out as the seam's: timeout (4), a lost
+    or refusing connection (3), a failed file operation (1), each naming ``what``.
+    """
+    import asyncssh
+
+    entry: Conn | None = None
+    using = False
+    try:
+        async with asyncio.timeout(timeout):
+            entry, _ = await pool._connection(target)
+            sftp = await _kept_sftp(pool, target, entry)
+            entry.sftp_users += 1
+            using = True
             yield sftp
     except TimeoutError as exc:
         raise HomeopsTimeout(f"{what}: timed out after {timeout:g}s") from exc
@@ -102,11 +121,8 @@ async def _session(
     except (asyncssh.SFTPError, OSError) as exc:
         raise OperationalError(f"{what}: {one_line(exc)}") from exc
     finally:
-        if sftp is not None:
-            sftp.exit()
-        if counted and entry is not None:
-            entry.count.open -= 1
-        slot.release()
+        if using and entry is not None:
+            entry.sftp_users -= 1
 
 
 async def transfer(
