@@ -141,9 +141,11 @@ def test_seed_file_sets_the_core_settings_it_names(tmp_path):
             "artifacts": {"out_dir": str(tmp_path / "art"), "retention_days": 14},
             "worker": {"metrics": True, "metrics_interval": "15s", "metrics_path": "/tmp/m"},
             "supervisor": {"interval": "45s"},
+            "hatchet": {"worker_concurrency": 4, "retry_max": 5},
         },
     )
     core = config.core.settings
+    assert (core.jobs.slots, core.jobs.max_attempts) == (4, 5)
     assert core.artifacts.root == tmp_path / "art"
     assert core.artifacts.retention_days == 14
     assert (core.metrics.enabled, core.metrics.interval) == (True, 15.0)
@@ -162,6 +164,16 @@ def test_seed_env_names_set_core_settings_over_the_file(tmp_path):
     assert core.settings.artifacts.retention_days == 3
     assert core.sources["artifacts.retention_days"] == "env:WIN_AUTOMATION_ARTIFACT_RETENTION_DAYS"
     assert core.settings.metrics.path == Path("/x/m")
+
+
+def test_seed_worker_concurrency_env_sets_the_worker_slots(tmp_path):
+    config = _seed_config(
+        tmp_path,
+        {"hatchet": {"worker_concurrency": 4}},
+        {"WIN_AUTOMATION_HATCHET_WORKER_CONCURRENCY": "7", "WIN_AUTOMATION_HATCHET_RETRY_MAX": "2"},
+    )
+    assert (config.core.settings.jobs.slots, config.core.settings.jobs.max_attempts) == (7, 2)
+    assert config.domain("windows").settings.hatchet.worker_concurrency == 7
 
 
 def test_every_core_key_names_real_fields():

@@ -15,6 +15,9 @@ CORE_KEYS = {
     "worker.metrics_path": "metrics.path",
     "supervisor.interval": "supervisor.interval",
     "supervisor.failpoint": "supervisor.failpoint",
+    # The seed's worker reads Hatchet's settings; the core's queue has the same two knobs.
+    "hatchet.worker_concurrency": "jobs.slots",
+    "hatchet.retry_max": "jobs.max_attempts",
 }
 CORE_ENV = {
     "artifacts.root": ("WIN_AUTOMATION_ARTIFACT_OUT", "WIN_AUTOMATION_ARTIFACTS_OUT_DIR"),
@@ -27,4 +30,6 @@ CORE_ENV = {
     "metrics.path": ("WIN_AUTOMATION_METRICS_PATH", "WIN_AUTOMATION_WORKER_METRICS_PATH"),
     "supervisor.interval": ("WIN_AUTOMATION_SUPERVISOR_INTERVAL",),
     "supervisor.failpoint": ("WIN_AUTOMATION_SUPERVISOR_FAILPOINT",),
+    "jobs.slots": ("WIN_AUTOMATION_HATCHET_WORKER_CONCURRENCY",),
+    "jobs.max_attempts": ("WIN_AUTOMATION_HATCHET_RETRY_MAX",),
 }
