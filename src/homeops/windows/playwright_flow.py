@@ -178,11 +178,11 @@ async def check_prerequisites(runner: RawRunner, *, client: str | None = None) -
     found = pw.parse_prerequisites(done.stdout_text)
     missing = found.missing()
     if missing:
+        npm = f"`npm install playwright@{client or client_version()}` in {PLAYWRIGHT_DIR}"
+        # Name only what is missing: "install Node.js" beside a present node misleads.
+        todo = f"install Node.js LTS, then {npm}" if found.node_version is None else npm
         raise PlaywrightMissing(
-            "playwright install: missing on the VM: "
-            + " and ".join(missing)
-            + f" (install Node.js LTS, then `npm install playwright@{client or client_version()}`"
-            f" in {PLAYWRIGHT_DIR})"
+            "playwright install: missing on the VM: " + " and ".join(missing) + f" ({todo})"
         )
     assert found.node_version is not None and found.playwright_version is not None
     client = client or client_version()
