@@ -4,8 +4,10 @@ The five checks of seed 001, in its order (SSH, Aloha server, Aloha client, Hatc
 Playwright; the names are the failpoint names), then the items of seed 000's Drift
 Checklist that can be read from Linux: forwarded ports, firewall rules, the Aloha processes,
 the Playwright scheduled task, this program's version and the config file. A failed item
-says how to fix it. Repairs (run by ``supervisor run`` when a check fails, then re-checked):
-the firewall rules, the configured Aloha start commands, ``Start-ScheduledTask``.
+says how to fix it; the Aloha verdicts are ``aloha health``'s (homeops.windows.aloha_flow).
+Repairs (run by ``supervisor run`` when a check fails, then re-checked): the firewall rules,
+the configured Aloha start commands, ``Start-ScheduledTask`` of a registered task that is
+not running; one that starts a program waits, bounded, for its port before the re-check.
 
 Every probe opens its own short-lived SSH pool: a check must not leave a connection behind
 in the event loop that ran it, and a pass every 30 s does not need one kept open.
@@ -20,17 +22,24 @@ from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
 from homeops.core.health import Check, CheckOutcome, Status, tcp_port_open
+from homeops.core.logging import get_logger
 
 if TYPE_CHECKING:
     from homeops.core.registry import DomainContext, Remediation
     from homeops.core.runner import RawRunner
     from homeops.windows.settings import WindowsSettings
 
+_log = get_logger("windows.checks")
+
 GROUP: Final = "windows"
 SSH_CHECK_TIMEOUT_S: Final = 25.0  # room for the seam's 3 connect attempts
 HTTP_CHECK_TIMEOUT_S: Final = 15.0
 PORT_TIMEOUT_S: Final = 3.0
-ALOHA_SERVER_MARKER: Final = "Aloha API server is running"
+REPAIR_SCRIPT_TIMEOUT_S: Final = 60.0
+# How long a repair that started a program waits for its port (the Aloha server loads its
+# model first); within the supervisor's remediation timeout (120 s by default).
+START_WAIT_S: Final = 30.0
+START_POLL_S: Final = 0.25
 FIREWALL_STATES: Final = ("enabled", "disabled", "missing")
 PROCESS_STATES: Final = ("running", "missing")
 
@@ -115,38 +124,50 @@ class _Probes:
 
     async def aloha_server(self) -> CheckOutcome:
         from homeops.core import http
-        from homeops.core.errors import HomeopsError
+        from homeops.windows import aloha, aloha_flow
 
-        url = _root(self.settings.aloha.server_url)
-        fix = "run aloha.server_start_cmd on the VM (supervisor run --once) and allow 7887 inbound"
-        try:
-            async with http.make_client(timeout=5.0) as client:
-                response = await http.request(client, "GET", url)
-        except HomeopsError as exc:
-            return _fail(f"{url}: {exc.message}", fix)
-        if response.status_code != 200 or ALOHA_SERVER_MARKER not in response.text:
-            return _fail(f"{url}: HTTP {response.status_code} without the server's marker", fix)
-        return _ok(f"{url}: {ALOHA_SERVER_MARKER}", status=response.status_code)
+        section = self.settings.aloha
+        url = aloha.root_url(section.server_url)
+        async with http.make_client(timeout=5.0) as client:
+            found = await aloha_flow.server_health(client, section)
+        if found.ok:
+            return _ok(f"{url}: {found.detail}", status=found.status_code)
+        # The same verdict as `aloha health` (aloha.parse_server_root); the fix depends on
+        # what answered: nothing, something that is not the Aloha server, or a broken one.
+        if found.status_code is None:
+            fix = (
+                "run aloha.server_start_cmd on the VM (supervisor run --once) and allow "
+                f"{url_port(url, 7887)[1]} inbound"
+            )
+            return _fail(found.detail, fix)
+        if found.status_code < 500:
+            # The Aloha server answers GET / with 200 and its marker, always: a 404 there
+            # is some other app (the client, say) on that port.
+            fix = (
+                "another app answers there without the server's marker: point "
+                "aloha.server_url at the Aloha server"
+            )
+        else:
+            fix = "see the server's console on the VM, then restart it (aloha.server_start_cmd)"
+        return _fail(f"{url}: {found.detail}", fix, status=found.status_code)
 
     async def aloha_client(self) -> CheckOutcome:
         from homeops.core import http
-        from homeops.core.errors import HomeopsError
+        from homeops.windows import aloha, aloha_flow
 
-        url = _root(self.settings.aloha.client_url)
-        try:
-            async with http.make_client(timeout=5.0) as client:
-                response = await http.request(client, "GET", url)
-        except HomeopsError as exc:
+        section = self.settings.aloha
+        url = aloha.root_url(section.client_url)
+        async with http.make_client(timeout=5.0) as client:
+            found = await aloha_flow.client_health(client, section)
+        if not found.reachable:
             return _fail(
-                f"{url}: {exc.message}",
-                "run aloha.client_start_cmd on the VM (supervisor run --once), allow 7888 inbound",
+                found.detail,
+                "run aloha.client_start_cmd on the VM (supervisor run --once) and allow "
+                f"{url_port(url, 7888)[1]} inbound",
             )
-        # The client has no GET route (CONTRACTS.md §2): any answer means it is up, and a
-        # 404 is the expected one; say which it was rather than call every answer healthy.
-        note = " (404: the client has no GET /, as expected)" if response.status_code == 404 else ""
-        return _ok(
-            f"{url}: reachable, HTTP {response.status_code}{note}", status=response.status_code
-        )
+        # The client has no GET route (CONTRACTS.md §2): any answer means it is up, and the
+        # detail says whether it was the expected 404 (aloha.classify_client_root).
+        return _ok(f"{url}: {found.detail}", status=found.status_code)
 
     async def hatchet(self) -> CheckOutcome:
         section = self.settings.hatchet
@@ -323,11 +344,6 @@ class _Probes:
         return _ok(f"{path}: valid", path=str(path))
 
 
-def _root(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}/"
-
-
 def _json_field(text: str, key: str) -> object:
     import json
 
@@ -390,25 +406,82 @@ def _all_checks(dctx: DomainContext) -> list[Check]:
     ]
 
 
+async def wait_listening(
+    host: str, port: int, *, wait_s: float = START_WAIT_S, poll_s: float = START_POLL_S
+) -> bool:
+    """Whether ``host:port`` accepts a TCP connect within ``wait_s`` (polled, bounded)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    for _ in range(max(1, int(wait_s / poll_s) + 1)):
+        if await tcp_port_open(host, port, timeout=min(PORT_TIMEOUT_S, wait_s)):
+            return True
+        if loop.time() >= deadline:
+            break
+        await asyncio.sleep(poll_s)
+    return False
+
+
+async def start_playwright_task(runner: RawRunner) -> bool:
+    """Start the Playwright task unless Windows says it runs; whether it was started.
+
+    :class:`~homeops.core.errors.OperationalError` when it is not registered: only
+    ``playwright install`` can fix that, and ``Start-ScheduledTask`` would only say "file
+    not found".
+    """
+    from homeops.core.errors import OperationalError
+    from homeops.windows import playwright as pw
+    from homeops.windows import powershell as ps
+    from homeops.windows.vm import run_script
+
+    done = await run_script(runner, pw.task_state_script(), timeout=REPAIR_SCRIPT_TIMEOUT_S)
+    task = pw.parse_task_state(done.stdout_text)
+    if not task.exists:
+        raise OperationalError(
+            f"scheduled task {ps.PLAYWRIGHT_TASK} is not registered: run "
+            "`win-automation playwright install`"
+        )
+    if task.running:
+        return False
+    await run_script(runner, ps.start_playwright_task_script(), timeout=REPAIR_SCRIPT_TIMEOUT_S)
+    return True
+
+
 def windows_remediations(dctx: DomainContext) -> Mapping[str, Remediation]:
-    """Repairs by check name: firewall rules, the Aloha start commands, the Playwright task."""
+    """Repairs by check name: firewall rules, the Aloha start commands, the Playwright task.
+
+    A repair that starts something (a start command, the task) then waits, bounded, until
+    its port answers from here: Windows returns from ``Start-Process`` and
+    ``Start-ScheduledTask`` at once, and the supervisor's confirming re-check must not race
+    the program's start-up.
+    """
     from homeops.windows import powershell as ps
 
     settings: WindowsSettings = dctx.settings("windows")
     rules = firewall_rules(settings)
     by_port = {port: ps.FirewallRule(name, port) for name, port in rules.items()}
-    _, server_port = url_port(settings.aloha.server_url, 7887)
-    _, client_port = url_port(settings.aloha.client_url, 7888)
+    aloha = settings.aloha
+    server = url_port(aloha.server_url, 7887)
+    client = url_port(aloha.client_url, 7888)
+    playwright = (settings.playwright.host, settings.playwright.port)
 
-    def repair(*scripts: str | None) -> Remediation:
+    def repair(
+        *scripts: str | None, task: bool = False, wait: tuple[str, int] | None = None
+    ) -> Remediation:
         async def run() -> None:
             from homeops.windows.target import vm_runner
             from homeops.windows.vm import run_script
 
+            started = False
             async with vm_runner(settings.windows) as runner:
                 for script in scripts:
                     if script:
-                        await run_script(runner, script, timeout=60.0)
+                        await run_script(runner, script, timeout=REPAIR_SCRIPT_TIMEOUT_S)
+                if task:
+                    started = await start_playwright_task(runner)
+            if wait is not None and (started or not task):
+                host, port = wait
+                if not await wait_listening(host, port):
+                    _log.info("remediate", "started, but its port does not answer yet", port=port)
 
         return run
 
@@ -416,9 +489,17 @@ def windows_remediations(dctx: DomainContext) -> Mapping[str, Remediation]:
         return ps.firewall_rule_script(by_port[port])
 
     return {
-        "aloha_server": repair(rule(server_port), settings.aloha.server_start_cmd),
-        "aloha_client": repair(rule(client_port), settings.aloha.client_start_cmd),
-        "playwright": repair(rule(settings.playwright.port), ps.start_playwright_task_script()),
+        "aloha_server": repair(
+            rule(server[1]),
+            aloha.server_start_cmd,
+            wait=server if aloha.server_start_cmd else None,
+        ),
+        "aloha_client": repair(
+            rule(client[1]),
+            aloha.client_start_cmd,
+            wait=client if aloha.client_start_cmd else None,
+        ),
+        "playwright": repair(rule(playwright[1]), task=True, wait=playwright),
         "firewall_rules": repair(*(ps.firewall_rule_script(r) for r in by_port.values())),
-        "playwright_task": repair(ps.start_playwright_task_script()),
+        "playwright_task": repair(task=True, wait=playwright),
     }

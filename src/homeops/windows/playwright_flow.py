@@ -37,6 +37,7 @@ from homeops.core.errors import (
     HomeopsTimeout,
     OperationalError,
 )
+from homeops.core.health import tcp_port_open
 from homeops.core.logging import get_logger, register_secret
 from homeops.windows import playwright as pw
 from homeops.windows.paths import PLAYWRIGHT_DIR
@@ -300,21 +301,8 @@ def _connect_error(exc: Exception, section: PlaywrightSection, ws_path: str) -> 
     )
 
 
-async def port_open(host: str, port: int, *, timeout: float) -> bool:
-    """Whether a TCP connect to ``host:port`` succeeds within ``timeout``."""
-    try:
-        async with asyncio.timeout(timeout):
-            _reader, writer = await asyncio.open_connection(host, port)
-    except (OSError, TimeoutError):
-        return False
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return True
-
-
 async def _require_listening(section: PlaywrightSection, timeout: float) -> None:
-    if not await port_open(section.host, section.port, timeout=timeout):
+    if not await tcp_port_open(section.host, section.port, timeout=timeout):
         raise PlaywrightUnavailable(
             f"playwright server {pw.shown_ws_url(section.host, section.port)}: nothing listens "
             f"on {section.host}:{section.port} (is the task {PLAYWRIGHT_TASK} running, and "
