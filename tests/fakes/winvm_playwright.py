@@ -56,6 +56,7 @@ DEFAULTS: dict[str, Any] = {
 }
 # Bounds a server that never listens (Chromium starts in ~1 s here).
 START_DEADLINE_S = 60.0
+KILL_DEADLINE_S = 10.0
 
 # Servers started in-process by handle(), by pid: kept so stop_server can reap them (the
 # emulator's own Vm.spawn leaves its servers to the fixture's teardown).
@@ -106,6 +107,7 @@ def task_entry(state: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _kill(pid: int | None) -> None:
+    """SIGKILL the server's session and wait until it is gone (its port closed with it)."""
     if not pid:
         return
     if emulator.alive(pid):
@@ -114,6 +116,11 @@ def _kill(pid: int | None) -> None:
     proc = _STARTED.pop(pid, None)
     if proc is not None:
         proc.wait(10)
+    # A server started by an earlier emulator process is not our child: poll. Until it has
+    # died, its socket still accepts, and a new server's start would seem to be done.
+    deadline = time.monotonic() + KILL_DEADLINE_S
+    while emulator.alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def stop_server(state: dict[str, Any]) -> None:

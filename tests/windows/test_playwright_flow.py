@@ -209,9 +209,12 @@ def test_install_generates_stores_and_uploads_the_ws_path(tmp_path: Path, log_st
             state_dir=tmp_path,
             client="1.65.1",
             token_bytes=lambda n: b"\x01" * n,
+            listen_wait_s=0.3,
         )
     )
     runner.assert_done()
+    # Started, but nothing listens on 9323 here: said, after a bounded wait.
+    assert result.listening is False
     expected = pw.generate_ws_path(lambda n: b"\x01" * n)
     assert uploads.files[pw.WS_PATH_PATH].strip() == expected
     assert uploads.files[pw.LAUNCH_SERVER_PATH] == pw.launch_server_js()
@@ -236,7 +239,14 @@ def test_install_again_keeps_the_stored_ws_path(tmp_path: Path) -> None:
     flow.write_private(flow.local_ws_path_file(tmp_path), "kept-path-abcdefgh\n")
     uploads = Uploads()
     result = asyncio.run(
-        flow.install(scripted(), uploads, PlaywrightSection(), state_dir=tmp_path, client="1.65.1")
+        flow.install(
+            scripted(),
+            uploads,
+            PlaywrightSection(),
+            state_dir=tmp_path,
+            client="1.65.1",
+            listen_wait_s=0.1,
+        )
     )
     assert not result.ws_path_generated
     assert uploads.files[pw.WS_PATH_PATH].strip() == "kept-path-abcdefgh"
@@ -337,7 +347,7 @@ def test_install_then_health_against_the_started_server(
     sec = PlaywrightSection(host="127.0.0.1", port=free_port())
     state_dir = tmp_path / "state"
     result = asyncio.run(flow.install(emulated_vm, emulated_vm.upload, sec, state_dir=state_dir))
-    assert result.ws_path_generated and result.task.running
+    assert result.ws_path_generated and result.task.running and result.listening is True
     assert result.task.action == "node.exe " + pw.task_arguments(sec.port)
     ws_path = flow.resolve_ws_path(sec, state_dir)  # found in the 0600 file install wrote
     report = asyncio.run(flow.health(sec, ws_path))

@@ -121,6 +121,7 @@ def test_install_writes_the_files_registers_and_starts_a_server_health_reaches(
     assert code == 0, err
     report = json.loads(out)
     assert report["task"] == "Running" and report["started"] and report["ws_path_generated"]
+    assert report["listening"] is True  # install waited for the port: health cannot race it
 
     # The files, on the emulated C: drive where SFTP put them.
     assert _vm_file(winvm, pw.LAUNCH_SERVER_PATH).read_text() == pw.launch_server_js()

@@ -101,6 +101,22 @@ async def tcp_port_open(host: str, port: int, *, timeout: float) -> bool:
     return True
 
 
+async def wait_listening(host: str, port: int, *, wait_s: float, poll_s: float = 0.25) -> bool:
+    """Whether ``host:port`` accepts a TCP connect within ``wait_s``: polled, bounded in count
+    and time. For a program just started by something that returns at once (Windows'
+    ``Start-Process``, ``Start-ScheduledTask``) before it listens."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    for _ in range(max(1, int(wait_s / poll_s) + 1)):
+        left = deadline - loop.time()
+        if await tcp_port_open(host, port, timeout=max(0.05, min(3.0, left))):
+            return True
+        if loop.time() >= deadline:
+            break
+        await asyncio.sleep(poll_s)
+    return False
+
+
 def validate_failpoint(checks: Sequence[Check], failpoint: str | None) -> None:
     """:class:`UsageError` listing valid names unless ``failpoint`` is None or a check name."""
     if failpoint is None:

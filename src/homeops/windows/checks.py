@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
-from homeops.core.health import Check, CheckOutcome, Status, tcp_port_open
+from homeops.core.health import Check, CheckOutcome, Status, tcp_port_open, wait_listening
 from homeops.core.logging import get_logger
 
 if TYPE_CHECKING:
@@ -406,21 +406,6 @@ def _all_checks(dctx: DomainContext) -> list[Check]:
     ]
 
 
-async def wait_listening(
-    host: str, port: int, *, wait_s: float = START_WAIT_S, poll_s: float = START_POLL_S
-) -> bool:
-    """Whether ``host:port`` accepts a TCP connect within ``wait_s`` (polled, bounded)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait_s
-    for _ in range(max(1, int(wait_s / poll_s) + 1)):
-        if await tcp_port_open(host, port, timeout=min(PORT_TIMEOUT_S, wait_s)):
-            return True
-        if loop.time() >= deadline:
-            break
-        await asyncio.sleep(poll_s)
-    return False
-
-
 async def start_playwright_task(runner: RawRunner) -> bool:
     """Start the Playwright task unless Windows says it runs; whether it was started.
 
@@ -480,7 +465,7 @@ def windows_remediations(dctx: DomainContext) -> Mapping[str, Remediation]:
                     started = await start_playwright_task(runner)
             if wait is not None and (started or not task):
                 host, port = wait
-                if not await wait_listening(host, port):
+                if not await wait_listening(host, port, wait_s=START_WAIT_S, poll_s=START_POLL_S):
                     _log.info("remediate", "started, but its port does not answer yet", port=port)
 
         return run

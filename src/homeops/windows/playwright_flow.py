@@ -37,7 +37,7 @@ from homeops.core.errors import (
     HomeopsTimeout,
     OperationalError,
 )
-from homeops.core.health import tcp_port_open
+from homeops.core.health import tcp_port_open, wait_listening
 from homeops.core.logging import get_logger, register_secret
 from homeops.windows import playwright as pw
 from homeops.windows.paths import PLAYWRIGHT_DIR
@@ -56,6 +56,8 @@ _log = get_logger("windows.playwright")
 STEP_TIMEOUT_S: Final = 60.0
 UPLOAD_TIMEOUT_S: Final = 60.0
 DEFAULT_HEALTH_TIMEOUT_S: Final = 15.0
+# How long install waits for the started server's port (Node and Chromium start in seconds).
+START_LISTEN_WAIT_S: Final = 30.0
 DEFAULT_RUN_TIMEOUT_S: Final = 60.0
 SCREENSHOT_NAME: Final = "screenshot.png"
 TRACE_NAME: Final = "trace.zip"
@@ -152,6 +154,10 @@ class InstallResult:
     task: pw.TaskStatus
     started: bool
     files: tuple[str, ...] = field(default=())
+    # Whether the server's port answered after the start (None: not started). Windows'
+    # Start-ScheduledTask returns before node listens; install waits, bounded, so a health
+    # check right after it does not race the server's start.
+    listening: bool | None = None
 
 
 def client_version() -> str:
@@ -208,12 +214,14 @@ async def install(
     start: bool = True,
     client: str | None = None,
     token_bytes: Callable[[int], bytes] | None = None,
+    listen_wait_s: float = START_LISTEN_WAIT_S,
 ) -> InstallResult:
     """Install the Playwright server on the VM (safe to run again).
 
     The ws path is the configured one, else the local one from an earlier install, else a
     new one (stored in ``<state_dir>/windows/playwright-ws-path``, 0600). ``token_bytes`` is
     the random source for a new one (tests); ``client`` the client version to match.
+    With ``start``, waits up to ``listen_wait_s`` for the server's port (``listening``).
     """
     log = _log.bind(port=section.port)
     prereq = await check_prerequisites(runner, client=client)
@@ -259,9 +267,12 @@ async def install(
     done = await run_script(runner, pw.run_install_script(), timeout=STEP_TIMEOUT_S)
     pw.parse_step(done.stdout_text, "install")
     log.info("install", "scheduled task registered", task=PLAYWRIGHT_TASK)
+    listening: bool | None = None
     if start:
         done = await run_script(runner, pw.restart_task_script(), timeout=STEP_TIMEOUT_S)
         pw.parse_step(done.stdout_text, "start")
+        listening = await wait_listening(section.host, section.port, wait_s=listen_wait_s)
+        log.info("install", "server listening" if listening else "server not listening yet")
     queried = await run_script(runner, pw.task_state_script(), timeout=STEP_TIMEOUT_S)
     task = pw.parse_task_state(queried.stdout_text)
     return InstallResult(
@@ -273,6 +284,7 @@ async def install(
         task=task,
         started=start,
         files=tuple(uploads),
+        listening=listening,
     )
 
 

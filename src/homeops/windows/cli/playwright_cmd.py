@@ -85,15 +85,26 @@ def install_command(
         "ws_path_generated": result.ws_path_generated,
         "ws_path_source": stored,
         "files": list(result.files),
+        "listening": result.listening,
     }
     if as_json:
         print_json(data)
-        return
-    print_text(
-        f"node={result.node_version} playwright={result.playwright_version} "
-        f"task={data['task']} started={'yes' if result.started else 'no'}\n"
-        f"ws path: {'generated, ' if result.ws_path_generated else ''}from {stored}"
-    )
+    else:
+        print_text(
+            f"node={result.node_version} playwright={result.playwright_version} "
+            f"task={data['task']} started={'yes' if result.started else 'no'}\n"
+            f"ws path: {'generated, ' if result.ws_path_generated else ''}from {stored}"
+        )
+    if result.listening is False:
+        from homeops.windows.playwright_flow import PlaywrightUnavailable
+        from homeops.windows.powershell import PLAYWRIGHT_TASK
+
+        # Installed and started, yet nothing answers: the port forward or the server itself.
+        raise PlaywrightUnavailable(
+            f"playwright install: task {PLAYWRIGHT_TASK} started, but nothing listens on "
+            f"{settings.playwright.host}:{settings.playwright.port} (check the port forward; "
+            "`win-automation playwright health` once it is up)"
+        )
 
 
 def health_command(
