@@ -22,8 +22,7 @@ from homeops.core.errors import HomeopsTimeout, OperationalError, UsageError
 from homeops.core.ssh.shell import encode_powershell
 
 if TYPE_CHECKING:
-    from homeops.core.ssh.model import OutputSink, SshTarget
-    from homeops.core.ssh.pool import SshPool
+    from homeops.core.ssh.model import OutputSink, RunsCommands, SshTarget
 
 # cmd.exe refuses command lines longer than this (the encoded form of a script counts).
 CMD_LINE_MAX: Final = 8191
@@ -111,7 +110,7 @@ def _remaining(deadline: float, clock: Callable[[], float], total: float) -> flo
 
 
 async def execute(
-    pool: SshPool,
+    pool: RunsCommands,
     target: SshTarget,
     request: ExecRequest,
     *,

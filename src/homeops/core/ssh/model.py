@@ -143,3 +143,23 @@ class SupportsWriteBytes(Protocol):
 # A callable gets each chunk as it arrives; if it returns an awaitable, reading pauses until
 # that is done (the server is held back by the SSH window, so memory stays bounded).
 OutputSink = SupportsWriteBytes | Callable[[bytes], Awaitable[object] | object]
+
+
+class RunsCommands(Protocol):
+    """What runs one remote command: :class:`~homeops.core.ssh.pool.SshPool` (asyncssh,
+    pooled in this process) and :class:`~homeops.core.ssh.oneshot.OneShotSsh` (OpenSSH's
+    ``ssh`` over a master shared between processes, for one-command CLI calls)."""
+
+    async def run(
+        self,
+        target: SshTarget,
+        command: str,
+        *,
+        stdin: str | bytes | None = None,
+        timeout: float,
+        check: bool = False,
+        stdout: OutputSink | None = None,
+        stderr: OutputSink | None = None,
+        max_output: int | None = DEFAULT_MAX_OUTPUT,
+        display: str | None = None,
+    ) -> SshResult: ...

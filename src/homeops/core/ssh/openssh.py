@@ -75,6 +75,21 @@ def openssh_options(target: SshTarget, *, read_config: bool = False) -> list[str
     return argv
 
 
+def control_options(path: Path, *, master: bool, persist_s: float = 60.0) -> list[str]:
+    """``ssh`` arguments that share one connection through the control socket ``path``.
+
+    ``master``: use a live master there or become one (``ControlMaster=auto``) that stays
+    ``persist_s`` seconds after its last session (``ControlPersist``, whole seconds);
+    otherwise only use a live master (``ControlMaster=no``). Add them after
+    :func:`openssh_options`: a session through a master logs in with the master's options.
+    """
+    options = ["-o", f"ControlPath={_path(path)}"]
+    if not master:
+        return [*options, "-o", "ControlMaster=no"]
+    persist = str(max(1, math.ceil(persist_s)))
+    return [*options, "-o", "ControlMaster=auto", "-o", f"ControlPersist={persist}"]
+
+
 def nix_sshopts(target: SshTarget) -> str:
     """The ``NIX_SSHOPTS`` value for ``target``: :func:`openssh_options`, shell-joined.
 

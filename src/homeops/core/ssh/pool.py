@@ -293,8 +293,11 @@ class SshPool:
                 Kill.UNCONFIRMED: "(kill not confirmed: the remote command may still run)",
                 Kill.PENDING: "(kill not confirmed yet: still trying in the background)",
             }.get(how, "(remote command killed)")
+            # Rounded to the ms: a caller passing what is left of its own deadline
+            # (0.99996 of a 1s budget) should read 1s.
             raise HomeopsTimeout(
-                f"ssh {target.destination}: {shown!r} timed out after {timeout:g}s {ending}"
+                f"ssh {target.destination}: {shown!r} timed out after "
+                f"{round(timeout, 3):g}s {ending}"
             ) from None
         except asyncio.CancelledError:
             # Cancelled from outside (a job's cancel or its own timeout): do not leave the

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING
 
 import typer
 
 from homeops.core.cli.common import JSON_HELP
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from homeops.core.ssh.model import RunsCommands
 
 EXEC_HELP = """Run CMD on the Windows VM (put it after --).
 
@@ -50,7 +57,7 @@ def exec_command(
     """Run CMD on the VM (see EXEC_HELP)."""
     import sys
 
-    from homeops.core.cli.common import duration_flag, print_json
+    from homeops.core.cli.common import domain_context, duration_flag, print_json
     from homeops.core.errors import OperationalError, UsageError
     from homeops.windows.cli.common import run_async, windows_settings
     from homeops.windows.exec_flow import (
@@ -72,6 +79,7 @@ def exec_command(
     request = ExecRequest(line, powershell, idempotent_check, timeout_s)
     wire_command(line, powershell=powershell)  # refused before connecting, not after
     settings = windows_settings(ctx)
+    state_dir = domain_context(ctx).core.state_dir
 
     sinks: list[Callable[[bytes], None]] = []
     if not as_json:
@@ -80,11 +88,10 @@ def exec_command(
             sinks.append(writer if raw else CrlfSink(writer))
 
     async def main() -> object:
-        from homeops.core.ssh import SshPool
         from homeops.windows.exec_flow import execute
         from homeops.windows.target import vm_target
 
-        async with SshPool() as pool:
+        async with _runner(state_dir) as pool:
             return await execute(
                 pool,
                 vm_target(settings.windows),
@@ -126,6 +133,22 @@ def exec_command(
             raise OperationalError("the Windows desktop is locked; nothing ran (state=blocked)")
         case ExecState.FAILED:
             raise RemoteCommandFailed(outcome.exit_code or 0)
+
+
+def _runner(state_dir: Path) -> AbstractAsyncContextManager[RunsCommands]:
+    """OpenSSH's ``ssh`` over a master that later calls share (one process start and a round
+    trip per call instead of asyncssh's import and a fresh login), where ``ssh`` exists;
+    else the asyncssh pool. Both log in with the same options and report the same errors."""
+    import shutil
+
+    if shutil.which("ssh"):
+        from homeops.core.ssh.oneshot import OneShotSsh
+
+        # Control sockets in <state_dir>/ssh-mux (0700): a master is a login to the VM.
+        return OneShotSsh(state_dir=state_dir)
+    from homeops.core.ssh import SshPool
+
+    return SshPool()
 
 
 class _StreamWriter:
