@@ -516,7 +516,8 @@ def test_worker_refuses_unwritable_metrics_path(capsys, state_dir, monkeypatch):
     assert "metrics.path: /nonexistent/dir is not a directory" in err
 
 
-def test_sweep_spares_unfinished_jobs(capsys, state_dir):
+@pytest.mark.parametrize("command", ["sweep", "gc"])
+def test_sweep_spares_unfinished_jobs(capsys, state_dir, command):
     from homeops.core.artifacts import ArtifactStore
 
     queue = SqliteJobQueue(state_dir / "jobs.sqlite3")
@@ -529,7 +530,7 @@ def test_sweep_spares_unfinished_jobs(capsys, state_dir):
     store = ArtifactStore(state_dir / "artifacts")
     for job_id in (active.id, done.id, "orphan1"):
         store.ensure_job(job_id, "t")
-    code, out, _ = run_main(capsys, "artifacts", "sweep", "--retention-days", "0", "--json")
+    code, out, _ = run_main(capsys, "artifacts", command, "--retention-days", "0", "--json")
     assert code == 0
     assert sorted(json.loads(out)["removed"]) == sorted([done.id, "orphan1"])
     assert store.list_jobs() == [active.id]

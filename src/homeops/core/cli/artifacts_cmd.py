@@ -1,4 +1,4 @@
-"""``homeops artifacts list|fetch|sweep``: per-job artifact directories and their manifests."""
+"""``homeops artifacts list|fetch|sweep|gc``: per-job artifact directories and their manifests."""
 
 from __future__ import annotations
 
@@ -108,3 +108,7 @@ def sweep(
             since = format_duration(pruned.older_than_s)
             lines.append(f"pruned {pruned.removed} finished job(s) older than {since}")
     print_text("\n".join(lines))
+
+
+# win-automation's name for the same thing (issue 7: `artifacts gc`, retention); one code path.
+app.command("gc", help="The same as sweep (win-automation's name for it).")(sweep)
