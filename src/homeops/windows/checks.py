@@ -9,15 +9,24 @@ Repairs (run by ``supervisor run`` when a check fails, then re-checked): the fir
 the configured Aloha start commands, ``Start-ScheduledTask`` of a registered task that is
 not running; one that starts a program waits, bounded, for its port before the re-check.
 
-Every probe opens its own short-lived SSH pool: a check must not leave a connection behind
-in the event loop that ran it, and a pass every 30 s does not need one kept open.
+The VM checks (ssh, firewall_rules, aloha_processes, playwright_task) that run at the same
+time, which is one doctor or supervisor pass, share one runner (one SshPool, so one SSH
+connection) and one ssh outcome: the first of them to start opens the runner and runs the
+ssh probe; the others wait for it and run their query on the same connection, or, when ssh
+failed, report "not checked" (skip: the ssh check carries the failure and its fix) instead
+of each retrying the connect of an unreachable VM. The last one to finish closes the pool:
+a check must not leave a connection behind in the event loop that ran it, and a pass every
+30 s does not need one kept open. A check run alone (the supervisor's confirming re-check)
+opens its own, ssh probe first.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
@@ -27,12 +36,19 @@ from homeops.core.logging import get_logger
 if TYPE_CHECKING:
     from homeops.core.registry import DomainContext, Remediation
     from homeops.core.runner import RawRunner
-    from homeops.windows.settings import WindowsSettings
+    from homeops.windows.settings import WindowsSection, WindowsSettings
+
+# Opens the runner on the VM for one pass (default: homeops.windows.target.vm_runner, a
+# pool of its own closed on exit); tests pass a fake.
+RunnerFactory = Callable[["WindowsSection"], AbstractAsyncContextManager["RawRunner"]]
 
 _log = get_logger("windows.checks")
 
 GROUP: Final = "windows"
 SSH_CHECK_TIMEOUT_S: Final = 25.0  # room for the seam's 3 connect attempts
+# A VM check after ssh: first the shared ssh outcome (within the ssh check's budget), then
+# its own query (vm.PROBE_TIMEOUT_S bounds that).
+VM_CHECK_TIMEOUT_S: Final = SSH_CHECK_TIMEOUT_S + 15.0
 HTTP_CHECK_TIMEOUT_S: Final = 15.0
 PORT_TIMEOUT_S: Final = 3.0
 REPAIR_SCRIPT_TIMEOUT_S: Final = 60.0
@@ -54,6 +70,13 @@ def _fail(detail: str, fix: str, **data: object) -> CheckOutcome:
 
 def _skip(detail: str) -> CheckOutcome:
     return CheckOutcome(Status.SKIP, detail)
+
+
+SSH_FIRST_FIX: Final = "make the ssh check pass first (see its fix): this is read over SSH"
+QUERY_FAILED_FIX: Final = (
+    "SSH works but this query did not: see the error; a timeout may be a busy VM, "
+    "so run doctor again"
+)
 
 
 def url_port(url: str, default: int) -> tuple[str, int]:
@@ -80,47 +103,133 @@ def firewall_rules(settings: WindowsSettings) -> dict[str, int]:
     }
 
 
+@dataclass
+class _VmPass:
+    """What the VM checks running at the same time share: the runner and the ssh outcome."""
+
+    loop: asyncio.AbstractEventLoop
+    gate: asyncio.Task[tuple[RawRunner, CheckOutcome]]
+    stack: contextlib.AsyncExitStack
+    members: int = 0
+
+    async def close(self) -> None:
+        if not self.gate.done():
+            self.gate.cancel()
+        await asyncio.wait({self.gate})
+        if not self.gate.cancelled():
+            self.gate.exception()  # seen by the checks that awaited it; not "never retrieved"
+        try:
+            await self.stack.aclose()
+        except Exception as exc:
+            # The pass's results are already known: closing the pool is no finding of theirs.
+            _log.warn("close", "closing the VM connection failed", err=repr(exc))
+
+
+@dataclass
+class _VmShare:
+    """The pass in progress, if any (mutable, inside the frozen probes)."""
+
+    current: _VmPass | None = None
+
+
+def _default_runner(section: WindowsSection) -> AbstractAsyncContextManager[RawRunner]:
+    from homeops.windows.target import vm_runner
+
+    return vm_runner(section)
+
+
 @dataclass(frozen=True)
 class _Probes:
-    """The probes of one settings snapshot; each opens what it needs and closes it."""
+    """The probes of one settings snapshot; each opens what it needs and closes it, except
+    that the VM probes of one pass share one runner and one ssh outcome (:meth:`_vm_pass`)."""
 
     settings: WindowsSettings
     dctx: DomainContext
+    open_runner: RunnerFactory = _default_runner
+    share: _VmShare = field(default_factory=_VmShare, compare=False, repr=False)
 
-    async def _on_vm(
-        self,
-        action: Callable[[RawRunner], Awaitable[CheckOutcome]],
-        fix: str = "make the ssh check pass first: this is read over SSH",
-    ) -> CheckOutcome:
-        from homeops.core.errors import HomeopsError
-        from homeops.windows.target import vm_runner
+    @property
+    def _where(self) -> str:
+        section = self.settings.windows
+        return f"{section.ssh_user}@{section.ssh_host}:{section.ssh_port}"
 
+    @contextlib.asynccontextmanager
+    async def _vm_pass(self) -> AsyncIterator[_VmPass]:
+        """Join the pass in progress, or start one: open the runner and run the ssh probe
+        once, in a task of its own (a check that times out must not cancel it for the
+        others). The last member to leave closes the runner."""
+        loop = asyncio.get_running_loop()
+        vm = self.share.current
+        if vm is None or vm.loop is not loop:
+            stack = contextlib.AsyncExitStack()
+            gate = asyncio.create_task(self._open_and_probe(stack))
+            vm = self.share.current = _VmPass(loop, gate, stack)
+        vm.members += 1
         try:
-            async with vm_runner(self.settings.windows) as runner:
-                return await action(runner)
-        except HomeopsError as exc:
-            return _fail(exc.message, fix)
+            yield vm
+        finally:
+            vm.members -= 1
+            if vm.members == 0:
+                # Forgotten before the await: a check starting now opens a pass of its own.
+                if self.share.current is vm:
+                    self.share.current = None
+                await vm.close()
 
-    async def ssh(self) -> CheckOutcome:
+    async def _open_and_probe(
+        self, stack: contextlib.AsyncExitStack
+    ) -> tuple[RawRunner, CheckOutcome]:
+        runner = await stack.enter_async_context(self.open_runner(self.settings.windows))
+        return runner, await self._ssh_probe(runner)
+
+    async def _ssh_probe(self, runner: RawRunner) -> CheckOutcome:
+        from homeops.core.errors import HomeopsError
         from homeops.windows.vm import run_script
 
-        section = self.settings.windows
-        where = f"{section.ssh_user}@{section.ssh_host}:{section.ssh_port}"
-
-        async def probe(runner: RawRunner) -> CheckOutcome:
+        where = self._where
+        try:
             done = await run_script(runner, "'homeops-ssh-ok'")
-            if "homeops-ssh-ok" not in done.stdout_text:
-                return _fail(
-                    f"{where}: PowerShell did not answer as expected",
-                    "check the VM's OpenSSH DefaultShell and that powershell.exe runs",
-                )
-            return _ok(f"{where}: OpenSSH and PowerShell answer", host=where)
+        except HomeopsError as exc:
+            return _fail(
+                exc.message,
+                "start the VM and its OpenSSH server (sshd), check the 22555->22 forward, "
+                "windows.ssh_identity_file and the host key in windows.known_hosts",
+            )
+        if "homeops-ssh-ok" not in done.stdout_text:
+            return _fail(
+                f"{where}: PowerShell did not answer as expected",
+                "check the VM's OpenSSH DefaultShell and that powershell.exe runs",
+            )
+        return _ok(f"{where}: OpenSSH and PowerShell answer", host=where)
 
-        return await self._on_vm(
-            probe,
-            "start the VM and its OpenSSH server (sshd), check the 22555->22 forward, "
-            "windows.ssh_identity_file and the host key in windows.known_hosts",
+    def _not_checked(self) -> CheckOutcome:
+        section = self.settings.windows
+        return CheckOutcome(
+            Status.SKIP,
+            f"not checked: ssh to {section.ssh_host}:{section.ssh_port} failed; "
+            f"fix: {SSH_FIRST_FIX}",
+            {"fix": SSH_FIRST_FIX, "needs": "ssh"},
         )
+
+    async def _on_vm(self, action: Callable[[RawRunner], Awaitable[CheckOutcome]]) -> CheckOutcome:
+        from homeops.core.errors import HomeopsError
+
+        async with self._vm_pass() as vm:
+            try:
+                runner, ssh = await asyncio.shield(vm.gate)
+            except Exception:
+                # The ssh check reports this error; here it only means no SSH.
+                return self._not_checked()
+            if ssh.status is not Status.OK:
+                return self._not_checked()
+            try:
+                return await action(runner)
+            except HomeopsError as exc:
+                return _fail(exc.message, QUERY_FAILED_FIX)
+
+    async def ssh(self) -> CheckOutcome:
+        async with self._vm_pass() as vm:
+            _, outcome = await asyncio.shield(vm.gate)
+            return outcome
 
     async def aloha_server(self) -> CheckOutcome:
         from homeops.core import http
@@ -390,7 +499,14 @@ def windows_checks(dctx: DomainContext) -> list[Check]:
 
 
 def _all_checks(dctx: DomainContext) -> list[Check]:
-    probes = _Probes(dctx.settings("windows"), dctx)
+    return check_list(dctx.settings("windows"), dctx)
+
+
+def check_list(
+    settings: WindowsSettings, dctx: DomainContext, *, open_runner: RunnerFactory | None = None
+) -> list[Check]:
+    """The checks of ``settings``; the VM ones run over ``open_runner`` (default: SSH)."""
+    probes = _Probes(settings, dctx, open_runner or _default_runner)
     return [
         Check("ssh", probes.ssh, SSH_CHECK_TIMEOUT_S, GROUP),
         Check("aloha_server", probes.aloha_server, HTTP_CHECK_TIMEOUT_S, GROUP),
@@ -398,9 +514,9 @@ def _all_checks(dctx: DomainContext) -> list[Check]:
         Check("hatchet", probes.hatchet, HTTP_CHECK_TIMEOUT_S, GROUP),
         Check("playwright", probes.playwright, HTTP_CHECK_TIMEOUT_S, GROUP),
         Check("forwarded_ports", probes.forwarded_ports, PORT_TIMEOUT_S + 2, GROUP),
-        Check("firewall_rules", probes.firewall, SSH_CHECK_TIMEOUT_S, GROUP),
-        Check("aloha_processes", probes.aloha_processes, SSH_CHECK_TIMEOUT_S, GROUP),
-        Check("playwright_task", probes.playwright_task, SSH_CHECK_TIMEOUT_S, GROUP),
+        Check("firewall_rules", probes.firewall, VM_CHECK_TIMEOUT_S, GROUP),
+        Check("aloha_processes", probes.aloha_processes, VM_CHECK_TIMEOUT_S, GROUP),
+        Check("playwright_task", probes.playwright_task, VM_CHECK_TIMEOUT_S, GROUP),
         Check("version", probes.version, 1.0, GROUP),
         Check("config", probes.config, 1.0, GROUP),
     ]
