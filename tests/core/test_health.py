@@ -423,6 +423,30 @@ async def test_supervisor_warn_and_skip_do_not_fail_pass() -> None:
     assert breaker.state is BreakerState.CLOSED
 
 
+async def test_repair_is_not_tried_while_what_it_needs_is_down() -> None:
+    ssh = Service()
+    svc = Service()
+    checks = [
+        Check("ssh", ssh.probe),
+        Check("aloha_server", svc.probe, repair_needs=("ssh",)),
+        Check("hatchet", const(Status.FAIL, "no answer")),
+    ]
+    other = Service(fixable=False)
+    remediations = {"aloha_server": svc.remediate, "hatchet": other.remediate}
+    breaker = CircuitBreaker(clock=FakeClock())
+    report = await Supervisor(checks, remediations, breaker=breaker).run_once()
+    # The repair over SSH is skipped and says why; a repair that needs nothing still runs.
+    assert (svc.remediations, other.remediations) == (0, 1)
+    assert report.remediation_skipped == ("aloha_server",)
+    assert report.remediation_failed == ("hatchet",)
+    by_name = {r.name: r for r in report.results}
+    assert by_name["aloha_server"].detail == "down (remediation skipped: needs ssh)"
+    # Once ssh answers, the same repair runs and is confirmed.
+    ssh.up = True
+    again = await Supervisor(checks, remediations, breaker=breaker).run_once()
+    assert again.remediated == ("aloha_server",) and svc.remediations == 1
+
+
 async def test_supervisor_check_without_remediation_only_reported() -> None:
     checks = [Check("hatchet", const(Status.FAIL, "no answer"))]
     report = await Supervisor(checks, {}).run_once()

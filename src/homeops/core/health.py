@@ -54,12 +54,18 @@ class CheckOutcome:
 
 @dataclass(frozen=True)
 class Check:
-    """A named probe with its own timeout; ``group`` is the domain it belongs to."""
+    """A named probe with its own timeout; ``group`` is the domain it belongs to.
+
+    ``repair_needs`` names checks its remediation works through (a repair over SSH needs
+    the ``ssh`` check): when one of them failed in the same pass, the supervisor does not
+    run the repair, which could only fail after its own connect retries.
+    """
 
     name: str
     probe: Callable[[], Awaitable[CheckOutcome]]
     timeout: float = 5.0
     group: str = "core"
+    repair_needs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -419,14 +425,23 @@ class Supervisor:
     async def run_once(self) -> PassReport:
         """One pass: check, remediate what failed (breaker permitting), confirm, record."""
         results = await run_checks(self.checks, failpoint=self.failpoint, clock=self._clock)
-        failing = [
-            check
-            for check, result in zip(self.checks, results, strict=True)
-            if result.status is Status.FAIL and check.name in self.remediations
-        ]
+        failed_now = {r.name for r in results if r.status is Status.FAIL}
+        failing: list[Check] = []
+        skipped: list[str] = []
+        for check, result in zip(self.checks, results, strict=True):
+            if result.status is not Status.FAIL or check.name not in self.remediations:
+                continue
+            blocking = [n for n in check.repair_needs if n in failed_now]
+            if blocking:
+                # Its repair goes through what is down: say so instead of trying.
+                skipped.append(check.name)
+                i = self.checks.index(check)
+                note = f"remediation skipped: needs {', '.join(blocking)}"
+                results[i] = replace(result, detail=f"{result.detail} ({note})")
+            else:
+                failing.append(check)
         remediated: list[str] = []
         failed: list[str] = []
-        skipped: list[str] = []
         # One allow() per pass: the whole remediation round is the half-open trial.
         if failing and self.breaker.allow():
             for check in failing:
@@ -440,7 +455,7 @@ class Supervisor:
                 else:
                     failed.append(check.name)
         elif failing:
-            skipped = [c.name for c in failing]
+            skipped.extend(c.name for c in failing)
             for check in failing:
                 i = self.checks.index(check)
                 results[i] = replace(

@@ -45,6 +45,8 @@ RunnerFactory = Callable[["WindowsSection"], AbstractAsyncContextManager["RawRun
 _log = get_logger("windows.checks")
 
 GROUP: Final = "windows"
+# Every repair runs over SSH to the VM: none is tried in a pass whose ssh check failed.
+SSH: Final = ("ssh",)
 SSH_CHECK_TIMEOUT_S: Final = 25.0  # room for the seam's 3 connect attempts
 # A VM check after ssh: first the shared ssh outcome (within the ssh check's budget), then
 # its own query (vm.PROBE_TIMEOUT_S bounds that).
@@ -509,14 +511,16 @@ def check_list(
     probes = _Probes(settings, dctx, open_runner or _default_runner)
     return [
         Check("ssh", probes.ssh, SSH_CHECK_TIMEOUT_S, GROUP),
-        Check("aloha_server", probes.aloha_server, HTTP_CHECK_TIMEOUT_S, GROUP),
-        Check("aloha_client", probes.aloha_client, HTTP_CHECK_TIMEOUT_S, GROUP),
+        Check("aloha_server", probes.aloha_server, HTTP_CHECK_TIMEOUT_S, GROUP, repair_needs=SSH),
+        Check("aloha_client", probes.aloha_client, HTTP_CHECK_TIMEOUT_S, GROUP, repair_needs=SSH),
         Check("hatchet", probes.hatchet, HTTP_CHECK_TIMEOUT_S, GROUP),
-        Check("playwright", probes.playwright, HTTP_CHECK_TIMEOUT_S, GROUP),
+        Check("playwright", probes.playwright, HTTP_CHECK_TIMEOUT_S, GROUP, repair_needs=SSH),
         Check("forwarded_ports", probes.forwarded_ports, PORT_TIMEOUT_S + 2, GROUP),
-        Check("firewall_rules", probes.firewall, VM_CHECK_TIMEOUT_S, GROUP),
+        Check("firewall_rules", probes.firewall, VM_CHECK_TIMEOUT_S, GROUP, repair_needs=SSH),
         Check("aloha_processes", probes.aloha_processes, VM_CHECK_TIMEOUT_S, GROUP),
-        Check("playwright_task", probes.playwright_task, VM_CHECK_TIMEOUT_S, GROUP),
+        Check(
+            "playwright_task", probes.playwright_task, VM_CHECK_TIMEOUT_S, GROUP, repair_needs=SSH
+        ),
         Check("version", probes.version, 1.0, GROUP),
         Check("config", probes.config, 1.0, GROUP),
     ]
