@@ -516,6 +516,25 @@ def test_worker_refuses_unwritable_metrics_path(capsys, state_dir, monkeypatch):
     assert "metrics.path: /nonexistent/dir is not a directory" in err
 
 
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        pytest.param(lambda p: p.mkdir(), "is not a regular file", id="directory"),
+        pytest.param(lambda p: os.mkfifo(p), "is not a regular file", id="fifo"),
+        pytest.param(lambda p: p.symlink_to("/etc/hostname"), "is a symlink", id="symlink"),
+    ],
+)
+def test_worker_refuses_a_metrics_path_that_would_lose_every_block(
+    capsys, state_dir, monkeypatch, tmp_path, make, reason
+):
+    path = tmp_path / "metrics.log"
+    make(path)
+    monkeypatch.setenv("HOMEOPS_METRICS_PATH", str(path))
+    code, out, err = run_main(capsys, "jobs", "worker", "--drain", "--metrics")
+    assert (code, out) == (2, "")
+    assert err.strip() == f"error: metrics.path: {path} {reason}"
+
+
 @pytest.mark.parametrize("command", ["sweep", "gc"])
 def test_sweep_spares_unfinished_jobs(capsys, state_dir, command):
     from homeops.core.artifacts import ArtifactStore

@@ -497,3 +497,27 @@ def test_corrupt_json_column_is_an_operational_error(
     assert state == "failed"
     assert "corrupt payload" in error
     assert "corrupt job row; job failed" in log_stream.getvalue()
+
+
+def test_created_since_counts_every_process_s_enqueues(
+    queue: SqliteJobQueue, clock: FakeClock, state_dir: Path
+) -> None:
+    queue.enqueue("t.a", {})
+    clock.advance(10)
+    since = clock.now
+    queue.enqueue("t.a", {})
+    # Another process's queue on the same file (what `jobs enqueue` is to a worker).
+    other = SqliteJobQueue(state_dir / "jobs" / "jobs.db", clock=clock)
+    try:
+        other.enqueue("t.b", {})
+        other.enqueue("t.a", {})
+    finally:
+        other.close()
+    assert queue.created_since(since) == 3
+    assert queue.created_since(since, types=["t.a"]) == 2
+    assert queue.created_since(since, types=["t.c"]) == 0
+    assert queue.created_since(since - 10) == 4
+    # The backlog a worker finds at `since`: enqueued before it and still waiting.
+    [claimed] = queue.claim("w1", 1, 30.0)
+    assert queue.created_since(since, queued_before=True) == 0
+    assert claimed.created_at < since

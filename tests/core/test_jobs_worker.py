@@ -121,7 +121,8 @@ async def test_retries_exhausted_then_failed(
     assert final.state is JobState.FAILED
     assert final.attempts == 3
     assert final.error == "RuntimeError: disk on fire"
-    assert metrics.counters == {"jobs_failed_total": 3.0}
+    # One failed job, not one per failed attempt (the seed's "total jobs failed").
+    assert metrics.counters == {"jobs_failed_total": 1.0}
     logs = log_stream.getvalue()
     assert logs.count("job failed; will retry") == 2
     assert 'msg="job failed" err="RuntimeError: disk on fire"' in logs

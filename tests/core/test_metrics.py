@@ -405,3 +405,47 @@ def test_every_prometheus_metric_has_help_and_type() -> None:
 def test_prometheus_parser_is_strict(bad: str) -> None:
     with pytest.raises((AssertionError, ValueError)):
         parse_prometheus(bad)
+
+
+def test_raise_to_never_lowers_a_counter_and_refuses_a_gauge() -> None:
+    reg = MetricsRegistry.with_seed_metrics()
+    reg.inc("jobs_enqueued_total", 2)
+    reg.raise_to("jobs_enqueued_total", 5)
+    reg.raise_to("jobs_enqueued_total", 3)  # e.g. the store pruned some rows meanwhile
+    assert reg.snapshot()["jobs_enqueued_total"] == 5.0
+    reg.set("queue_depth", 1)
+    with pytest.raises(UsageError, match="queue_depth is a gauge"):
+        reg.raise_to("queue_depth", 2)
+
+
+async def test_emitter_refreshes_before_each_block_and_survives_a_failed_refresh(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    reg = MetricsRegistry.with_seed_metrics()
+    refreshes = 0
+
+    async def refresh() -> None:
+        nonlocal refreshes
+        refreshes += 1
+        if refreshes == 1:
+            raise OperationalError("store busy")
+        reg.raise_to("jobs_enqueued_total", 7)
+
+    stop = asyncio.Event()
+    sleeps = 0
+
+    async def sleep(_: float) -> None:
+        nonlocal sleeps
+        sleeps += 1
+        if sleeps == 2:
+            stop.set()
+
+    emitter = MetricsEmitter(reg, interval_s=1, path=None, sleep=sleep, refresh=refresh)
+    await emitter.run(stop)
+    values = [
+        line.split()[1]
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("metric=jobs_enqueued_total ")
+    ]
+    # The block after a failed refresh is still written, with the value it had.
+    assert (refreshes, values) == (2, ["value=0", "value=7"])

@@ -16,13 +16,13 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 
-from homeops.core.errors import OperationalError, UsageError
+from homeops.core.errors import HomeopsError, OperationalError, UsageError
 from homeops.core.logging import format_ts, get_logger
 
 if TYPE_CHECKING:
@@ -141,6 +141,16 @@ class MetricsRegistry:
                 raise UsageError(f"metric {name} is a counter: use inc, not set")
             self._values[name] = float(value)
 
+    def raise_to(self, name: str, value: float) -> None:
+        """Counter ``name`` becomes ``value`` if that is more: for a count read from
+        elsewhere (the job store), which must still never go down."""
+        validate_metric_name(name)
+        with self._lock:
+            kind = self._kinds.setdefault(name, MetricKind.COUNTER)
+            if kind is not MetricKind.COUNTER:
+                raise UsageError(f"metric {name} is a gauge: use set, not raise_to")
+            self._values[name] = max(self._values.get(name, 0.0), float(value))
+
     def snapshot(self) -> dict[str, float]:
         """A copy of every current value, sorted by name."""
         with self._lock:
@@ -212,6 +222,7 @@ class MetricsEmitter:
         path: Path | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Sleep | None = None,
+        refresh: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         if interval_s <= 0:
             raise UsageError(f"metrics interval must be positive, got {interval_s:g}s")
@@ -219,6 +230,8 @@ class MetricsEmitter:
         self.interval_s = interval_s
         self.path = path
         self._clock = clock
+        # Called before each block: values counted elsewhere (the store) are read then.
+        self._refresh = refresh
         if sleep is None:
             import asyncio
 
@@ -282,6 +295,12 @@ class MetricsEmitter:
         _log.debug("run", "metrics emitter started", interval_s=self.interval_s, path=self.path)
         while True:
             stopped = await sleep_or_stop(self._sleep, self.interval_s, stop)
+            if self._refresh is not None:
+                try:
+                    await self._refresh()
+                except HomeopsError as exc:
+                    # A busy store costs this block its fresh count, not the block.
+                    _log.warn("emit", "metrics not refreshed", err=exc)
             try:
                 self.emit_once()
             except OperationalError as exc:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import stat
+import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +15,8 @@ import typer
 from homeops.core.cli.common import domain_context, duration_flag, load_core
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from homeops.core.registry import Registry
 
 
@@ -50,9 +54,9 @@ def run_worker(
     )
     emit = metrics or settings.metrics.enabled
     metrics_path = settings.metrics.path
-    if emit and metrics_path is not None and not metrics_path.parent.is_dir():
+    if emit and metrics_path is not None:
         # Found now rather than as one error per block for the worker's whole life.
-        raise UsageError(f"metrics.path: {metrics_path.parent} is not a directory")
+        _check_metrics_path(metrics_path)
     counters = MetricsRegistry.with_seed_metrics()
     _log = get_logger("core.jobs")
 
@@ -84,6 +88,7 @@ def run_worker(
         stop_metrics = asyncio.Event()
         emitter_task = None
         try:
+            started = time.time()
             queue = await open_queue(stopping)
             if queue is None:
                 return
@@ -99,7 +104,22 @@ def run_worker(
             )
             workers.append(worker)
             if emit:
-                emitter = MetricsEmitter(counters, interval_s=interval, path=metrics_path)
+                types = sorted(job_types)
+                # Jobs are enqueued by other processes (`jobs enqueue`): the store, not this
+                # process, knows how many arrived. The worker's count is the backlog of its
+                # types it found at start plus every one enqueued since, so that it covers
+                # the jobs its completed/failed/cancelled counters count.
+                backlog = await asyncio.to_thread(
+                    queue.created_since, started, types=types, queued_before=True
+                )
+
+                async def refresh() -> None:
+                    n = await asyncio.to_thread(queue.created_since, started, types=types)
+                    counters.raise_to("jobs_enqueued_total", backlog + n)
+
+                emitter = MetricsEmitter(
+                    counters, interval_s=interval, path=metrics_path, refresh=refresh
+                )
                 emitter_task = asyncio.create_task(emitter.run(stop_metrics))
             if stopping.is_set():
                 worker.request_stop()
@@ -115,6 +135,30 @@ def run_worker(
 
     _run_without_joining_handlers(main)
     return 0
+
+
+def _check_metrics_path(path: Path) -> None:
+    """metrics.path must be a file (or device) the worker can append to, or a new file in an
+    existing directory: a directory, FIFO or unwritable place would lose every block."""
+    from homeops.core.errors import UsageError
+
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        if not path.parent.is_dir():
+            raise UsageError(f"metrics.path: {path.parent} is not a directory") from None
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            raise UsageError(f"metrics.path: {path.parent} is not writable") from None
+        return
+    except OSError as exc:
+        raise UsageError(f"metrics.path: {path}: {exc.strerror or exc}") from exc
+    if stat.S_ISLNK(mode):
+        # The emitter never follows one (a root worker must not write where a link points).
+        raise UsageError(f"metrics.path: {path} is a symlink")
+    if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):
+        raise UsageError(f"metrics.path: {path} is not a regular file")
+    if not os.access(path, os.W_OK):
+        raise UsageError(f"metrics.path: {path} is not writable")
 
 
 def _run_without_joining_handlers(main: Callable[[], Coroutine[Any, Any, None]]) -> None:

@@ -105,6 +105,13 @@ class JobClient(Protocol):
         """How many jobs (of ``types``, if given) are in each state; every state present."""
         ...
 
+    def created_since(
+        self, since: float, *, types: Sequence[str] | None = None, queued_before: bool = False
+    ) -> int:
+        """How many jobs (of ``types``) were enqueued at or after ``since`` (with
+        ``queued_before``: were enqueued before it and are still queued)."""
+        ...
+
     def prune(self, *, older_than_s: float, dry_run: bool = False) -> int:
         """Delete succeeded, failed and cancelled jobs that finished over ``older_than_s`` ago.
 

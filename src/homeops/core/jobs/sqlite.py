@@ -1312,6 +1312,28 @@ class SqliteJobQueue:
             rows = conn.execute(sql, params).fetchall()
         return [_row_to_job(r) for r in rows]
 
+    def created_since(
+        self, since: float, *, types: Sequence[str] | None = None, queued_before: bool = False
+    ) -> int:
+        """How many jobs (of ``types``, if given) were enqueued at or after ``since``, by any
+        process (one range of jobs_created); with ``queued_before``, how many enqueued before
+        ``since`` are still queued instead. A worker's ``jobs_enqueued_total`` is the two."""
+        types_json = None if types is None else json.dumps(sorted(set(types)))
+        when = (
+            "created_at < :since AND state = 'queued'"
+            if queued_before
+            else ("created_at >= :since")
+        )
+        with self._reading() as conn:
+            if conn is None:
+                return 0
+            row = conn.execute(
+                f"SELECT COUNT(*) FROM jobs WHERE {when} AND "
+                "(:types IS NULL OR type IN (SELECT value FROM json_each(:types)))",
+                {"since": since, "types": types_json},
+            ).fetchone()
+        return int(row[0])
+
     def counts(self, *, types: Sequence[str] | None = None) -> dict[JobState, int]:
         """How many jobs (of ``types``, if given) are in each state; every state present."""
         types_json = None if types is None else json.dumps(sorted(set(types)))

@@ -797,8 +797,10 @@ class Worker:
                 duration_ms=ms,
             )
             return
-        self._inc("jobs_failed_total")
         will_retry = retryable and job.attempts < job.max_attempts and not ctx.cancelled
+        if not will_retry:
+            # The seed's "jobs failed": a job that ends failed, not each failed attempt.
+            self._inc("jobs_failed_total")
         ctx.log.log(
             "warn" if will_retry else "error",
             "run",
