@@ -15,7 +15,7 @@ needs. ``homeops version`` skips typer altogether (it is what scripts call in lo
 import errno
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from homeops import __version__
@@ -193,7 +193,7 @@ def build_app() -> "typer.Typer":
     from homeops.core.cli import commands
 
     records = _registry().records()
-    lazy = {d.group: (d.summary, d.cli) for d in records if d.cli is not None}
+    lazy = {d.group: (d.summary, _domain_factory(d.name)) for d in records if d.cli is not None}
     app = _new_app(PROG, HELP, lazy)
     _add_version(app, PROG)
     commands.add_doctor(app)
@@ -204,8 +204,16 @@ def build_app() -> "typer.Typer":
     return app
 
 
-def build_seed_app(prog: str, domain: str) -> "typer.Typer":
-    """A seed tool: its domain's commands plus the core's, preset to that domain.
+def _domain_factory(domain: str) -> "Callable[[], typer.Typer]":
+    def build() -> "typer.Typer":
+        return build_domain_app(domain)
+
+    return build
+
+
+def build_domain_app(domain: str, prog: str | None = None) -> "typer.Typer":
+    """A domain's commands plus the core's, preset to that domain: ``homeops <group>`` and
+    the seed tool (``prog``, which also gets the global options) run this same app.
 
     ``doctor``, ``worker`` and ``supervisor run`` see the domain (and the core) only;
     ``jobs``, ``artifacts`` and ``config`` are the core's, on the same store. A command or
@@ -218,19 +226,32 @@ def build_seed_app(prog: str, domain: str) -> "typer.Typer":
     registry = _registry()
     record = registry.record(domain)
     preset = [name for name in ("core", domain) if name in registry.domains()]
-    app = _new_app(prog, record.summary)
     own = record.cli() if record.cli is not None else typer.Typer()
+    help_text = own.info.help if isinstance(own.info.help, str) else record.summary
+    if prog is None:
+        # Mounted under homeops: the root callback (global options) is the umbrella's.
+        app = typer.Typer(
+            help=help_text,
+            no_args_is_help=True,
+            add_completion=False,
+            rich_markup_mode=None,
+            context_settings={"help_option_names": ["-h", "--help"]},
+        )
+    else:
+        app = _new_app(prog, help_text)
     app.registered_commands.extend(own.registered_commands)
     app.registered_groups.extend(own.registered_groups)
     taken = {c.name for c in own.registered_commands} | {g.name for g in own.registered_groups}
     if "version" not in taken:
-        _add_version(app, prog)
+        _add_version(app, prog or PROG)
     if "doctor" not in taken:
         commands.add_doctor(app, preset=preset)
     if "worker" not in taken:
         commands.add_worker(app, preset=preset)
     if "supervisor" not in taken:
-        supervisor = typer.Typer(help="The self-repair loop.", no_args_is_help=True)
+        supervisor = typer.Typer(
+            help="The self-repair loop.", no_args_is_help=True, rich_markup_mode=None
+        )
         commands.add_supervise(supervisor, name="run", preset=preset)
         app.add_typer(supervisor, name="supervisor")
     if "jobs" not in taken:
@@ -240,6 +261,11 @@ def build_seed_app(prog: str, domain: str) -> "typer.Typer":
     if "config" not in taken:
         app.add_typer(commands.config_group(), name="config")
     return app
+
+
+def build_seed_app(prog: str, domain: str) -> "typer.Typer":
+    """A seed tool (``win-automation``): :func:`build_domain_app` under its own name."""
+    return build_domain_app(domain, prog)
 
 
 # -- the console entry ----------------------------------------------------------------------
