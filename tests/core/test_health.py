@@ -662,3 +662,42 @@ async def test_pass_to_json() -> None:
     assert doc["breaker_state"] == "closed"
     assert doc["remediated"] == ["aloha_server"]
     assert [c["name"] for c in doc["checks"]] == ["ssh", "aloha_server"]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["info", "debug"])
+async def test_supervisor_probes_log_at_debug_so_a_steady_state_logs_once(debug: bool) -> None:
+    import logging
+
+    from homeops.core import logging as hlog
+
+    stream = io.StringIO()
+    hlog.configure(stream=stream, debug=debug)
+    probe_log = hlog.get_logger("test.probe")
+    library = logging.getLogger("asyncssh")
+
+    async def noisy() -> CheckOutcome:
+        probe_log.warn("connect", "retrying")
+        probe_log.error("connect", "connection failed")
+        library.warning("channel closed")  # a third-party line from inside the probe
+        return CheckOutcome(Status.FAIL, "down")
+
+    try:
+        supervisor = Supervisor([Check("vm", noisy)], {}, clock=FakeClock())
+        for _ in range(3):
+            await supervisor.run_once()
+        probe_log.warn("after", "outside the probes")
+    finally:
+        hlog.reset()
+    lines = stream.getvalue().splitlines()
+    passes = [line for line in lines if "supervisor pass done" in line]
+    noise = [line for line in lines if "retrying" in line or "connection failed" in line]
+    if debug:
+        assert len(noise) == 6 and all(" level=debug " in line for line in noise), noise
+        assert sum("channel closed" in line for line in lines) == 3
+    else:
+        assert noise == [] and "channel closed" not in stream.getvalue()
+        # A pass is logged when the state changes: the first, and the breaker opening.
+        assert len(passes) == 2, passes
+        assert "breaker=closed" in passes[0] and "breaker=open" in passes[1]
+    # Outside a supervisor pass a warning is a warning.
+    assert any(" level=warn " in line and "outside the probes" in line for line in lines)

@@ -22,7 +22,7 @@ from typing import Final, assert_never
 
 from homeops.core.asyncutil import Sleep, sleep_or_stop
 from homeops.core.errors import ExitCode, HomeopsError, UsageError
-from homeops.core.logging import get_logger
+from homeops.core.logging import get_logger, quieted
 
 _log = get_logger("core.health")
 
@@ -424,7 +424,9 @@ class Supervisor:
 
     async def run_once(self) -> PassReport:
         """One pass: check, remediate what failed (breaker permitting), confirm, record."""
-        results = await run_checks(self.checks, failpoint=self.failpoint, clock=self._clock)
+        # The probes log at debug: their verdicts are this pass's report, logged on change.
+        with quieted():
+            results = await run_checks(self.checks, failpoint=self.failpoint, clock=self._clock)
         failed_now = {r.name for r in results if r.status is Status.FAIL}
         failing: list[Check] = []
         skipped: list[str] = []
@@ -448,7 +450,8 @@ class Supervisor:
                 ran = await self._remediate(check)
                 # The failpoint was validated against every check; here only this one runs.
                 forced = self.failpoint if self.failpoint == check.name else None
-                (confirmed,) = await run_checks([check], failpoint=forced, clock=self._clock)
+                with quieted():
+                    (confirmed,) = await run_checks([check], failpoint=forced, clock=self._clock)
                 results[self.checks.index(check)] = confirmed
                 if ran and confirmed.status is not Status.FAIL:
                     remediated.append(check.name)

@@ -12,11 +12,13 @@ through the same formatter instead of printing their own format.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import IO, Any, Final
 
@@ -231,6 +233,38 @@ def get_logger(component: str, **context: object) -> Logger:
 _handler: logging.Handler | None = None
 
 
+# Set by quieted(): lines logged in that context (and in tasks and threads started from it)
+# are debug lines, whatever their level.
+_QUIET: ContextVar[bool] = ContextVar("homeops_quiet_logs", default=False)
+
+
+@contextlib.contextmanager
+def quieted() -> Iterator[None]:
+    """Log everything inside at debug level (shown only with ``--debug``).
+
+    A supervisor probes every interval; the probes' own retries, warnings and verdicts
+    would repeat each pass, where the pass itself reports what changed. Third-party
+    libraries' lines (asyncssh, httpx) are demoted too.
+    """
+    token = _QUIET.set(True)
+    try:
+        yield
+    finally:
+        _QUIET.reset(token)
+
+
+class _QuietFilter(logging.Filter):
+    """The handler's side of :func:`quieted`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.DEBUG and _QUIET.get():
+            if not logging.getLogger().isEnabledFor(logging.DEBUG):
+                return False
+            record.levelno = logging.DEBUG
+            record.levelname = "DEBUG"
+        return True
+
+
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever ``sys.stderr`` is when a line is logged, not when configured.
 
@@ -265,6 +299,7 @@ def configure(
         logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     )
     handler.setFormatter(LogfmtFormatter())
+    handler.addFilter(_QuietFilter())
     root.addHandler(handler)
     chosen = "debug" if debug else (level or "info")
     root.setLevel(_STD_LEVEL[chosen])
