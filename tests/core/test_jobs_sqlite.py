@@ -457,7 +457,7 @@ def test_list_and_counts(queue: SqliteJobQueue, clock: FakeClock) -> None:
         queue.list(type="Bad")
 
 
-def test_corrupt_json_column_is_an_operational_error(
+def test_corrupt_json_column_is_shown_damaged_and_never_run(
     queue: SqliteJobQueue, clock: FakeClock, log_stream: io.StringIO
 ) -> None:
     bad_payload = queue.enqueue("t.x", {"n": 1})
@@ -475,15 +475,16 @@ def test_corrupt_json_column_is_an_operational_error(
             )
     finally:
         raw.close()
-    # Newest first: the corrupt result is the first bad row `jobs list` meets.
-    with pytest.raises(OperationalError, match=f"job {bad_result.id} has a corrupt result"):
-        queue.list()
-    with pytest.raises(OperationalError, match=f"job {bad_payload.id} has a corrupt payload"):
-        queue.list(state=JobState.QUEUED)
-    with pytest.raises(OperationalError, match=f"job {bad_payload.id} has a corrupt payload"):
-        queue.get(bad_payload.id)
-    with pytest.raises(OperationalError, match=f"job {bad_result.id} has a corrupt result"):
-        queue.get(bad_result.id)
+    # Reads that only show jobs list every row: the damaged ones say what is damaged.
+    listed = {j.id: j for j in queue.list()}
+    assert set(listed) == {bad_payload.id, bad_result.id, good.id}
+    assert listed[good.id].damaged is None
+    assert listed[bad_payload.id].payload == {}
+    assert listed[bad_payload.id].damaged.startswith("corrupt payload column (not JSON: ")
+    assert listed[bad_result.id].result is None
+    assert listed[bad_result.id].damaged.startswith("corrupt result column (not JSON: ")
+    assert queue.get(bad_payload.id).damaged == listed[bad_payload.id].damaged
+    assert queue.list(state=JobState.QUEUED)[-1].damaged is not None
     assert queue.list(state=JobState.QUEUED, limit=1)[0].id == good.id
     # A claim does not hand out (or keep re-claiming) a row it cannot read: it fails it.
     assert [j.id for j in queue.claim("w1", 10, 30.0)] == [good.id]

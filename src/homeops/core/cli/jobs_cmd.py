@@ -102,10 +102,16 @@ def list_jobs(
         print_text("no jobs")
         return
     rows = [
-        (j.id, j.type, j.state.value, f"{j.attempts}/{j.max_attempts}", _age(j), j.error or "")
+        (j.id, j.type, j.state.value, f"{j.attempts}/{j.max_attempts}", _age(j), _error(j))
         for j in jobs
     ]
     print_text(table(("id", "type", "state", "attempts", "created", "error"), rows))
+
+
+def _error(job: Job) -> str:
+    if job.damaged is None:
+        return job.error or ""
+    return f"DAMAGED ROW: {job.damaged}" + (f"; {job.error}" if job.error else "")
 
 
 def _describe(job: Job) -> str:
@@ -118,7 +124,7 @@ def _describe(job: Job) -> str:
     keys = [
         "id", "type", "state", "trace_id", "attempts", "max_attempts", "idempotency_key",
         "created_at", "started_at", "finished_at", "worker_id", "cancel_requested", "error",
-        "result",
+        "result", *(["damaged"] if job.damaged else []),
     ]  # fmt: skip
     return table(("field", "value"), [(k, data.get(k)) for k in keys])
 

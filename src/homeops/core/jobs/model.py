@@ -71,6 +71,9 @@ class Job:
     error: str | None
     cancel_requested: bool
     timeout_s: float | None
+    # Set when a row's JSON column could not be read (lenient reads: list, status): what is
+    # damaged, with the column's value replaced by {} or None. Never set on a job to run.
+    damaged: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form: timestamps as RFC3339 UTC strings, state as its name."""

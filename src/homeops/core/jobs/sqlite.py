@@ -377,11 +377,28 @@ def _job_state(r: Sequence[Any]) -> JobState:
         raise _unknown_state(r[0], r[4]) from None
 
 
-def _row_to_job(r: Sequence[Any]) -> Job:
+def _row_to_job(r: Sequence[Any], *, lenient: bool = False) -> Job:
+    """The row as a Job. A JSON column that does not decode raises, unless ``lenient`` (reads
+    that only show jobs: one damaged row must not hide the others), which marks it damaged."""
+    damage: builtins.list[str] = []
+
+    def column(index: int, name: str, empty: Any) -> Any:  # noqa: ANN401
+        if r[index] is None and name == "result":
+            return None
+        try:
+            return _json_column(r, index, name)
+        except OperationalError as exc:
+            if not lenient:
+                raise
+            damage.append(str(exc).removeprefix(f"jobs database: job {r[0]} has a "))
+            return empty
+
+    payload = column(2, "payload", {})
+    result = column(15, "result", None)
     return Job(
         id=r[0],
         type=r[1],
-        payload=_json_column(r, 2, "payload"),
+        payload=payload,
         trace_id=r[3],
         state=_job_state(r),
         attempts=r[5],
@@ -394,10 +411,11 @@ def _row_to_job(r: Sequence[Any]) -> Job:
         available_at=r[12],
         lease_until=r[13],
         worker_id=r[14],
-        result=None if r[15] is None else _json_column(r, 15, "result"),
+        result=result,
         error=r[16],
         cancel_requested=bool(r[17]),
         timeout_s=r[18],
+        damaged="; ".join(damage) or None,
     )
 
 
@@ -1281,7 +1299,7 @@ class SqliteJobQueue:
                 ).fetchone()
         if row is None:
             raise UsageError(f"no such job: {job_id}")
-        return _row_to_job(row)
+        return _row_to_job(row, lenient=True)
 
     def list(
         self,
@@ -1310,7 +1328,7 @@ class SqliteJobQueue:
                 sql += " WHERE " + " AND ".join(where)
             sql += " ORDER BY created_at DESC, id DESC LIMIT :limit"
             rows = conn.execute(sql, params).fetchall()
-        return [_row_to_job(r) for r in rows]
+        return [_row_to_job(r, lenient=True) for r in rows]
 
     def created_since(
         self, since: float, *, types: Sequence[str] | None = None, queued_before: bool = False
