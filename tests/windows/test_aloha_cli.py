@@ -88,6 +88,9 @@ def test_health_unreachable_is_exit_3_with_the_report(capsys, tmp_path, state_di
     data = json.loads(out)
     assert data["ok"] is False and data["client"]["reachable"] is False
     assert "aloha server and client unavailable" in err
+    # The same keys as every --json failure.
+    assert data["exit_code"] == 3
+    assert data["error"] == "aloha server and client unavailable"
 
 
 def test_health_under_the_seed_name_and_its_config_flag(capsys, aloha_apps, tmp_path, state_dir):
@@ -191,7 +194,8 @@ def test_run_client_unreachable_is_exit_3(capsys, vm, apps_config, tmp_path, mon
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        pytest.param(["--max-steps", "2"], "--task TEXT is required", id="no-task"),
+        pytest.param([], "--task is required", id="no-arguments"),
+        pytest.param(["--max-steps", "2"], "--task is required", id="no-task"),
         pytest.param(["--task", " "], "--task: the task text is empty", id="empty-task"),
         pytest.param(["--task", "t", "--max-steps", "0"], "--max-steps: must be 1-10000", id="0"),
         pytest.param(["--task", "t", "--max-steps", "x"], "--max-steps: not a whole", id="word"),
@@ -208,4 +212,38 @@ def test_run_bad_flags_are_one_line_exit_2(capsys, vm, apps_config, args, messag
     assert code == 2, err
     assert out == "" and len(err.strip().splitlines()) == 1
     assert message in err
+    assert apps_config.client.requests == []
+
+
+def test_run_json_failures_print_one_object(capsys, vm, apps_config, tmp_path, monkeypatch):
+    dead = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("WIN_AUTOMATION_CONFIG", str(_config(tmp_path, dead, dead)))
+    code, out, err = run_main(capsys, "win", "aloha", "run", "--task", "t", "--json")
+    assert code == 3
+    data = json.loads(out)
+    assert (data["ok"], data["exit_code"], data["task"]) == (False, 3, "t")
+    assert "/run_task" in data["error"]
+    assert err.splitlines()[-1] == f"error: {data['error']}"
+    code, out, err = run_main(capsys, "win", "aloha", "stop", "--json")
+    assert code == 3
+    data = json.loads(out)
+    assert (data["ok"], data["exit_code"]) == (False, 3)
+    assert err.splitlines()[-1] == f"error: {data['error']}"
+
+
+def test_run_json_usage_and_blocked_print_one_object(capsys, vm, apps_config):
+    code, out, err = run_main(capsys, "win", "aloha", "run", "--json")
+    assert code == 2
+    assert json.loads(out) == {
+        "ok": False,
+        "error": "--task is required (aloha run --task TEXT)",
+        "exit_code": 2,
+    }
+    assert err == "error: --task is required (aloha run --task TEXT)\n"
+    vm.locked = True
+    code, out, err = run_main(capsys, "win", "aloha", "run", "--task", "t", "--json")
+    assert code == 1
+    assert err.splitlines()[-1].endswith("(state=blocked)")
+    data = json.loads(out)
+    assert (data["ok"], data["exit_code"]) == (False, 1) and "state=blocked" in data["error"]
     assert apps_config.client.requests == []

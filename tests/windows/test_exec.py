@@ -168,8 +168,10 @@ def test_exec_unreachable_vm_is_exit_3(capsys, tmp_path, state_dir, sshd):
 @pytest.mark.parametrize(
     ("args", "match"),
     [
+        pytest.param([], "no command given; usage: windows exec", id="no-arguments"),
         pytest.param(["--"], "no command given", id="no-command"),
-        pytest.param(["--json", "--", ""], "no command given", id="empty-command"),
+        pytest.param(["--", ""], "no command given", id="empty-command"),
+        pytest.param(["--", "a\nb"], "multi-line command needs --powershell", id="multi-line"),
         pytest.param(["--idempotent", "--", "x"], "--idempotent needs", id="idempotent-alone"),
         pytest.param(["--idempotent-check", " ", "--", "x"], "check script is empty", id="blank"),
         pytest.param(["--timeout", "0s", "--", "x"], "--timeout", id="zero-timeout"),
@@ -184,3 +186,83 @@ def test_exec_usage_errors_are_exit_2_before_connecting(capsys, tmp_path, state_
     assert code == 2, err
     assert match in err
     assert out == ""
+
+
+def test_exec_json_unreachable_prints_one_object_and_the_error_line(
+    capsys, tmp_path, state_dir, sshd
+):
+    config = vm_config(tmp_path, sshd, ssh_port=free_port())
+    code, out, err = run_win(
+        capsys, "--config", str(config), "windows", "exec", "--json", "--", "echo x"
+    )
+    assert code == 3, err
+    data = json.loads(out)
+    assert (data["ok"], data["state"], data["exit_code"]) == (False, "error", 3)
+    assert data["host"].startswith(f"{sshd.user}@{sshd.host}:")
+    assert "cannot connect after 3 attempts" in data["error"]
+    errors = [ln for ln in err.splitlines() if not ln.startswith("ts=")]
+    assert errors == [f"error: {data['error']}"]
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        pytest.param([], "no command given", id="no-arguments"),
+        pytest.param(["--", ""], "no command given", id="empty-command"),
+        pytest.param(["--timeout", "soon", "--", "x"], "--timeout", id="bad-timeout"),
+    ],
+)
+def test_exec_json_usage_errors_are_one_object_exit_2(capsys, tmp_path, state_dir, args, match):
+    config = tmp_path / "win.json"
+    config.write_text(json.dumps({"windows": {"ssh_host": "127.0.0.1", "ssh_port": 1}}))
+    code, out, err = run_win(capsys, "--config", str(config), "windows", "exec", "--json", *args)
+    assert code == 2, err
+    data = json.loads(out)
+    assert (data["ok"], data["exit_code"]) == (False, 2) and match in data["error"]
+    assert err == f"error: {data['error']}\n"
+
+
+def test_exec_json_remote_failure_says_not_ok_and_keeps_the_error_line(
+    capsys, tmp_path, state_dir, sshd
+):
+    config = vm_config(tmp_path, sshd)
+    code, out, err = run_win(
+        capsys, "--config", str(config), "windows", "exec", "--json", "--", "exit 5"
+    )
+    assert code == 1
+    data = json.loads(out)
+    # exit_code stays the remote command's own (documented); ok and error say it failed.
+    assert (data["ok"], data["state"], data["exit_code"]) == (False, "failed", 5)
+    assert data["error"] == "remote command exited with status 5 (state=failed)"
+    assert err.strip().endswith("remote command exited with status 5 (state=failed)")
+
+
+def test_groups_without_a_subcommand_print_help_exit_0_as_the_core_groups_do(capsys):
+    from tests.core.test_cli import run_main
+
+    code, out, _ = run_main(capsys, "jobs")  # a core group: help on stdout, exit 0
+    assert code == 0 and "Usage" in out
+    for group in ("windows", "aloha", "playwright", "jobs"):
+        code, out, err = run_win(capsys, group)
+        assert code == 0, (group, err)
+        assert "Usage" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        pytest.param(["windows", "exec"], "error: no command given; usage: ", id="exec"),
+        pytest.param(["aloha", "run"], "error: --task is required", id="aloha-run"),
+        pytest.param(["playwright", "run"], "error: --url is required", id="playwright-run"),
+    ],
+)
+def test_commands_without_their_arguments_are_exit_2_not_help(
+    capsys, tmp_path, state_dir, argv, says
+):
+    # As a script with an empty $CMD/$TASK/$URL runs them: it must not "succeed".
+    config = tmp_path / "win.json"
+    config.write_text(json.dumps({"windows": {"ssh_host": "127.0.0.1", "ssh_port": 1}}))
+    code, out, err = run_win(capsys, "--config", str(config), *argv)
+    assert code == 2
+    assert out == ""
+    assert err.startswith(says) and len(err.splitlines()) == 1

@@ -96,6 +96,37 @@ def test_exec_job_pulls_what_the_job_left_on_the_vm(capsys, tmp_path, state_dir,
         pytest.param(
             ["--type", "windows.exec", "--cmd", "x", "--timeout", "-1s"], "--timeout", id="t"
         ),
+        # What the direct commands refuse, enqueue refuses: no job that could never run.
+        pytest.param(
+            ["--type", "windows.exec", "--cmd", "line1\nline2"],
+            "'windows.exec': cmd: a multi-line command needs --powershell",
+            id="multi-line-cmd",
+        ),
+        pytest.param(
+            ["--type", "windows.exec", "--cmd", "x" * 120_000],
+            "'windows.exec': cmd: the command is 120000 characters on the wire",
+            id="cmd-too-long",
+        ),
+        pytest.param(
+            ["--type", "windows.exec", "--powershell", "--cmd", "x" * 7000],
+            "'windows.exec': cmd: the command is",
+            id="powershell-too-long-encoded",
+        ),
+        pytest.param(
+            ["--type", "windows.exec", "--cmd", "x", "--idempotent-check", "a\nb"],
+            "'windows.exec': idempotent_check: a multi-line command",
+            id="multi-line-check",
+        ),
+        pytest.param(
+            ["--type", "playwright.run", "--url", "http://127.0.0.1:99999/"],
+            "'playwright.run': url: --url: port must be 1-65535",
+            id="url-bad-port",
+        ),
+        pytest.param(
+            ["--type", "playwright.run", "--url", "http://127.0.0.1:37553/\nx"],
+            "'playwright.run': url: --url contains a control character",
+            id="url-control-char",
+        ),
     ],
 )
 def test_enqueue_usage_errors_are_exit_2_and_store_nothing(
@@ -113,6 +144,85 @@ def test_exec_payload_model_is_strict():
     assert ExecPayload.model_validate({"cmd": "dir"}).powershell is False
     with pytest.raises(ValueError, match="extra"):
         ExecPayload.model_validate({"cmd": "dir", "shell": "cmd"})
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "says"),
+    [
+        pytest.param({"cmd": "a\nb"}, "cmd", "needs --powershell", id="multi-line"),
+        pytest.param({"cmd": "a\rb"}, "cmd", "needs --powershell", id="cr"),
+        pytest.param({"cmd": "  "}, "cmd", "no command given", id="blank"),
+        pytest.param({"cmd": "x\0", "powershell": True}, "cmd", "NUL", id="nul"),
+        pytest.param({"cmd": "x" * 8192}, "cmd", "Windows allows 8191", id="long"),
+        pytest.param(
+            {"cmd": "x", "idempotent_check": "a\nb"}, "idempotent_check", "multi", id="check"
+        ),
+    ],
+)
+def test_exec_payload_refuses_what_windows_exec_refuses(data, field, says):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as info:
+        ExecPayload.model_validate(data)
+    (error,) = info.value.errors()
+    assert error["loc"] == (field,)
+    assert says in error["msg"] and not error["msg"].startswith("Value error")
+
+
+def test_exec_payload_accepts_what_windows_exec_accepts():
+    multi = ExecPayload.model_validate({"cmd": "Get-Date\nexit 3", "powershell": True})
+    assert multi.cmd == "Get-Date\nexit 3"
+    assert ExecPayload.model_validate({"cmd": "x" * 8191}).cmd == "x" * 8191
+    check = {"cmd": "x", "powershell": True, "idempotent_check": "a\nb"}
+    assert ExecPayload.model_validate(check).idempotent_check == "a\nb"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:99999/", "http://127.0.0.1:37553/\nx", "ftp://h/", "http://h:0/"],
+)
+def test_playwright_payload_refuses_what_playwright_run_refuses(url):
+    from pydantic import ValidationError
+
+    from homeops.windows.jobs import PlaywrightPayload
+
+    with pytest.raises(ValidationError) as info:
+        PlaywrightPayload.model_validate({"url": url})
+    assert info.value.errors()[0]["loc"] == ("url",)
+
+
+def test_the_umbrellas_enqueue_refuses_the_same_payloads(capsys, state_dir):
+    from tests.core.test_cli import run_main
+
+    payload = json.dumps({"cmd": "line1\nline2"})
+    code, out, err = run_main(capsys, "jobs", "enqueue", "windows.exec", "--payload", payload)
+    assert code == 2
+    assert out == "" and "cmd: a multi-line command needs --powershell" in err
+    code, out, err = run_main(capsys, "jobs", "list", "--json")
+    assert code == 0, err
+    assert json.loads(out) == []
+
+
+def test_enqueue_json_refusal_is_one_object(capsys, tmp_path, state_dir):
+    config = tmp_path / "win.json"
+    config.write_text("{}")
+    code, out, err = run_win(
+        capsys,
+        "--config",
+        str(config),
+        "jobs",
+        "enqueue",
+        "--type",
+        "playwright.run",
+        "--url",
+        "http://127.0.0.1:99999/",
+        "--json",
+    )
+    assert code == 2
+    data = json.loads(out)
+    assert (data["ok"], data["exit_code"], data["type"]) == (False, 2, "playwright.run")
+    assert "url: --url: port must be 1-65535" in data["error"]
+    assert err == f"error: {data['error']}\n"
 
 
 def test_the_umbrella_sees_the_same_job_types_and_store(capsys, tmp_path, state_dir, sshd):
@@ -178,3 +288,47 @@ def test_playwright_payload_refuses_a_file_url(capsys, tmp_path, state_dir):
     )
     assert code == 2
     assert "url" in err
+
+
+def _playwright_config(tmp_path: Path, server) -> Path:
+    config = tmp_path / "win.json"
+    section = {"host": server.host, "port": server.port, "ws_path": server.ws_path}
+    config.write_text(json.dumps({"playwright": section}))
+    return config
+
+
+def test_playwright_jobs_with_timeouts_beyond_nodes_timers_succeed(
+    capfd, tmp_path, state_dir, playwright_server, page_server, monkeypatch
+):
+    # Node's timers are 32-bit signed ms: 30 days was "set to 1" and the connect failed.
+    config = _playwright_config(tmp_path, playwright_server)
+    url = page_server.base + "/"
+    flag = enqueue(capfd, config, "--type", "playwright.run", "--url", url, "--timeout", "30d")
+    monkeypatch.setenv("WIN_AUTOMATION_HATCHET_JOB_TIMEOUT", "30d")
+    env = enqueue(capfd, config, "--type", "playwright.run", "--url", url, "--no-screenshot")
+    code, _out, err = run_win(capfd, "--config", str(config), "worker", "--drain")
+    assert code == 0, err
+    for job_id in (flag, env):
+        done = job(capfd, config, job_id)
+        assert (done["state"], done["attempts"]) == ("succeeded", 1), done["error"]
+    assert "TimeoutOverflowWarning" not in err
+
+
+def test_playwright_job_on_a_404_page_fails_once_with_its_screenshot(
+    capsys, tmp_path, state_dir, playwright_server, page_server
+):
+    config = _playwright_config(tmp_path, playwright_server)
+    url = page_server.base + "/missing"
+    job_id = enqueue(
+        capsys, config, "--type", "playwright.run", "--url", url, "--max-attempts", "3"
+    )
+    code, _out, err = run_win(capsys, "--config", str(config), "worker", "--drain")
+    assert code == 0, err
+    done = job(capsys, config, job_id)
+    # Another attempt would get the same 404: one attempt, the status named.
+    assert (done["state"], done["attempts"]) == ("failed", 1)
+    assert "the page answered HTTP 404" in done["error"]
+    files = manifest(state_dir, job_id)
+    png = (state_dir / "artifacts" / job_id / "playwright/screenshot.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    assert files["playwright/screenshot.png"]["sha256"] == hashlib.sha256(png).hexdigest()

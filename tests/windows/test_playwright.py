@@ -224,6 +224,14 @@ def test_ws_url_and_its_shown_form() -> None:
         pytest.param("javascript:alert(1)", False, id="javascript"),
         pytest.param("127.0.0.1/x", False, id="no-scheme"),
         pytest.param("http:///x", False, id="no-host"),
+        pytest.param("http://[::1]:8080/", True, id="ipv6-port"),
+        pytest.param("http://127.0.0.1:99999/", False, id="port-too-big"),
+        pytest.param("http://127.0.0.1:0/", False, id="port-0"),
+        pytest.param("http://127.0.0.1:http/", False, id="port-word"),
+        pytest.param("http://127.0.0.1:37553/\nx", False, id="newline"),
+        pytest.param("http://127.0.0.1/\tx", False, id="tab"),
+        pytest.param("http://127.0.0.1/\x00", False, id="nul"),
+        pytest.param("http://127.0.0.1/\x7f", False, id="del"),
     ],
 )
 def test_check_url(url: str, ok: bool) -> None:
@@ -232,6 +240,29 @@ def test_check_url(url: str, ok: bool) -> None:
     else:
         with pytest.raises(UsageError):
             pw.check_url(url)
+
+
+def test_check_url_says_what_is_wrong() -> None:
+    with pytest.raises(UsageError, match="port must be 1-65535, got '99999'"):
+        pw.check_url("http://127.0.0.1:99999/")
+    # urlsplit drops tabs and line ends silently: the check must see them first.
+    with pytest.raises(UsageError, match=r"control character \('\\n' at position 23\)"):
+        pw.check_url("http://127.0.0.1:37553/\nx")
+
+
+@pytest.mark.parametrize(
+    ("seconds", "ms"),
+    [
+        pytest.param(60.0, 60_000.0, id="plain"),
+        pytest.param(0.0001, 1.0, id="never-0-which-means-no-timeout"),
+        pytest.param(2**31 / 1000, 2**31 - 1, id="just-over"),
+        pytest.param(30 * 86400.0, 2**31 - 1, id="30-days"),
+        pytest.param(float(10**12), 2**31 - 1, id="huge"),
+    ],
+)
+def test_timeout_ms_fits_node_timers(seconds: float, ms: float) -> None:
+    assert pw.timeout_ms(seconds) == ms
+    assert pw.MAX_TIMEOUT_MS == 2**31 - 1
 
 
 # -- versions --------------------------------------------------------------------------------

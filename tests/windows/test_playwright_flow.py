@@ -133,6 +133,48 @@ def test_run_page_that_never_loads_times_out_exit_4(
     assert info.value.exit_code == ExitCode.TIMEOUT
 
 
+def test_run_page_answering_404_fails_exit_1_after_writing_its_files(
+    playwright_server: PlaywrightServer, page_server: PageServer, tmp_path: Path
+) -> None:
+    url = page_server.base + "/missing"
+    with pytest.raises(flow.PageLoadFailed) as info:
+        asyncio.run(
+            flow.run(
+                section(playwright_server), playwright_server.ws_path, url=url, out_dir=tmp_path
+            )
+        )
+    assert info.value.exit_code == ExitCode.FAILURE
+    assert "HTTP 404 Not Found" in str(info.value)
+    result = info.value.result
+    assert (result.status, result.loaded, result.files) == (
+        404,
+        False,
+        (tmp_path / "screenshot.png",),
+    )
+    assert (tmp_path / "screenshot.png").read_bytes().startswith(PNG_MAGIC)
+    assert info.value.retryable is False  # the same 404 again
+
+
+@pytest.mark.parametrize(
+    ("status", "loaded", "retryable"),
+    [
+        pytest.param(None, True, None, id="no-response"),
+        pytest.param(200, True, None, id="ok"),
+        pytest.param(304, True, None, id="not-modified"),
+        pytest.param(404, False, False, id="not-found"),
+        pytest.param(429, False, True, id="too-many"),
+        pytest.param(503, False, True, id="unavailable"),
+    ],
+)
+def test_page_load_failed_only_for_http_errors(
+    status: int | None, loaded: bool, retryable: bool | None
+) -> None:
+    result = flow.RunResult("http://h/", "http://h/", "", status, None, None, 1.0, "Why")
+    assert result.loaded is loaded
+    if retryable is not None:
+        assert flow.PageLoadFailed(result).retryable is retryable
+
+
 def test_run_refuses_file_urls_before_connecting(tmp_path: Path) -> None:
     idle = PlaywrightSection(host="127.0.0.1", port=free_port())
     with pytest.raises(UsageError, match="http:// or https://"):

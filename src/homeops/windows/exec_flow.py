@@ -79,7 +79,10 @@ def command_line(words: Sequence[str]) -> str:
     """The words after ``--`` as one command line, joined as ssh(1) joins them."""
     line = " ".join(words)
     if not line.strip():
-        raise UsageError("no command given: put it after --, e.g. windows exec -- hostname")
+        raise UsageError(
+            "no command given; usage: windows exec [OPTIONS] -- CMD... "
+            "(e.g. windows exec -- hostname)"
+        )
     return line
 
 

@@ -17,9 +17,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
-from homeops.core.errors import HomeopsError, OperationalError
+from homeops.core.errors import HomeopsError, OperationalError, UsageError
 from homeops.core.logging import get_logger
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from homeops.core.registry import DomainContext
     from homeops.core.ssh.model import SshTarget
     from homeops.core.ssh.pool import SshPool
-    from homeops.windows import aloha, aloha_flow
+    from homeops.windows import aloha, aloha_flow, playwright_flow
     from homeops.windows.settings import WindowsSettings
 
 _log = get_logger("windows.jobs")
@@ -46,14 +47,40 @@ class _Payload(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ExecPayload(_Payload):
-    """``windows.exec``: one command line for the VM's shell (or PowerShell source)."""
+def _refused(exc: UsageError) -> PydanticCustomError:
+    # The direct command's own words, as a pydantic error: the core's enqueue then names the
+    # field ("cmd: a multi-line command needs --powershell …"), with no "Value error," prefix.
+    return PydanticCustomError("windows_payload", "{reason}", {"reason": str(exc)})
 
-    cmd: str = Field(min_length=1, description="Command line, as `windows exec -- CMD`")
+
+class ExecPayload(_Payload):
+    """``windows.exec``: one command line for the VM's shell (or PowerShell source).
+
+    Checked as ``windows exec`` checks its command (:func:`~homeops.windows.exec_flow.wire_command`:
+    one line for cmd.exe, no NUL, within Windows' command-line limit), so no job is queued
+    that could never run. ``powershell`` comes first: the checks of the others depend on it.
+    """
+
     powershell: bool = Field(default=False, description="cmd is PowerShell source")
+    cmd: str = Field(min_length=1, description="Command line, as `windows exec -- CMD`")
     idempotent_check: str | None = Field(
         default=None, min_length=1, description="Skip cmd when this check exits 0"
     )
+
+    @field_validator("cmd", "idempotent_check")
+    @classmethod
+    def _runnable(cls, value: str | None, info: ValidationInfo) -> str | None:
+        from homeops.windows.exec_flow import command_line, wire_command
+
+        powershell = info.data.get("powershell")
+        if value is None or not isinstance(powershell, bool):
+            return value  # a refused powershell is reported by its own error
+        try:
+            command_line([value])
+            wire_command(value, powershell=powershell)
+        except UsageError as exc:
+            raise _refused(exc) from None
+        return value
 
 
 class AlohaPayload(_Payload):
@@ -86,9 +113,13 @@ class PlaywrightPayload(_Payload):
     @field_validator("url")
     @classmethod
     def _http_only(cls, value: str) -> str:
+        # The same check as `playwright run --url`: scheme, host, port, no control characters.
         from homeops.windows.playwright import check_url
 
-        return check_url(value)
+        try:
+            return check_url(value)
+        except UsageError as exc:
+            raise _refused(exc) from None
 
 
 class VmSession:
@@ -250,20 +281,29 @@ def _playwright_handler(
         ws_path = playwright_flow.resolve_ws_path(settings.playwright, state_dir)
         with tempfile.TemporaryDirectory(prefix="homeops-playwright-") as tmp:
             ctx.count("playwright_sessions_total")
-            result = await playwright_flow.run(
-                settings.playwright,
-                ws_path,
-                url=payload.url,
-                out_dir=Path(tmp),
-                screenshot=payload.screenshot,
-                trace=payload.trace,
-                timeout=_timeout(ctx, settings),
-            )
-            for path in result.files:
-                await ctx.artifacts.add_file(f"playwright/{path.name}", path, type="playwright")
+            try:
+                result = await playwright_flow.run(
+                    settings.playwright,
+                    ws_path,
+                    url=payload.url,
+                    out_dir=Path(tmp),
+                    screenshot=payload.screenshot,
+                    trace=payload.trace,
+                    timeout=_timeout(ctx, settings),
+                )
+            except playwright_flow.PageLoadFailed as exc:
+                # The page answered an HTTP error: the job fails, with what it shows kept.
+                await _keep_playwright_files(ctx, exc.result)
+                raise
+            await _keep_playwright_files(ctx, result)
         return {"final_url": result.final_url, "title": result.title, "status": result.status}
 
     return run_playwright
+
+
+async def _keep_playwright_files(ctx: JobContext, result: playwright_flow.RunResult) -> None:
+    for path in result.files:
+        await ctx.artifacts.add_file(f"playwright/{path.name}", path, type="playwright")
 
 
 def windows_job_types(dctx: DomainContext) -> list[JobType[Any]]:

@@ -382,16 +382,42 @@ def shown_ws_url(host: str, port: int) -> str:
 
 
 def check_url(url: str) -> str:
-    """``url`` if a browser on the VM may open it (http or https with a host), else UsageError.
+    """``url`` if a browser on the VM may open it (http or https with a host and a valid
+    port, no control characters), else UsageError.
 
-    ``file:`` and the like are refused: they would read the VM's own files.
+    ``file:`` and the like are refused: they would read the VM's own files. Control
+    characters are refused before parsing: ``urlsplit`` silently drops tabs and line ends,
+    so the URL it checked would not be the one the browser gets.
     """
-    parts = urlsplit(url.strip())
+    text = url.strip()
+    for index, ch in enumerate(text):
+        if not ch.isprintable():
+            raise UsageError(f"--url contains a control character ({ch!r} at position {index})")
+    parts = urlsplit(text)
     if parts.scheme not in ("http", "https"):
         raise UsageError(f"--url must be an http:// or https:// URL, got scheme {parts.scheme!r}")
     if not parts.hostname:
         raise UsageError("--url has no host")
-    return url.strip()
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        shown = parts.netloc.rpartition(":")[2]
+        raise UsageError(f"--url: port must be 1-65535, got {shown!r}")
+    return text
+
+
+# Node keeps timers as 32-bit signed milliseconds: a longer Playwright timeout fires at once
+# ("TimeoutOverflowWarning: ... Timeout duration was set to 1"), so ~25 days or more would
+# fail a healthy run immediately. Longer runs are still bounded by the caller's own timeout.
+MAX_TIMEOUT_MS: Final = 2**31 - 1
+
+
+def timeout_ms(seconds: float) -> float:
+    """``seconds`` as the millisecond timeout Playwright takes: at least 1 ms (0 would mean
+    "no timeout") and at most :data:`MAX_TIMEOUT_MS`."""
+    return min(max(seconds * 1000.0, 1.0), float(MAX_TIMEOUT_MS))
 
 
 # -- versions --------------------------------------------------------------------------------

@@ -337,7 +337,7 @@ async def _browser(
     async with async_playwright() as p:
         try:
             browser = await p.chromium.connect(
-                url, timeout=timeout * 1000, headers=dict(headers) if headers else None
+                url, timeout=pw.timeout_ms(timeout), headers=dict(headers) if headers else None
             )
         except PlaywrightError as exc:
             raise _connect_error(exc, section, ws_path) from None
@@ -402,11 +402,35 @@ class RunResult:
     screenshot: Path | None
     trace: Path | None
     duration_ms: float
+    status_text: str = ""
 
     @property
     def files(self) -> tuple[Path, ...]:
         """The files written (screenshot, trace), in that order."""
         return tuple(p for p in (self.screenshot, self.trace) if p is not None)
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the page loaded: no HTTP error (4xx/5xx) on the main response."""
+        return self.status is None or self.status < 400
+
+
+class PageLoadFailed(OperationalError):
+    """The page answered an HTTP error (4xx/5xx): exit 1, the files still written.
+
+    ``result`` is the run as it ended. A 5xx (or 408/429) may pass, so a job retries it;
+    another 4xx would answer the same again.
+    """
+
+    def __init__(self, result: RunResult) -> None:
+        status = result.status or 0
+        reason = f" {result.status_text}" if result.status_text else ""
+        super().__init__(
+            f"playwright run {result.url}: the page answered HTTP {status}{reason} "
+            f"(final URL {result.final_url})"
+        )
+        self.result = result
+        self.retryable = status >= 500 or status in (408, 429)
 
 
 async def run(
@@ -423,7 +447,8 @@ async def run(
     """Open ``url`` in the VM's browser; write ``screenshot.png`` / ``trace.zip`` into
     ``out_dir`` (created when a file is asked for). ``timeout`` bounds the whole run:
     :class:`HomeopsTimeout` (exit 4). Unreachable server: exit 3; a page that fails to load:
-    :class:`OperationalError` (exit 1)."""
+    :class:`OperationalError` (exit 1), and :class:`PageLoadFailed` when it answered an HTTP
+    error (its files are written first)."""
     from playwright.async_api import Error as PlaywrightError
     from playwright.async_api import TimeoutError as PlaywrightTimeout
 
@@ -448,17 +473,22 @@ async def run(
         raise OperationalError(
             f"playwright run {url}: {_scrub(str(exc), ws_path)} (server {shown})"
         ) from None
-    final_url, title, status, shot, trace_path = result
-    done = RunResult(url, final_url, title, status, shot, trace_path, (clock() - start) * 1000.0)
-    _log.info(
+    final_url, title, status, status_text, shot, trace_path = result
+    done = RunResult(
+        url, final_url, title, status, shot, trace_path, (clock() - start) * 1000.0, status_text
+    )
+    emit = _log.info if done.loaded else _log.warn
+    emit(
         "run",
-        "page opened",
+        "page opened" if done.loaded else "page answered an HTTP error",
         url=url,
         final_url=final_url,
         status=status,
         files=len(done.files),
         duration_ms=done.duration_ms,
     )
+    if not done.loaded:
+        raise PageLoadFailed(done)
     return done
 
 
@@ -470,15 +500,18 @@ async def _open_page(
     screenshot: bool,
     trace: bool,
     timeout: float,
-) -> tuple[str, str, int | None, Path | None, Path | None]:
+) -> tuple[str, str, int | None, str, Path | None, Path | None]:
     if screenshot or trace:
         await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
     context = await browser.new_context()
     try:
+        # Every step (the screenshot too) may take the run's time, not Playwright's 30 s.
+        context.set_default_timeout(pw.timeout_ms(timeout))
+        context.set_default_navigation_timeout(pw.timeout_ms(timeout))
         if trace:
             await context.tracing.start(screenshots=True, snapshots=True)
         page = await context.new_page()
-        response = await page.goto(url, timeout=timeout * 1000, wait_until="load")
+        response = await page.goto(url, timeout=pw.timeout_ms(timeout), wait_until="load")
         title = str(await page.title())
         final_url = str(page.url)
         shot: Path | None = None
@@ -492,4 +525,5 @@ async def _open_page(
     finally:
         await context.close()
     status = int(response.status) if response is not None else None
-    return final_url, title, status, shot, trace_path
+    status_text = str(response.status_text) if response is not None else ""
+    return final_url, title, status, status_text, shot, trace_path

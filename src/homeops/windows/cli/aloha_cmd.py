@@ -43,7 +43,8 @@ def group() -> typer.Typer:
     """The ``aloha`` command group."""
     app = typer.Typer(help="The Aloha server and client on the VM.", no_args_is_help=True)
     app.command("health", help=HEALTH_HELP)(health_command)
-    app.command("run", help=RUN_HELP, no_args_is_help=True)(run_command)
+    # No no_args_is_help: `aloha run` alone (an empty $TASK in a script) is exit 2, not help.
+    app.command("run", help=RUN_HELP)(run_command)
     app.command("stop", help=STOP_HELP)(stop_command)
     return app
 
@@ -86,34 +87,37 @@ def health_command(
     """Check both apps (see HEALTH_HELP)."""
     from homeops.core.cli.common import print_json, print_text
     from homeops.core.errors import DependencyUnavailable
-    from homeops.windows.cli.common import run_async, windows_settings
+    from homeops.windows.cli.common import json_errors, run_async, windows_settings
 
-    settings = windows_settings(ctx)
+    with json_errors(as_json) as known:
+        settings = windows_settings(ctx)
 
-    async def main() -> AlohaHealth:
-        from homeops.core import http
-        from homeops.windows.aloha_flow import health
+        async def main() -> AlohaHealth:
+            from homeops.core import http
+            from homeops.windows.aloha_flow import health
 
-        async with http.make_client(timeout=REQUEST_TIMEOUT_S) as client:
-            return await health(client, settings.aloha)
+            async with http.make_client(timeout=REQUEST_TIMEOUT_S) as client:
+                return await health(client, settings.aloha)
 
-    report = run_async(main())
+        report = run_async(main())
+        data = _health_data(report)
+        if not as_json:
+            server = "ok" if report.server.ok else "FAIL"
+            client = "ok" if report.client.reachable else "FAIL"
+            print_text(
+                f"aloha server: {server} {report.server_url} {report.server.detail}\n"
+                f"aloha client: {client} {report.client_url} {report.client.detail}"
+            )
+        if not report.ok:
+            failing = [
+                name
+                for name, ok in (("server", report.server.ok), ("client", report.client.reachable))
+                if not ok
+            ]
+            known.update(data)  # the report, plus error and exit_code
+            raise DependencyUnavailable(f"aloha {' and '.join(failing)} unavailable")
     if as_json:
-        print_json(_health_data(report))
-    else:
-        server = "ok" if report.server.ok else "FAIL"
-        client = "ok" if report.client.reachable else "FAIL"
-        print_text(
-            f"aloha server: {server} {report.server_url} {report.server.detail}\n"
-            f"aloha client: {client} {report.client_url} {report.client.detail}"
-        )
-    if not report.ok:
-        failing = [
-            name
-            for name, ok in (("server", report.server.ok), ("client", report.client.reachable))
-            if not ok
-        ]
-        raise DependencyUnavailable(f"aloha {' and '.join(failing)} unavailable")
+        print_json(data)
 
 
 def _flag_int(flag: str, value: str | None, low: int, high: int) -> int | None:
@@ -158,59 +162,66 @@ def run_command(
     from homeops.core.logging import encode_value
     from homeops.windows import aloha
     from homeops.windows.aloha_flow import WAIT_NEEDS_LOG
-    from homeops.windows.cli.common import run_async, windows_settings
+    from homeops.windows.cli.common import json_errors, run_async, windows_settings
 
-    if task is None:
-        raise UsageError("--task TEXT is required")
-    steps = _flag_int("--max-steps", max_steps, 1, aloha.MAX_STEPS_LIMIT)
-    screen = _flag_int("--selected-screen", selected_screen, 0, aloha.SELECTED_SCREEN_LIMIT)
-    if timeout is not None and not wait:
-        raise UsageError("--timeout only applies with --wait")
-    timeout_s = duration_flag("--timeout", timeout or DEFAULT_WAIT)
-    settings = windows_settings(ctx)
-    request = aloha.run_task_request(
-        task, settings.aloha.server_url, selected_screen=screen, trace_id=trace_id, max_steps=steps
-    )
-    if wait and not (settings.aloha.client_log_path or "").strip():
-        raise UsageError(WAIT_NEEDS_LOG)
+    with json_errors(as_json) as known:
+        if task is None:
+            raise UsageError("--task is required (aloha run --task TEXT)")
+        steps = _flag_int("--max-steps", max_steps, 1, aloha.MAX_STEPS_LIMIT)
+        screen = _flag_int("--selected-screen", selected_screen, 0, aloha.SELECTED_SCREEN_LIMIT)
+        if timeout is not None and not wait:
+            raise UsageError("--timeout only applies with --wait")
+        timeout_s = duration_flag("--timeout", timeout or DEFAULT_WAIT)
+        settings = windows_settings(ctx)
+        request = aloha.run_task_request(
+            task,
+            settings.aloha.server_url,
+            selected_screen=screen,
+            trace_id=trace_id,
+            max_steps=steps,
+        )
+        if wait and not (settings.aloha.client_log_path or "").strip():
+            raise UsageError(WAIT_NEEDS_LOG)
+        known.update({"task": request.task, "request": request.body()})
 
-    async def main() -> RunResult:
-        from homeops.core import http
-        from homeops.windows.aloha_flow import run
+        async def main() -> RunResult:
+            from homeops.core import http
+            from homeops.windows.aloha_flow import run
 
-        async with (
-            vm_seams(settings) as (runner, log),
-            http.make_client(timeout=REQUEST_TIMEOUT_S) as client,
-        ):
-            return await run(
-                client, runner, settings.aloha, request, log=log, wait=wait, timeout=timeout_s
-            )
+            async with (
+                vm_seams(settings) as (runner, log),
+                http.make_client(timeout=REQUEST_TIMEOUT_S) as client,
+            ):
+                return await run(
+                    client, runner, settings.aloha, request, log=log, wait=wait, timeout=timeout_s
+                )
 
-    result = run_async(main())
-    end = result.end
-    errors = list(end.progress.errors) if end is not None else []
-    state = "started" if end is None else ("failed" if errors else "finished")
-    data: dict[str, Any] = {"state": state, "task": request.task, "request": request.body()}
-    data["response"] = result.response
-    if end is not None:
-        data["steps"] = len(end.progress.steps)
-        data["errors"] = errors
-        data["duration_ms"] = round(end.duration_s * 1000, 1)
-    if as_json:
-        print_json(data)
-    else:
-        fields = [
-            f"state={state}",
-            f"task={encode_value(request.task)}",
-            f"max_steps={request.max_steps}",
-            f"selected_screen={request.selected_screen}",
-            f"trace_id={encode_value(request.trace_id)}",
-        ]
+        result = run_async(main())
+        end = result.end
+        errors = list(end.progress.errors) if end is not None else []
+        state = "started" if end is None else ("failed" if errors else "finished")
+        data: dict[str, Any] = {"state": state, "task": request.task, "request": request.body()}
+        data["response"] = result.response
         if end is not None:
-            fields += [f"steps={data['steps']}", f"duration_ms={data['duration_ms']}"]
-        print_text(" ".join(fields))
-    if errors:
-        raise OperationalError(f"aloha run: the client logged an error: {errors[0]}")
+            data["steps"] = len(end.progress.steps)
+            data["errors"] = errors
+            data["duration_ms"] = round(end.duration_s * 1000, 1)
+        if not as_json:
+            fields = [
+                f"state={state}",
+                f"task={encode_value(request.task)}",
+                f"max_steps={request.max_steps}",
+                f"selected_screen={request.selected_screen}",
+                f"trace_id={encode_value(request.trace_id)}",
+            ]
+            if end is not None:
+                fields += [f"steps={data['steps']}", f"duration_ms={data['duration_ms']}"]
+            print_text(" ".join(fields))
+        if errors:
+            known.update(data)
+            raise OperationalError(f"aloha run: the client logged an error: {errors[0]}")
+    if as_json:
+        print_json({"ok": True, **data})
 
 
 def stop_command(
@@ -219,18 +230,19 @@ def stop_command(
     """Stop the client's run (see STOP_HELP)."""
     from homeops.core.cli.common import print_json, print_text
     from homeops.windows import aloha
-    from homeops.windows.cli.common import run_async, windows_settings
+    from homeops.windows.cli.common import json_errors, run_async, windows_settings
 
-    settings = windows_settings(ctx)
+    with json_errors(as_json):
+        settings = windows_settings(ctx)
 
-    async def main() -> aloha.StopAnswer:
-        from homeops.core import http
-        from homeops.windows.aloha_flow import stop
+        async def main() -> aloha.StopAnswer:
+            from homeops.core import http
+            from homeops.windows.aloha_flow import stop
 
-        async with http.make_client(timeout=REQUEST_TIMEOUT_S) as client:
-            return await stop(client, settings.aloha)
+            async with http.make_client(timeout=REQUEST_TIMEOUT_S) as client:
+                return await stop(client, settings.aloha)
 
-    answer = run_async(main())
+        answer = run_async(main())
     state = "stopping" if answer.outcome is aloha.StopOutcome.STOPPING else "idle"
     if as_json:
         print_json({"state": state, "status": answer.status_code, "message": answer.message})

@@ -25,14 +25,20 @@ line ends made Unix ones (--raw: bytes untouched).
 With --idempotent-check SCRIPT (run the same way as CMD) the desktop must be unlocked and a
 check exiting 0 skips CMD (state=skipped).
 
+--json prints one object: the outcome (exit_code is the remote command's), or on an error
+before the command ran {"ok": false, "error": ..., "exit_code": <this command's exit code>}.
+
 Exit: 0 ok or skipped, 1 the remote command failed (or the desktop is locked, state=blocked),
-2 usage, 3 VM unreachable after 3 attempts, 4 timed out (the remote command is killed)."""
+2 usage (no command given), 3 VM unreachable after 3 attempts, 4 timed out (the remote
+command is killed)."""
 
 
 def group() -> typer.Typer:
     """The ``windows`` command group."""
     app = typer.Typer(help="Commands on the Windows VM over SSH.", no_args_is_help=True)
-    app.command("exec", help=EXEC_HELP, no_args_is_help=True)(exec_command)
+    # No no_args_is_help here: `windows exec` with an empty $CMD must fail, not print help
+    # and exit 0 (command_line refuses it, exit 2).
+    app.command("exec", help=EXEC_HELP)(exec_command)
     return app
 
 
@@ -57,11 +63,12 @@ def exec_command(
     """Run CMD on the VM (see EXEC_HELP)."""
     import sys
 
-    from homeops.core.cli.common import domain_context, duration_flag, print_json
-    from homeops.core.errors import OperationalError, UsageError
-    from homeops.windows.cli.common import run_async, windows_settings
+    from homeops.core.cli.common import domain_context, duration_flag, error_line, print_json
+    from homeops.core.errors import HomeopsError, UsageError
+    from homeops.windows.cli.common import json_errors, run_async, windows_settings
     from homeops.windows.exec_flow import (
         CrlfSink,
+        ExecOutcome,
         ExecRequest,
         ExecState,
         RemoteCommandFailed,
@@ -69,70 +76,74 @@ def exec_command(
         normalize_newlines,
         wire_command,
     )
+    from homeops.windows.vm import DesktopLocked
 
-    line = command_line(command or [])
-    if idempotent and idempotent_check is None:
-        raise UsageError("--idempotent needs --idempotent-check SCRIPT (the check to run)")
-    if idempotent_check is not None and not idempotent_check.strip():
-        raise UsageError("--idempotent-check: the check script is empty")
-    timeout_s = 600.0 if timeout is None else duration_flag("--timeout", timeout)
-    request = ExecRequest(line, powershell, idempotent_check, timeout_s)
-    wire_command(line, powershell=powershell)  # refused before connecting, not after
-    settings = windows_settings(ctx)
-    state_dir = domain_context(ctx).core.state_dir
+    with json_errors(as_json) as known:
+        line = command_line(command or [])
+        if idempotent and idempotent_check is None:
+            raise UsageError("--idempotent needs --idempotent-check SCRIPT (the check to run)")
+        if idempotent_check is not None and not idempotent_check.strip():
+            raise UsageError("--idempotent-check: the check script is empty")
+        timeout_s = 600.0 if timeout is None else duration_flag("--timeout", timeout)
+        request = ExecRequest(line, powershell, idempotent_check, timeout_s)
+        wire_command(line, powershell=powershell)  # refused before connecting, not after
+        settings = windows_settings(ctx)
+        state_dir = domain_context(ctx).core.state_dir
+        vm = settings.windows
+        host = f"{vm.ssh_user}@{vm.ssh_host}:{vm.ssh_port}"
+        known.update({"state": "error", "host": host})
 
-    sinks: list[Callable[[bytes], None]] = []
-    if not as_json:
-        for stream in (sys.stdout, sys.stderr):
-            writer = _StreamWriter(stream)
-            sinks.append(writer if raw else CrlfSink(writer))
+        sinks: list[Callable[[bytes], None]] = []
+        if not as_json:
+            for stream in (sys.stdout, sys.stderr):
+                writer = _StreamWriter(stream)
+                sinks.append(writer if raw else CrlfSink(writer))
 
-    async def main() -> object:
-        from homeops.windows.exec_flow import execute
-        from homeops.windows.target import vm_target
+        async def main() -> ExecOutcome:
+            from homeops.windows.exec_flow import execute
+            from homeops.windows.target import vm_target
 
-        async with _runner(state_dir) as pool:
-            return await execute(
-                pool,
-                vm_target(settings.windows),
-                request,
-                stdout=sinks[0] if sinks else None,
-                stderr=sinks[1] if sinks else None,
-            )
+            async with _runner(state_dir) as pool:
+                return await execute(
+                    pool,
+                    vm_target(vm),
+                    request,
+                    stdout=sinks[0] if sinks else None,
+                    stderr=sinks[1] if sinks else None,
+                )
 
-    from homeops.windows.exec_flow import ExecOutcome
-
-    outcome = run_async(main())
-    assert isinstance(outcome, ExecOutcome)
+        outcome = run_async(main())
     for sink in sinks:
         if isinstance(sink, CrlfSink):
             sink.flush()
+    failure: HomeopsError | None = None
+    match outcome.state:
+        case ExecState.SUCCEEDED | ExecState.SKIPPED:
+            pass
+        case ExecState.BLOCKED:
+            failure = DesktopLocked("the Windows desktop is locked; nothing ran (state=blocked)")
+        case ExecState.FAILED:
+            failure = RemoteCommandFailed(outcome.exit_code or 0)
     if as_json:
         fix = (lambda b: b) if raw else normalize_newlines
-        print_json(
-            {
-                "state": str(outcome.state),
-                "exit_code": outcome.exit_code,
-                "check_exit_code": outcome.check_exit_code,
-                "stdout": fix(outcome.stdout).decode("utf-8", "replace"),
-                "stderr": fix(outcome.stderr).decode("utf-8", "replace"),
-                "duration_ms": round(outcome.duration_ms, 1),
-                "host": f"{settings.windows.ssh_user}@{settings.windows.ssh_host}:"
-                f"{settings.windows.ssh_port}",
-            }
-        )
-        if not outcome.ok:
-            raise typer.Exit(1)
-        return
-    match outcome.state:
-        case ExecState.SUCCEEDED:
-            return
-        case ExecState.SKIPPED:
-            sys.stderr.write("state=skipped (the idempotent check exited 0)\n")
-        case ExecState.BLOCKED:
-            raise OperationalError("the Windows desktop is locked; nothing ran (state=blocked)")
-        case ExecState.FAILED:
-            raise RemoteCommandFailed(outcome.exit_code or 0)
+        data = {
+            "ok": outcome.ok,
+            "state": str(outcome.state),
+            # The remote command's own exit status (None when it did not run).
+            "exit_code": outcome.exit_code,
+            "check_exit_code": outcome.check_exit_code,
+            "stdout": fix(outcome.stdout).decode("utf-8", "replace"),
+            "stderr": fix(outcome.stderr).decode("utf-8", "replace"),
+            "duration_ms": round(outcome.duration_ms, 1),
+            "host": host,
+        }
+        if failure is not None:
+            data["error"] = error_line(str(failure))
+        print_json(data)
+    elif outcome.state is ExecState.SKIPPED:
+        sys.stderr.write("state=skipped (the idempotent check exited 0)\n")
+    if failure is not None:
+        raise failure
 
 
 def _runner(state_dir: Path) -> AbstractAsyncContextManager[RunsCommands]:

@@ -14,7 +14,12 @@ from homeops.core.cli.common import JSON_HELP
 
 ENQUEUE_HELP = """Queue a windows job: --type windows.exec --cmd CMD, --type aloha.run --task T,
 or --type playwright.run --url URL. Prints job_id=... state=queued trace_id=... (--json:
-the job as JSON). A worker (win-automation worker) runs it."""
+the job as JSON). A worker (win-automation worker) runs it.
+
+The payload is checked as the direct command checks it (windows exec, aloha run,
+playwright run): a multi-line --cmd without --powershell, a command over Windows' 8191
+characters on the wire, a --url with a bad port or a control character are refused (exit
+2, naming the field), so no job is stored that could never run."""
 
 # Which flags belong to which job type: a flag given for another type is a usage error,
 # not silently dropped.
@@ -72,60 +77,67 @@ def enqueue(
     from homeops.core.cli.common import duration_flag, print_json, print_text
     from homeops.core.cli.jobs_cmd import enqueue_job
     from homeops.core.errors import UsageError
+    from homeops.windows.cli.common import json_errors
 
-    given = {
-        "--cmd": cmd is not None,
-        "--powershell": powershell,
-        "--idempotent-check": idempotent_check is not None,
-        "--task": task is not None,
-        "--max-steps": max_steps is not None,
-        "--selected-screen": selected_screen is not None,
-        "--trace-id": trace_id is not None,
-        "--no-wait": no_wait,
-        "--url": url is not None,
-        "--no-screenshot": no_screenshot,
-        "--trace": trace,
-    }
-    if job_type not in _FLAGS:
-        raise UsageError(f"--type {job_type!r}: not a windows job type ({', '.join(_FLAGS)})")
-    own = _FLAGS[job_type]
-    stray = [flag for flag, on in given.items() if on and flag not in own]
-    if stray:
-        raise UsageError(
-            f"{stray[0]} is not an option of {job_type} (its options: {', '.join(own)})"
+    with json_errors(as_json) as known:
+        known["type"] = job_type
+        given = {
+            "--cmd": cmd is not None,
+            "--powershell": powershell,
+            "--idempotent-check": idempotent_check is not None,
+            "--task": task is not None,
+            "--max-steps": max_steps is not None,
+            "--selected-screen": selected_screen is not None,
+            "--trace-id": trace_id is not None,
+            "--no-wait": no_wait,
+            "--url": url is not None,
+            "--no-screenshot": no_screenshot,
+            "--trace": trace,
+        }
+        if job_type not in _FLAGS:
+            raise UsageError(f"--type {job_type!r}: not a windows job type ({', '.join(_FLAGS)})")
+        own = _FLAGS[job_type]
+        stray = [flag for flag, on in given.items() if on and flag not in own]
+        if stray:
+            raise UsageError(
+                f"{stray[0]} is not an option of {job_type} (its options: {', '.join(own)})"
+            )
+        payload: dict[str, Any]
+        match job_type:
+            case "windows.exec":
+                if cmd is None or not cmd.strip():
+                    raise UsageError("--type windows.exec needs --cmd CMD (the command line)")
+                payload = {
+                    "cmd": cmd,
+                    "powershell": powershell,
+                    "idempotent_check": idempotent_check,
+                }
+            case "aloha.run":
+                if task is None or not task.strip():
+                    raise UsageError("--type aloha.run needs --task TEXT")
+                if not no_wait:
+                    _require_client_log(ctx)
+                payload = {
+                    "task": task,
+                    "max_steps": max_steps,
+                    "trace_id": trace_id,
+                    "wait": not no_wait,
+                }
+                if selected_screen is not None:
+                    payload["selected_screen"] = selected_screen
+            case _:
+                if url is None or not url.strip():
+                    raise UsageError("--type playwright.run needs --url URL")
+                payload = {"url": url, "screenshot": not no_screenshot, "trace": trace}
+        timeout_s = None if timeout is None else duration_flag("--timeout", timeout)
+        job = enqueue_job(
+            ctx,
+            job_type,
+            payload,
+            idempotency_key=idempotency_key,
+            max_attempts=max_attempts,
+            timeout_s=timeout_s,
         )
-    payload: dict[str, Any]
-    match job_type:
-        case "windows.exec":
-            if cmd is None or not cmd.strip():
-                raise UsageError("--type windows.exec needs --cmd CMD (the command line)")
-            payload = {"cmd": cmd, "powershell": powershell, "idempotent_check": idempotent_check}
-        case "aloha.run":
-            if task is None or not task.strip():
-                raise UsageError("--type aloha.run needs --task TEXT")
-            if not no_wait:
-                _require_client_log(ctx)
-            payload = {
-                "task": task,
-                "max_steps": max_steps,
-                "trace_id": trace_id,
-                "wait": not no_wait,
-            }
-            if selected_screen is not None:
-                payload["selected_screen"] = selected_screen
-        case _:
-            if url is None or not url.strip():
-                raise UsageError("--type playwright.run needs --url URL")
-            payload = {"url": url, "screenshot": not no_screenshot, "trace": trace}
-    timeout_s = None if timeout is None else duration_flag("--timeout", timeout)
-    job = enqueue_job(
-        ctx,
-        job_type,
-        payload,
-        idempotency_key=idempotency_key,
-        max_attempts=max_attempts,
-        timeout_s=timeout_s,
-    )
     if as_json:
         print_json(job.to_dict())
     else:
