@@ -594,3 +594,12 @@ async def test_closed_pool_refuses_work(sshd: SshdHandle) -> None:
     await pool.close()
     with pytest.raises(OperationalError, match="closed"):
         await pool.run(sshd.target(), "true", timeout=10)
+
+
+async def test_connection_prefers_aes_gcm(pool: SshPool, sshd: SshdHandle) -> None:
+    # The cheaper AEAD for asyncssh (core/ssh/connect.py CIPHERS), both ways.
+    await pool.run(sshd.target(), "true", timeout=10)
+    entry, new = await pool._connection(sshd.target())
+    assert not new
+    ciphers = {entry.conn.get_extra_info(k) for k in ("send_cipher", "recv_cipher")}
+    assert ciphers == {"aes128-gcm@openssh.com"}

@@ -9,7 +9,7 @@ import asyncio
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from homeops.core.errors import ConfigError
 from homeops.core.logging import get_logger
@@ -85,6 +85,20 @@ def client_factory(
     return _Client
 
 
+# AES-GCM first: asyncssh builds ChaCha20-Poly1305 (its default first choice) from several
+# cipher contexts per packet in Python, where AES-GCM is one AEAD call; on a connection that
+# carries a job's every command, that was ~0.7 ms of CPU per windows.exec job. Every server
+# homeops talks to (OpenSSH >= 6.2, Windows' OpenSSH) offers both; ChaCha20 stays as fallback.
+CIPHERS: Final = (
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes256-ctr",
+    "aes192-ctr",
+    "aes128-ctr",
+)
+
+
 async def open_connection(
     target: SshTarget,
     *,
@@ -129,6 +143,7 @@ async def open_connection(
             connect_timeout=target.connect_timeout,
             keepalive_interval=target.keepalive_interval,
             keepalive_count_max=target.keepalive_count_max,
+            encryption_algs=CIPHERS,
         )
 
     start = time.monotonic()
