@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Final
 from homeops.core.errors import ConfigError
 from homeops.core.logging import get_logger
 from homeops.core.retry import NO_RETRY, RetryPolicy, Sleep, retry_async
+from homeops.core.ssh.coalesce import coalesce_writes
 from homeops.core.ssh.errors import is_retryable_ssh_error, one_line, translate_connect_error
 from homeops.core.ssh.model import DEFAULT_PORT, HostKeyPolicy, SshTarget, log_fields
 
@@ -171,6 +172,9 @@ async def open_connection(
         raise error from exc
     if accepted:
         _record_new_key(target, accepted[-1])
+    if not coalesce_writes(conn):
+        # A newer asyncssh moved its transport: commands still work, at more send() calls.
+        _log.debug("connect", "cannot coalesce writes on this asyncssh", **log_fields(target))
     _log.info(
         "connect",
         "reconnected" if reconnect else "connected",
