@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from homeops.core.cli.common import JSON_HELP, load_core, print_json, print_text, table
+from homeops.core.cli.common import (
+    JSON_HELP,
+    json_errors,
+    load_core,
+    print_json,
+    print_text,
+    table,
+)
 
 if TYPE_CHECKING:
     from homeops.core.artifacts import ArtifactStore
@@ -30,20 +37,22 @@ def list_artifacts(
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """List the jobs that have artifacts, or with --job the artifacts of one job."""
-    store, _ = _store(ctx)
-    if job is None:
-        jobs = store.list_jobs()
+    with json_errors(as_json) as known:
+        store, _ = _store(ctx)
+        if job is None:
+            jobs = store.list_jobs()
+            if as_json:
+                print_json(jobs)
+            else:
+                print_text("\n".join(jobs) if jobs else "no artifacts")
+            return
+        known["job"] = job
+        manifest = store.manifest(job)
         if as_json:
-            print_json(jobs)
-        else:
-            print_text("\n".join(jobs) if jobs else "no artifacts")
-        return
-    manifest = store.manifest(job)
-    if as_json:
-        print_json(manifest.to_json())
-        return
-    rows = [(a.type, a.path, a.size_bytes, a.sha256[:16]) for a in manifest.artifacts]
-    print_text(table(("type", "path", "bytes", "sha256"), rows))
+            print_json(manifest.to_json())
+            return
+        rows = [(a.type, a.path, a.size_bytes, a.sha256[:16]) for a in manifest.artifacts]
+        print_text(table(("type", "path", "bytes", "sha256"), rows))
 
 
 @app.command("fetch")
@@ -57,11 +66,13 @@ def fetch(
     """Copy a job's artifacts to --out, verifying every sha256 on the way."""
     from homeops.core.errors import UsageError
 
-    if not out.strip():
-        raise UsageError("--out: empty path")
-    store, _ = _store(ctx)
-    # os.path.expanduser leaves an unknown ~user alone instead of raising.
-    paths = store.fetch(job, Path(os.path.expanduser(out)))
+    with json_errors(as_json) as known:
+        known["job"] = job
+        if not out.strip():
+            raise UsageError("--out: empty path")
+        store, _ = _store(ctx)
+        # os.path.expanduser leaves an unknown ~user alone instead of raising.
+        paths = store.fetch(job, Path(os.path.expanduser(out)))
     if as_json:
         print_json([str(p) for p in paths])
     else:
@@ -84,15 +95,16 @@ def sweep(
     """Delete job artifact dirs past retention (unfinished jobs' kept), then finished jobs."""
     from homeops.core.housekeeping import sweep_artifacts
 
-    settings = load_core(ctx).settings
-    days = settings.artifacts.retention_days if retention_days is None else retention_days
-    removed = sweep_artifacts(settings.artifacts_root, settings.jobs_db, days)
-    # The same two halves, in the same order, as the core.artifacts-sweep job.
-    pruned = None
-    if prune_jobs:
-        from homeops.core.jobs.retention import prune_finished_jobs
+    with json_errors(as_json):
+        settings = load_core(ctx).settings
+        days = settings.artifacts.retention_days if retention_days is None else retention_days
+        removed = sweep_artifacts(settings.artifacts_root, settings.jobs_db, days)
+        # The same two halves, in the same order, as the core.artifacts-sweep job.
+        pruned = None
+        if prune_jobs:
+            from homeops.core.jobs.retention import prune_finished_jobs
 
-        pruned = prune_finished_jobs(settings)
+            pruned = prune_finished_jobs(settings)
     if as_json:
         print_json(
             {"removed": removed, "jobs_pruned": None if pruned is None else pruned.to_dict()}

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import re
 import signal
 import sys
 import typing
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -31,6 +32,9 @@ CONFIG_META: Final = "homeops.config"
 MAX_ERROR_CHARS: Final = 400
 _HEAD_CHARS: Final = 260
 _TAIL_CHARS: Final = 100
+# How many times this process has written payload to stdout (write_stdout): json_errors
+# compares it to know whether a command already printed its document before failing.
+_stdout_writes = 0
 
 
 @dataclass(frozen=True)
@@ -218,6 +222,8 @@ def write_stdout(text: str) -> None:
 
     from homeops.core.errors import OperationalError
 
+    global _stdout_writes
+    _stdout_writes += 1  # counted when tried: half a document is still one printed
     stream = sys.stdout
     if stream is None:  # started with fd 1 closed (`homeops jobs list >&-`)
         raise OperationalError("cannot write output: stdout is closed")
@@ -237,6 +243,63 @@ def _drop_stdout() -> None:
     import os
 
     sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives until the process exits
+
+
+@contextlib.contextmanager
+def json_errors(as_json: bool, *, one_line: bool = False) -> Iterator[dict[str, Any]]:
+    """With ``--json``, a command failing with a known error still prints one JSON object.
+
+    The body fills the yielded dict with what it knew when it failed (the host, the job
+    id); a :class:`~homeops.core.errors.HomeopsError` (or an OS error nobody translated)
+    then prints that plus ``ok`` (false), ``error`` (the message of the stderr line) and
+    ``exit_code``, and goes on up: the error line on stderr and the exit code stay the
+    console's (:func:`run_app`). A body that already printed its document (doctor's report,
+    supervise's pass lines) gets no second one. ``one_line``: compact, for commands whose
+    ``--json`` is one document per line.
+    """
+    from homeops.core.errors import ExitCode, HomeopsError
+
+    extra: dict[str, Any] = {}
+    before = _stdout_writes
+    try:
+        yield extra
+    except HomeopsError as exc:
+        if as_json and _stdout_writes == before:
+            _print_failure(extra, error_line(str(exc)), int(exc.exit_code), one_line=one_line)
+        raise
+    except OSError as exc:
+        # As run_app reports it; a reader that left (EPIPE) is not a failure to report.
+        if as_json and _stdout_writes == before and not _is_epipe(exc):
+            message = error_line(os_error_message(exc))
+            _print_failure(extra, message, int(ExitCode.FAILURE), one_line=one_line)
+        raise
+
+
+def _print_failure(extra: dict[str, Any], error: str, exit_code: int, *, one_line: bool) -> None:
+    import json
+
+    from homeops.core.errors import HomeopsError
+
+    data = {"ok": False, **extra}
+    data.update(ok=False, error=error, exit_code=exit_code)
+    # stdout gone (closed, full, a reader that left): the error line on stderr still tells.
+    with contextlib.suppress(HomeopsError, OSError, ValueError):
+        if one_line:
+            write_stdout(json.dumps(data, default=str) + "\n")
+        else:
+            print_json(data)
+
+
+def _is_epipe(exc: OSError) -> bool:
+    import errno
+
+    return exc.errno == errno.EPIPE
+
+
+def os_error_message(exc: OSError) -> str:
+    """An OS error no layer translated, as its one line says it: ``path: reason``."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}"
 
 
 def _printable(cell: str) -> str:
@@ -473,8 +536,7 @@ def run_app(
         # (--debug keeps the traceback for whoever is fixing that layer).
         if debug:
             raise
-        where = f"{exc.filename}: " if exc.filename else ""
-        report_error(f"{where}{exc.strerror or exc}")
+        report_error(os_error_message(exc))
         return int(ExitCode.FAILURE)
     finally:
         if previous is not None:

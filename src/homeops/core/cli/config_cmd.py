@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import typer
 
-from homeops.core.cli.common import JSON_HELP, load_config, print_json, print_text, table
+from homeops.core.cli.common import (
+    JSON_HELP,
+    json_errors,
+    load_config,
+    print_json,
+    print_text,
+    table,
+)
 
 app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
 
@@ -21,15 +28,16 @@ def show(
     """
     from homeops.core.config import flatten
 
-    config = load_config(ctx)
-    rows = flatten(config.core)
-    files = {"core": config.core.config_path}
-    warnings = list(config.core.warnings)
-    for name in config.names():
-        loaded = config.domain(name)
-        rows.extend((f"{name}.{key}", value, src) for key, value, src in flatten(loaded))
-        files[name] = loaded.config_path
-        warnings.extend(loaded.warnings)
+    with json_errors(as_json):
+        config = load_config(ctx)
+        rows = flatten(config.core)
+        files = {"core": config.core.config_path}
+        warnings = list(config.core.warnings)
+        for name in config.names():
+            loaded = config.domain(name)
+            rows.extend((f"{name}.{key}", value, src) for key, value, src in flatten(loaded))
+            files[name] = loaded.config_path
+            warnings.extend(loaded.warnings)
     if as_json:
         print_json(
             {

@@ -17,6 +17,7 @@ from homeops.core.cli.common import (
     JSON_HELP,
     defaults_only_store,
     duration_flag,
+    json_errors,
     load_core,
     print_json,
     print_text,
@@ -87,14 +88,15 @@ def list_jobs(
     from homeops.core.jobs.model import JobState
 
     wanted: JobState | None = None
-    if state is not None:
-        try:
-            wanted = JobState(state)
-        except ValueError:
-            names = "|".join(s.value for s in JobState)
-            raise UsageError(f"--state: unknown state {state!r} (one of {names})") from None
-    with _queue(ctx, readonly=True) as queue:
-        jobs = queue.list(state=wanted, type=job_type, limit=limit)
+    with json_errors(as_json):
+        if state is not None:
+            try:
+                wanted = JobState(state)
+            except ValueError:
+                names = "|".join(s.value for s in JobState)
+                raise UsageError(f"--state: unknown state {state!r} (one of {names})") from None
+        with _queue(ctx, readonly=True) as queue:
+            jobs = queue.list(state=wanted, type=job_type, limit=limit)
     if as_json:
         print_json([j.to_dict() for j in jobs])
         return
@@ -149,9 +151,11 @@ def status(
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Show one job (``status JOB_ID`` or ``status --id JOB_ID``)."""
-    job_id = _one_job_id(job_arg, job_opt)
-    with _queue(ctx, job_id, readonly=True) as queue:
-        job = queue.get(job_id)
+    with json_errors(as_json) as known:
+        job_id = _one_job_id(job_arg, job_opt)
+        known["id"] = job_id
+        with _queue(ctx, job_id, readonly=True) as queue:
+            job = queue.get(job_id)
     if as_json:
         print_json(job.to_dict())
     else:
@@ -166,12 +170,14 @@ def cancel(
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Cancel a job: a queued one at once, a running one within a second (its worker stops it)."""
-    job_id = _one_job_id(job_arg, job_opt)
-    # Looked up read-only first: cancelling an unknown job must not create a missing store.
-    with _queue(ctx, job_id, readonly=True) as reader:
-        was_terminal = reader.get(job_id).state.terminal
-    with _queue(ctx, job_id) as queue:
-        job = queue.cancel(job_id)
+    with json_errors(as_json) as known:
+        job_id = _one_job_id(job_arg, job_opt)
+        known["id"] = job_id
+        # Looked up read-only first: cancelling an unknown job must not create a missing store.
+        with _queue(ctx, job_id, readonly=True) as reader:
+            was_terminal = reader.get(job_id).state.terminal
+        with _queue(ctx, job_id) as queue:
+            job = queue.cancel(job_id)
     if as_json:
         print_json(job.to_dict())
         return
@@ -285,16 +291,18 @@ def enqueue(
     The type must be registered and the payload must be what its model accepts: a job that
     no worker could ever run is refused here (exit 2) rather than failed later.
     """
-    data = _parse_payload(payload)
-    timeout_s = None if timeout is None else duration_flag("--timeout", timeout)
-    job = enqueue_job(
-        ctx,
-        job_type,
-        data,
-        idempotency_key=idempotency_key,
-        max_attempts=max_attempts,
-        timeout_s=timeout_s,
-    )
+    with json_errors(as_json) as known:
+        known["type"] = job_type
+        data = _parse_payload(payload)
+        timeout_s = None if timeout is None else duration_flag("--timeout", timeout)
+        job = enqueue_job(
+            ctx,
+            job_type,
+            data,
+            idempotency_key=idempotency_key,
+            max_attempts=max_attempts,
+            timeout_s=timeout_s,
+        )
     if as_json:
         print_json(job.to_dict())
     else:
@@ -345,13 +353,15 @@ def check(
     """Check the store with SQLite's integrity_check, and its job counters (exit 0 ok, 1 not)."""
     from homeops.core.jobs.store import check_store_at, repair_store_at
 
-    path = load_core(ctx).settings.jobs_db
-    found = check_store_at(path, max_errors=_CHECK_MAX_PROBLEMS)
     repaired: list[str] = []
-    # Only counters are repaired: damaged pages need a backup, not a recount.
-    if repair and found.repairable:
-        repaired = repair_store_at(path)
+    with json_errors(as_json) as known:
+        path = load_core(ctx).settings.jobs_db
+        known["path"] = str(path)
         found = check_store_at(path, max_errors=_CHECK_MAX_PROBLEMS)
+        # Only counters are repaired: damaged pages need a backup, not a recount.
+        if repair and found.repairable:
+            repaired = repair_store_at(path)
+            found = check_store_at(path, max_errors=_CHECK_MAX_PROBLEMS)
     if as_json:
         print_json(
             {
@@ -395,8 +405,9 @@ def prune(
     from homeops.core.durations import format_duration
     from homeops.core.jobs.retention import prune_finished_jobs
 
-    age = None if older_than is None else duration_flag("--older-than", older_than)
-    report = prune_finished_jobs(load_core(ctx).settings, older_than_s=age, dry_run=dry_run)
+    with json_errors(as_json):
+        age = None if older_than is None else duration_flag("--older-than", older_than)
+        report = prune_finished_jobs(load_core(ctx).settings, older_than_s=age, dry_run=dry_run)
     if as_json:
         print_json(report.to_dict())
     elif report.older_than_s is None:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from typing import TYPE_CHECKING
 
 import typer
 
-from homeops.core.cli.common import domain_context, duration_flag, print_text
+from homeops.core.cli.common import (
+    domain_context,
+    duration_flag,
+    json_errors,
+    print_text,
+    write_stdout,
+)
 
 if TYPE_CHECKING:
     from homeops.core.health import PassReport
@@ -27,6 +32,29 @@ def run_supervise(
     as_json: bool,
 ) -> int:
     """Run one pass (``--once``) or loop until SIGTERM/SIGINT; returns the exit code."""
+    # --json is one document per line (one per pass), so a failure is one line too.
+    with json_errors(as_json, one_line=True):
+        return _supervise(
+            ctx,
+            registry,
+            once=once,
+            interval=interval,
+            failpoint=failpoint,
+            only=only,
+            as_json=as_json,
+        )
+
+
+def _supervise(
+    ctx: typer.Context,
+    registry: Registry,
+    *,
+    once: bool,
+    interval: str | None,
+    failpoint: str | None,
+    only: list[str] | None,
+    as_json: bool,
+) -> int:
     from homeops.core.cli.signals import install, log_signal
     from homeops.core.errors import ExitCode
     from homeops.core.health import CircuitBreaker, Supervisor, pass_to_json, render_pass
@@ -42,10 +70,9 @@ def run_supervise(
             return  # a long run prints what changed, not every tick
         if as_json:
             # One JSON document per line, so a long run can be piped into jq.
-            sys.stdout.write(json.dumps(pass_to_json(rep), default=str) + "\n")
+            write_stdout(json.dumps(pass_to_json(rep), default=str) + "\n")
         else:
             print_text(render_pass(rep))
-        sys.stdout.flush()
 
     supervisor = Supervisor(
         checks,

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
+
+# The core's since every --json command needs it; still importable from here.
+from homeops.core.cli.common import json_errors
+
+__all__ = ["json_errors", "run_async", "vm_runner", "windows_settings"]
 
 if TYPE_CHECKING:
     from homeops.core.runner import SshRunner
@@ -36,29 +41,3 @@ async def vm_runner(settings: WindowsSettings) -> AsyncIterator[SshRunner]:
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
     """Run one command's coroutine to its end."""
     return asyncio.run(coro)
-
-
-@contextlib.contextmanager
-def json_errors(as_json: bool) -> Iterator[dict[str, Any]]:
-    """With ``--json``, a command failing with a known error still prints one JSON object.
-
-    The body fills the yielded dict with what it knew when it failed (the host, the report
-    so far); a :class:`~homeops.core.errors.HomeopsError` then prints that plus ``ok``
-    (false), ``error`` (the one-line message) and ``exit_code``, and goes on up: the error
-    line on stderr and the exit code stay the console's (``run_app``).
-    """
-    from homeops.core.errors import HomeopsError
-
-    extra: dict[str, Any] = {}
-    try:
-        yield extra
-    except HomeopsError as exc:
-        if as_json:
-            from homeops.core.cli.common import error_line, print_json
-
-            data = {"ok": False, **extra}
-            data.update(ok=False, error=error_line(str(exc)), exit_code=int(exc.exit_code))
-            # stdout gone (closed, a reader that left): the error line on stderr still tells.
-            with contextlib.suppress(HomeopsError, OSError):
-                print_json(data)
-        raise
