@@ -283,7 +283,8 @@ class _Probes:
     async def hatchet(self) -> CheckOutcome:
         section = self.settings.hatchet
         if section.token is None:
-            return _skip("not configured (no hatchet.token): jobs use the embedded store")
+            # Only the health of a Hatchet engine is checked: jobs always use the embedded store.
+            return _skip("not configured (no hatchet.token)")
         from homeops.core import http
         from homeops.core.errors import HomeopsError
 
