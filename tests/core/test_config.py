@@ -8,7 +8,14 @@ from pydantic import Field, SecretStr
 
 from homeops.core import logging as hlog
 from homeops.core.config import (
+    DirLocation,
     Duration,
+    ExistingFile,
+    FileLocation,
+    Hostname,
+    HostPort,
+    HttpUrlStr,
+    LoginName,
     Port,
     PositiveDuration,
     Section,
@@ -18,7 +25,7 @@ from homeops.core.config import (
     load_settings,
 )
 from homeops.core.durations import format_duration, parse_duration
-from homeops.core.errors import ConfigError, ExitCode
+from homeops.core.errors import ConfigError, ExitCode, quote_input
 from homeops.core.settings import CORE_SPEC, default_state_dir
 
 
@@ -561,3 +568,385 @@ def test_failpoint_from_the_environment_is_trimmed(monkeypatch, capsys):
     code, out, err = run_main(capsys, "config", "show", "--json")
     assert code == 0, err
     assert json.loads(out)["settings"]["supervisor.failpoint"]["value"] == "tool.git"
+
+
+# -- hostile-user review of win-automation: secrets, aliases, addresses, paths, numbers ----
+
+
+def _one_line_config_error(exc: ConfigError) -> str:
+    message = str(exc)
+    assert exc.exit_code == ExitCode.USAGE
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(b"", id="zero-bytes"),
+        pytest.param(b"\n", id="newline"),
+        pytest.param(b"\r\n", id="crlf"),
+        pytest.param(b"  \t\n", id="blank"),
+    ],
+)
+def test_empty_secret_file_is_refused(tmp_path, content):
+    # An empty file counted as a configured secret: config show said ***, doctor ran (and
+    # failed) the check that needs it.
+    secret_file = tmp_path / "ws"
+    secret_file.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        load_settings(SPEC, environ={"DEMO_PLAYWRIGHT_WS_PATH_FILE": str(secret_file)})
+    assert _one_line_config_error(info.value) == (
+        "config error: DEMO_PLAYWRIGHT_WS_PATH_FILE: playwright.ws_path: "
+        f"secret file is empty: {str(secret_file)!r}"
+    )
+    path = write(tmp_path, json.dumps({"playwright": {"ws_path_file": str(secret_file)}}))
+    with pytest.raises(ConfigError) as info:
+        load_settings(SPEC, environ={}, config_path=path)
+    assert _one_line_config_error(info.value).startswith(
+        f"config error: {path}: playwright.ws_path_file: secret file is empty: "
+    )
+
+
+def test_secret_value_and_file_in_the_environment_are_refused_together(tmp_path):
+    secret_file = tmp_path / "ws"
+    secret_file.write_text("from-the-file")
+    environ = {
+        "DEMO_PLAYWRIGHT_WS_PATH": "from-the-variable",
+        "DEMO_PLAYWRIGHT_WS_PATH_FILE": str(secret_file),
+    }
+    with pytest.raises(ConfigError) as info:
+        load_settings(SPEC, environ=environ)
+    message = _one_line_config_error(info.value)
+    assert message == (
+        "config error: DEMO_PLAYWRIGHT_WS_PATH: playwright.ws_path: give either "
+        "DEMO_PLAYWRIGHT_WS_PATH or DEMO_PLAYWRIGHT_WS_PATH_FILE, not both"
+    )
+    assert "from-the" not in message
+
+
+class Aliased(Section):
+    days: float = Field(
+        default=7.0, ge=0, description="d", json_schema_extra=env_names("AL_DAY", "AL_D")
+    )
+    token: SecretStr | None = Field(
+        default=None, description="t", json_schema_extra=env_names("AL_TOK")
+    )
+
+
+ALIASED = SettingsSpec(Aliased, "AL", "AL_CONFIG")
+
+
+@pytest.mark.parametrize(
+    ("environ", "refused"),
+    [
+        pytest.param({"AL_DAYS": "5", "AL_DAY": "9"}, ("AL_DAYS", "AL_DAY"), id="two-values"),
+        pytest.param({"AL_DAY": "5", "AL_D": "9"}, ("AL_DAY", "AL_D"), id="two-aliases"),
+        pytest.param({"AL_TOKEN": "a" * 8, "AL_TOK": "b" * 8}, ("AL_TOKEN", "AL_TOK"), id="secret"),
+        pytest.param(
+            {"AL_TOKEN": "a" * 8, "AL_TOK_FILE": "/x"}, ("AL_TOKEN", "AL_TOK_FILE"), id="mixed"
+        ),
+        pytest.param(
+            {"AL_TOKEN_FILE": "/x", "AL_TOK_FILE": "/y"},
+            ("AL_TOKEN_FILE", "AL_TOK_FILE"),
+            id="two-files",
+        ),
+    ],
+)
+def test_names_of_one_setting_that_disagree_are_refused(environ, refused):
+    with pytest.raises(ConfigError) as info:
+        load_settings(ALIASED, environ=environ)
+    message = _one_line_config_error(info.value)
+    assert message.startswith(f"config error: {refused[0]}: ")
+    assert all(name in message for name in refused)
+    assert "aaaa" not in message  # a secret's value is never echoed
+    if "DAYS" in refused[0] or refused[0] == "AL_DAY":
+        assert "keep one of the two" in message
+
+
+def test_names_of_one_setting_that_agree_are_fine(tmp_path):
+    loaded = load_settings(ALIASED, environ={"AL_DAYS": "5", "AL_DAY": "5", "AL_D": "5"})
+    assert loaded.settings.days == 5.0
+    assert loaded.sources["days"] == "env:AL_DAYS"
+    secret_file = tmp_path / "tok"
+    secret_file.write_text("same-file")
+    environ = {"AL_TOKEN_FILE": str(secret_file), "AL_TOK_FILE": str(secret_file)}
+    token = load_settings(ALIASED, environ=environ).settings.token
+    assert token is not None
+    assert token.get_secret_value() == "same-file"
+
+
+def test_another_tools_names_rank_below_the_fields_own():
+    # README: the core's own name wins over a seed tool's; the seed's two spellings of one
+    # setting must still agree with each other.
+    spec = CORE_SPEC.with_extra_env({"artifacts.retention_days": ("SEED_DAYS", "SEED_DAYZ")})
+    environ = {"HOMEOPS_ARTIFACTS_RETENTION_DAYS": "3", "SEED_DAYS": "4", "SEED_DAYZ": "4"}
+    loaded = load_settings(spec, environ=environ)
+    assert loaded.settings.artifacts.retention_days == 3.0
+    with pytest.raises(ConfigError, match=r"^config error: SEED_DAYS: .*SEED_DAYZ is set too"):
+        load_settings(spec, environ={**environ, "SEED_DAYZ": "5"})
+
+
+# -- addresses --------------------------------------------------------------------------------
+
+
+class Peers(Section):
+    url: HttpUrlStr = Field(default="http://127.0.0.1:1/", description="u")
+    grpc: HostPort = Field(default="localhost:7077", description="g")
+    host: Hostname = Field(default="localhost", description="h")
+    user: LoginName = Field(default="admin", description="n")
+
+
+PEERS = SettingsSpec(Peers, "PEER", "PEER_CONFIG")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        pytest.param("url", "http://127.0.0.1:7887/", id="url-ip"),
+        pytest.param("url", "https://aloha.example:443/x?y=1", id="url-https-path"),
+        pytest.param("url", "http://[::1]:8080", id="url-ipv6"),
+        pytest.param("url", "HTTP://Host", id="url-upper"),
+        pytest.param("grpc", "localhost:7077", id="grpc-name"),
+        pytest.param("grpc", "10.0.2.2:7077", id="grpc-ip"),
+        pytest.param("grpc", "[::1]:7077", id="grpc-ipv6"),
+        pytest.param("host", "vm.lan.", id="host-fqdn"),
+        pytest.param("host", "::1", id="host-ipv6"),
+        pytest.param("host", "win_vm-1", id="host-underscore"),
+        pytest.param("user", r"DOMAIN\admin", id="user-domain"),
+        pytest.param("user", "admin@corp.example", id="user-upn"),
+    ],
+)
+def test_addresses_that_are_accepted(field, value):
+    loaded = load_settings(PEERS, environ={f"PEER_{field.upper()}": value})
+    assert getattr(loaded.settings, field) == value
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        pytest.param("url", "not a url", "not an http(s) URL", id="url-words"),
+        pytest.param("url", "file:///etc/passwd", "not an http(s) URL", id="url-file"),
+        pytest.param("url", "gopher://127.0.0.1:1", "not an http(s) URL", id="url-gopher"),
+        pytest.param("url", "http://", "URL has no host", id="url-no-host"),
+        pytest.param("url", "http://h:99999/", "port out of range", id="url-port-range"),
+        pytest.param("url", "http://h:0/", "port must be 1-65535", id="url-port-0"),
+        pytest.param("url", "http://h:x/", "not a valid URL", id="url-port-text"),
+        pytest.param("url", "http://h:/", "empty port", id="url-port-empty"),
+        pytest.param("url", "http://a b/", "whitespace", id="url-space"),
+        pytest.param("url", "http://h/\x00", "control", id="url-nul"),
+        pytest.param("url", "http://u:pw@h/", "no user or password", id="url-credentials"),
+        pytest.param("url", "http://-oProxy/", "must not start with '-'", id="url-dash-host"),
+        pytest.param("grpc", "nope", "expected host:port", id="grpc-no-port"),
+        pytest.param("grpc", "h:0", "port must be 1-65535", id="grpc-port-0"),
+        pytest.param("grpc", "h:70000", "port must be 1-65535", id="grpc-port-big"),
+        pytest.param("grpc", "h:7o77", "port must be 1-65535", id="grpc-port-text"),
+        pytest.param("grpc", "::1:7077", "[address]:port", id="grpc-bare-ipv6"),
+        pytest.param("grpc", "[::1]", "expected [IPv6 address]:port", id="grpc-ipv6-no-port"),
+        pytest.param("grpc", "[vm]:7077", "expected [IPv6 address]:port", id="grpc-brackets"),
+        pytest.param("grpc", ":7077", "empty host", id="grpc-no-host"),
+        pytest.param("grpc", "bad host:1", "whitespace", id="grpc-space"),
+        pytest.param("host", "bad host name with spaces", "whitespace", id="host-spaces"),
+        pytest.param("host", "-oProxyCommand=x", "must not start with '-'", id="host-dash"),
+        pytest.param("host", "h\x1b[2J", "control", id="host-escape"),
+        pytest.param("host", "a..b", "not a host name", id="host-empty-label"),
+        pytest.param("host", "[::1]", "without brackets", id="host-brackets"),
+        pytest.param("host", "x" * 64, "not a host name", id="host-long-label"),
+        pytest.param("user", "-oProxyCommand=touch /tmp/PWNED", "must not start", id="user-dash"),
+        pytest.param("user", "ad min", "whitespace", id="user-space"),
+        pytest.param("user", "admin\n", "control", id="user-newline"),
+    ],
+)
+def test_addresses_that_are_refused(field, value, reason):
+    variable = f"PEER_{field.upper()}"
+    with pytest.raises(ConfigError) as info:
+        load_settings(PEERS, environ={variable: value})
+    message = _one_line_config_error(info.value)
+    assert message.startswith(f"config error: {variable}: {field}: "), message
+    assert reason in message
+
+
+def test_addresses_in_the_file_name_the_file_and_field(tmp_path):
+    path = write(tmp_path, json.dumps({"url": "not a url"}))
+    with pytest.raises(ConfigError) as info:
+        load_settings(PEERS, environ={}, config_path=path)
+    assert str(info.value) == (f'config error: {path}: url: not an http(s) URL (got "not a url")')
+
+
+def test_addresses_are_trimmed():
+    loaded = load_settings(PEERS, environ={"PEER_URL": " http://h:1/ ", "PEER_HOST": " vm "})
+    assert (loaded.settings.url, loaded.settings.host) == ("http://h:1/", "vm")
+
+
+# -- paths ------------------------------------------------------------------------------------
+
+
+class Files(Section):
+    key: ExistingFile | None = Field(default=None, description="k")
+    log: FileLocation | None = Field(default=None, description="l")
+    out: DirLocation | None = Field(default=None, description="o")
+
+
+FILES = SettingsSpec(Files, "FS", "FS_CONFIG")
+
+
+def test_path_settings_are_checked_by_a_stat(tmp_path):
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    cases = [
+        ("FS_KEY", str(tmp_path), "key: is a directory, not a file"),
+        ("FS_KEY", str(tmp_path / "missing"), "key: no such file"),
+        ("FS_KEY", str(a_file / "below"), "key: cannot be read: Not a directory"),
+        ("FS_KEY", "/dev/null", "key: not a regular file"),
+        ("FS_LOG", str(tmp_path), "log: is a directory"),
+        ("FS_OUT", str(a_file), "out: not a directory"),
+    ]
+    for variable, value, reason in cases:
+        with pytest.raises(ConfigError) as info:
+            load_settings(FILES, environ={variable: value})
+        assert _one_line_config_error(info.value) == (
+            f"config error: {variable}: {reason} (got {value!r})"
+        )
+    fine = {"FS_KEY": str(a_file), "FS_LOG": str(tmp_path / "new.log"), "FS_OUT": str(tmp_path)}
+    loaded = load_settings(FILES, environ=fine).settings
+    assert (loaded.key, loaded.log, loaded.out) == (a_file, tmp_path / "new.log", tmp_path)
+    assert load_settings(FILES, environ={"FS_OUT": str(tmp_path / "to-create")}).settings.out
+
+
+def test_unreadable_key_is_refused(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root reads any file")
+    key = tmp_path / "id"
+    key.write_text("x")
+    key.chmod(0)
+    with pytest.raises(ConfigError, match=r"^config error: FS_KEY: key: cannot be read"):
+        load_settings(FILES, environ={"FS_KEY": str(key)})
+
+
+def test_a_missing_file_in_the_config_file_names_the_file_and_field(tmp_path):
+    path = write(tmp_path, json.dumps({"key": "~/id"}))
+    with pytest.raises(ConfigError) as info:
+        load_settings(FILES, environ={"HOME": str(tmp_path)}, config_path=path)
+    # Checked as it will be used: ~ expanded.
+    assert str(info.value) == (f'config error: {path}: key: no such file (got "{tmp_path / "id"}")')
+    (tmp_path / "id").write_text("k")
+    loaded = load_settings(FILES, environ={"HOME": str(tmp_path)}, config_path=path)
+    assert loaded.settings.key == tmp_path / "id"
+
+
+def test_relative_paths_are_made_absolute_at_load(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    environ = {"HOME": str(tmp_path), "HOMEOPS_STATE_DIR": "st", "HOMEOPS_ARTIFACTS_ROOT": "./a"}
+    s = load_settings(CORE_SPEC, environ=environ).settings
+    assert (s.state_dir, s.jobs_db, s.artifacts_root) == (
+        work / "st",
+        work / "st" / "jobs.sqlite3",
+        work / "a",
+    )
+    assert default_state_dir(environ) == work / "st"
+    path = write(tmp_path, json.dumps({"state_dir": "from-file", "metrics": {"path": "m.log"}}))
+    s = load_settings(CORE_SPEC, environ={"HOME": str(tmp_path)}, config_path=path).settings
+    assert (s.state_dir, s.metrics.path) == (work / "from-file", work / "m.log")
+    # Another directory later changes nothing: the values are absolute.
+    monkeypatch.chdir(tmp_path)
+    assert s.jobs_db == work / "from-file" / "jobs.sqlite3"
+
+
+def test_relative_path_when_the_current_directory_is_gone(tmp_path, monkeypatch):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    with pytest.raises(ConfigError, match=r"^config error: HOMEOPS_ARTIFACTS_ROOT: .*is gone"):
+        load_settings(CORE_SPEC, environ={"HOME": "/h", "HOMEOPS_ARTIFACTS_ROOT": "a"})
+
+
+def test_state_dir_that_is_a_file_is_a_config_error(tmp_path, monkeypatch, capsys):
+    from tests.core.test_cli import run_main
+
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    expected = f"config error: HOMEOPS_STATE_DIR: state_dir: not a directory (got {str(a_file)!r})"
+    with pytest.raises(ConfigError) as info:
+        default_state_dir({"HOMEOPS_STATE_DIR": str(a_file)})
+    assert str(info.value) == expected
+    with pytest.raises(ConfigError) as info:
+        load_settings(CORE_SPEC, environ={"HOMEOPS_STATE_DIR": str(a_file)})
+    assert str(info.value) == expected
+    path = write(tmp_path, json.dumps({"state_dir": str(a_file)}))
+    with pytest.raises(ConfigError) as info:
+        load_settings(CORE_SPEC, environ={"HOME": str(tmp_path)}, config_path=path)
+    assert str(info.value) == f'config error: {path}: state_dir: not a directory (got "{a_file}")'
+    # jobs list finds its store without the settings; it must say the same, exit 2.
+    monkeypatch.setenv("HOMEOPS_STATE_DIR", str(a_file))
+    for args in (("jobs", "list"), ("config", "show"), ("jobs", "status", "--id", "j1")):
+        code, out, err = run_main(capsys, *args)
+        assert (code, out, err) == (2, "", f"{expected}\n"), args
+
+
+# -- numbers ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "1e400", "Infinity"])
+@pytest.mark.parametrize(
+    ("variable", "field"),
+    [
+        pytest.param("HOMEOPS_ARTIFACTS_RETENTION_DAYS", "artifacts.retention_days", id="float"),
+        pytest.param("HOMEOPS_JOBS_RETENTION_DAYS", "jobs.retention_days", id="float-bounded"),
+        pytest.param("HOMEOPS_JOBS_SLOTS", "jobs.slots", id="int"),
+        pytest.param("HOMEOPS_JOBS_LEASE", "jobs.lease", id="duration"),
+    ],
+)
+def test_non_finite_numbers_say_not_a_number(variable, field, value):
+    with pytest.raises(ConfigError) as info:
+        load_settings(CORE_SPEC, environ={"HOME": "/h", variable: value})
+    message = _one_line_config_error(info.value)
+    assert message.startswith(f"config error: {variable}: {field}: ")
+    assert "not a number" in message
+    assert "greater than" not in message
+
+
+def test_non_finite_number_in_the_file_says_not_a_number(tmp_path):
+    # Python's json reads 1e400 as inf.
+    path = write(tmp_path, '{"artifacts": {"retention_days": 1e400}}')
+    with pytest.raises(ConfigError) as info:
+        load_settings(CORE_SPEC, environ={"HOME": "/h"}, config_path=path)
+    assert str(info.value) == (
+        f"config error: {path}: artifacts.retention_days: not a number (got inf)"
+    )
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "1e400", "Infinity"])
+def test_parse_duration_says_not_a_number(text):
+    with pytest.raises(ValueError, match=r"^invalid duration '.*': not a number$"):
+        parse_duration(text)
+
+
+# -- quoted input is cut ----------------------------------------------------------------------
+
+
+def test_quoted_input_is_cut_to_80_characters():
+    assert quote_input("abc") == "'abc'"
+    assert quote_input("x" * 80) == repr("x" * 80)
+    assert quote_input("x" * 100000) == f"{'x' * 80!r}... (100000 chars)"
+    assert quote_input("y" * 81, json.dumps) == f'"{"y" * 80}"... (81 chars)'
+    assert quote_input(5) == "5"
+
+
+def test_a_huge_value_is_not_echoed_whole():
+    huge = "x" * 100000
+    for environ in ({"HOMEOPS_JOBS_SLOTS": huge}, {"HOMEOPS_JOBS_LEASE": huge}):
+        with pytest.raises(ConfigError) as info:
+            load_settings(CORE_SPEC, environ={"HOME": "/h", **environ})
+        message = _one_line_config_error(info.value)
+        assert "... (100000 chars)" in message
+        assert len(message) < 300, message
+    error = ConfigError("/" + huge, "a." + huge, "unknown key")
+    # A source or field is cut only past 1024 characters: real paths can be long.
+    assert len(str(error)) < 2200
+    assert str(error).endswith("... (100002 chars): unknown key")
+    long_path = "/nix/store/" + "h" * 32 + "-win-automation.json/" + "d" * 60
+    assert ConfigError(long_path, "", "bad").source in str(ConfigError(long_path, "", "bad"))
+    assert error.source == "/" + huge  # the attributes keep the whole value

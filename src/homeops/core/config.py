@@ -11,6 +11,14 @@ from a file: ``<VAR>_FILE`` in the environment, or ``"<field>_file": "/path"`` i
 (what a NixOS module renders from ``tokenFile``). Secret values are registered with the logger
 so they are masked in every line.
 
+Names of one setting must agree: two of its environment names set to different values, or
+a secret given both as ``<VAR>`` and ``<VAR>_FILE``, is refused naming both (another tool's
+names from ``extra_env`` rank below the field's own). An empty secret file is refused.
+Paths are made absolute (against the current directory) when loaded. Addresses and paths
+have annotated types checked at load (:data:`HttpUrlStr`, :data:`HostPort`,
+:data:`Hostname`, :data:`LoginName`, :data:`ExistingFile`, :data:`FileLocation`,
+:data:`DirLocation`), so a bad one is a ConfigError naming its variable or file and field.
+
 pydantic-settings was considered: its env source cannot say which layer a value came from
 (``config show`` must) and its nested delimiter cannot express the seeds' names, where ``_``
 both nests and appears inside field names. So the layering is this small module, and
@@ -22,17 +30,22 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import ipaddress
 import json
+import math
 import os
+import re
 import stat
 import types
 import typing
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Final, Generic, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -44,9 +57,10 @@ from pydantic import (
 )
 
 from homeops.core.durations import format_duration, parse_duration
-from homeops.core.errors import ConfigError, json_type_name
+from homeops.core.errors import ConfigError, json_type_name, quote_input
 from homeops.core.logging import get_logger, register_secret
-from homeops.core.paths import expand_path
+from homeops.core.paths import directory_problem, file_problem, resolve_path
+from homeops.core.paths import expand_path as expand_path  # re-exported: callers use it here
 
 _log = get_logger("core.config")
 
@@ -70,6 +84,159 @@ Duration = Annotated[
 
 PositiveDuration = Annotated[Duration, Field(gt=0)]
 Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+# -- addresses: checked when the settings load, not when a command first uses them ----------
+
+# One DNS label (RFC 1123, plus "_" which internal names use): no leading/trailing "-".
+_LABEL: Final = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def _no_blanks(text: str, what: str) -> None:
+    if any(c.isspace() or not c.isprintable() for c in text):
+        raise ValueError(f"{what} contains whitespace or control characters")
+
+
+def check_hostname(value: str) -> str:
+    """``value`` trimmed if it is a host name or an IP address; ValueError otherwise.
+
+    A leading ``-`` is refused outright: a host or user handed to ssh as ``-oProxyCommand=…``
+    is an option, not a name.
+    """
+    text = value.strip()
+    if not text:
+        raise ValueError("empty host")
+    if text.startswith("-"):
+        raise ValueError("a host must not start with '-'")
+    _no_blanks(text, "host")
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        pass
+    else:
+        return text
+    if text.startswith("["):
+        raise ValueError("write an IPv6 address without brackets here")
+    name = text.removesuffix(".")
+    if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in name.split(".")):
+        raise ValueError("not a host name or IP address")
+    return text
+
+
+def _check_port_text(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535:
+        raise ValueError("port must be 1-65535")
+    return int(text)
+
+
+def check_host_port(value: str) -> str:
+    """``value`` trimmed if it is ``host:port`` (``[v6]:port`` for IPv6); ValueError otherwise."""
+    text = value.strip()
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError("expected [IPv6 address]:port") from None
+        if not sep:
+            raise ValueError("expected [IPv6 address]:port")
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            raise ValueError("expected host:port")
+        if ":" in host:
+            raise ValueError("write an IPv6 address as [address]:port")
+        check_hostname(host)
+    _check_port_text(port)
+    return text
+
+
+def check_http_url(value: str) -> str:
+    """``value`` trimmed if it is an http(s) URL with a valid host and port."""
+    text = value.strip()
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        # "Port out of range 0-65535", "Port could not be cast ...", "Invalid IPv6 URL".
+        raise ValueError(f"not a valid URL: {str(exc).lower()}") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("not an http(s) URL")
+    # urlsplit silently drops tabs and newlines, and a space is never part of a URL.
+    _no_blanks(text, "URL")
+    if not parts.hostname:
+        raise ValueError("URL has no host")
+    if "@" in parts.netloc:
+        # config show and every log line would print the password.
+        raise ValueError("no user or password in the URL")
+    if port == 0:
+        raise ValueError("port must be 1-65535")
+    if parts.netloc.endswith(":"):
+        raise ValueError("URL has an empty port")
+    check_hostname(parts.hostname)
+    return text
+
+
+def check_login_name(value: str) -> str:
+    """``value`` if it can be a login name on a command line: not empty, no leading ``-``,
+    no whitespace or control characters (``DOMAIN\\user`` and ``user@domain`` pass)."""
+    if not value:
+        raise ValueError("empty user name")
+    if value.startswith("-"):
+        raise ValueError("a user name must not start with '-'")
+    _no_blanks(value, "user name")
+    return value
+
+
+Hostname = Annotated[str, AfterValidator(check_hostname)]
+"""A host name or IP address (no brackets, no port)."""
+HostPort = Annotated[str, AfterValidator(check_host_port)]
+"""``host:port``, ``[IPv6]:port``: a gRPC address, say."""
+HttpUrlStr = Annotated[str, AfterValidator(check_http_url)]
+"""An ``http://`` or ``https://`` URL with a host, kept as the string given (trimmed)."""
+LoginName = Annotated[str, AfterValidator(check_login_name)]
+"""A user name passed to ssh and the like."""
+
+
+# -- filesystem paths: what can be decided from a stat, without reading the file -----------
+
+
+def _check_existing_file(path: Path) -> Path:
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ValueError("no such file") from None
+    except OSError as exc:
+        raise ValueError(f"cannot be read: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(mode):
+        raise ValueError("is a directory, not a file")
+    if not stat.S_ISREG(mode):
+        raise ValueError("not a regular file")
+    if not os.access(path, os.R_OK):
+        raise ValueError("cannot be read: permission denied")
+    return path
+
+
+def _check_file_location(path: Path) -> Path:
+    problem = file_problem(path)
+    if problem is not None:
+        raise ValueError(problem)
+    return path
+
+
+def _check_directory_location(path: Path) -> Path:
+    problem = directory_problem(path)
+    if problem is not None:
+        raise ValueError(problem)
+    return path
+
+
+ExistingFile = Annotated[Path, AfterValidator(_check_existing_file)]
+"""A file that must exist and be readable when the settings load (an SSH private key)."""
+FileLocation = Annotated[Path, AfterValidator(_check_file_location)]
+"""A file that may not exist yet, but is not a directory (known_hosts, a log)."""
+DirLocation = Annotated[Path, AfterValidator(_check_directory_location)]
+"""A directory that may not exist yet, but is not a file (a state dir, an artifact root)."""
 
 
 class Section(BaseModel):
@@ -128,6 +295,9 @@ class _Leaf:
     path: tuple[str, ...]
     annotation: Any
     env: tuple[str, ...]
+    # env[:own] are the field's own names; the rest another tool's (SettingsSpec.extra_env),
+    # which rank below them: HOMEOPS_ARTIFACTS_ROOT wins over WIN_AUTOMATION_ARTIFACT_OUT.
+    own: int
 
     @property
     def dotted(self) -> str:
@@ -141,7 +311,8 @@ def _is_model(annotation: Any) -> bool:  # noqa: ANN401
 def _union_args(annotation: Any) -> tuple[Any, ...]:  # noqa: ANN401
     origin = typing.get_origin(annotation)
     if origin is typing.Union or origin is types.UnionType:
-        return typing.get_args(annotation)
+        # Each member unwrapped too: ``ExistingFile | None`` is a path.
+        return tuple(a for arg in typing.get_args(annotation) for a in _union_args(arg))
     if origin is Annotated:
         return _union_args(typing.get_args(annotation)[0])
     return (annotation,)
@@ -187,9 +358,9 @@ def _check_file_value(
         msg = _reason({**first, "input": None})
         if is_secret(model.model_fields[name].annotation):
             raise ConfigError(label, where, msg) from None
-        shown = json.dumps(value)
-        shown = shown if len(shown) <= 60 else shown[:57] + "..."
-        raise ConfigError(label, where, f"{msg} (got {shown})") from None
+        if _is_non_finite(value) and _is_numeric_error(first):
+            msg = NOT_A_NUMBER
+        raise ConfigError(label, where, f"{msg} (got {quote_input(value, json.dumps)})") from None
 
 
 def _leaves(
@@ -208,9 +379,10 @@ def _leaves(
         extra = info.json_schema_extra
         aliases = extra.get("env", []) if isinstance(extra, dict) else []
         names = (primary, *(str(a) for a in typing.cast(list[object], aliases)))
+        own = len(names)
         if extra_env:
             names = (*names, *(n for n in extra_env.get(".".join(here), ()) if n not in names))
-        yield _Leaf(here, info.annotation, names)
+        yield _Leaf(here, info.annotation, names, own)
 
 
 def _spec_leaves(spec: SettingsSpec[Any]) -> Iterator[_Leaf]:
@@ -277,17 +449,25 @@ def read_small_file(path: Path, limit: int) -> bytes:
     return data
 
 
-def _read_secret_file(path_text: str, source: str, where: str) -> str:
-    path = Path(path_text).expanduser()
+def _read_secret_file(path_text: str, source: str, where: str, environ: Mapping[str, str]) -> str:
+    try:
+        path = Path(resolve_path(path_text, environ))
+    except ValueError as exc:
+        raise ConfigError(source, where, str(exc)) from None
     try:
         raw = read_small_file(path, MAX_SECRET_BYTES)
-        return raw.decode("utf-8").rstrip("\r\n")
+        value = raw.decode("utf-8").rstrip("\r\n")
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         if isinstance(exc, UnicodeDecodeError):
             reason = "not UTF-8 text"
-        message = f"cannot read secret file {path_text!r}: {reason}"
+        message = f"cannot read secret file {quote_input(path_text)}: {reason}"
         raise ConfigError(source, where, message) from exc
+    if not value.strip():
+        # An empty credential (a LoadCredential file not filled in yet) would count as
+        # configured: config show says ***, doctor runs the check and it fails for auth.
+        raise ConfigError(source, where, f"secret file is empty: {quote_input(str(path))}")
+    return value
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -361,12 +541,14 @@ def _check_file_keys(
                 sub = typing.cast(type[BaseModel], annotation)
                 out[key] = _check_file_keys(sub, value, label, environ, (*path, key))
                 continue
-            _check_file_value(model, key, value, label, here)
             if isinstance(value, str) and _is_path(annotation):
+                # Resolved first: a check of the file (it exists, it is not a directory)
+                # must see the path that will be used, not "~/id" or "id".
                 try:
-                    value = expand_path(value, environ)
+                    value = resolve_path(value, environ)
                 except ValueError as exc:
                     raise ConfigError(label, here, str(exc)) from None
+            _check_file_value(model, key, value, label, here)
             out[key] = value
             continue
         base = key.removesuffix(FILE_SUFFIX)
@@ -375,7 +557,7 @@ def _check_file_keys(
                 raise ConfigError(label, here, "expected a file path string")
             if base in data:
                 raise ConfigError(label, here, f"give either {base!r} or {key!r}, not both")
-            out[base] = _read_secret_file(value, label, here)
+            out[base] = _read_secret_file(value, label, here, environ)
             continue
         secrets = [f + FILE_SUFFIX for f in fields if is_secret(fields[f].annotation)]
         candidates = [*fields, *secrets, *extra_candidates]
@@ -385,6 +567,26 @@ def _check_file_keys(
     return out
 
 
+NOT_A_NUMBER: Final = "not a number"
+
+# pydantic error types about a number's value or form: where "nan" or "inf" shows up as
+# "should be greater than or equal to 0" or "unable to parse string as an integer".
+_NUMERIC_ERRORS: Final = ("int_", "float_", "finite_number", "greater_than", "less_than")
+
+
+def _is_numeric_error(error: Mapping[str, Any]) -> bool:
+    return str(error.get("type", "")).startswith(_NUMERIC_ERRORS)
+
+
+def _is_non_finite(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return False
+    try:
+        return not math.isfinite(float(value))
+    except (ValueError, OverflowError):
+        return False
+
+
 def _reason(error: Mapping[str, Any], *, secret: bool = False) -> str:
     msg = str(error.get("msg", "invalid value"))
     for noise in ("Value error, ", "Assertion failed, "):
@@ -392,13 +594,85 @@ def _reason(error: Mapping[str, Any], *, secret: bool = False) -> str:
     if error.get("type") == "missing":
         return "required value missing"
     value = error.get("input")
+    if _is_numeric_error(error) and (error.get("type") == "finite_number" or _is_non_finite(value)):
+        msg = NOT_A_NUMBER
     # A secret's value is never echoed, not even when it is wrong.
     if secret:
         return msg
     if error.get("type") != "extra_forbidden" and isinstance(value, str | int | float):
-        shown = value if len(str(value)) <= 60 else str(value)[:57] + "..."
-        return f"{msg} (got {shown!r})"
+        shown = quote_input(value)
+        # "invalid duration 'soon' (...)" quotes the value already.
+        quoted_already = isinstance(value, str) and shown in msg
+        return msg if quoted_already else f"{msg} (got {shown})"
     return msg
+
+
+def _env_text(leaf: _Leaf, name: str, text: str, environ: Mapping[str, str]) -> object:
+    """One variable's text as the layer's value: JSON for lists, a resolved path."""
+    if _is_structured(leaf.annotation):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(name, leaf.dotted, f"expected JSON: {exc.msg}") from exc
+    if _is_path(leaf.annotation):
+        try:
+            return resolve_path(text, environ)
+        except ValueError as exc:
+            raise ConfigError(name, leaf.dotted, str(exc)) from None
+    return text
+
+
+def _env_value(leaf: _Leaf, environ: Mapping[str, str]) -> tuple[str, object] | None:
+    """(variable, value) the environment gives ``leaf``, or None.
+
+    A setting may have several names (the seed's spellings, ``<VAR>_FILE`` for a secret).
+    Two of them set is refused unless they agree: which one "wins" is an ordering nobody
+    can see from outside, and the loser silently configures nothing. A secret given both
+    as a value and as a file is refused as it is in the JSON file. Another tool's names
+    (``extra_env``) rank below the field's own, as README documents.
+    """
+    secret = is_secret(leaf.annotation)
+    chosen: tuple[str, object] | None = None
+    for tier in (leaf.env[: leaf.own], leaf.env[leaf.own :]):
+        values: list[tuple[str, object]] = []
+        files: list[tuple[str, str]] = []
+        for name in tier:
+            # An empty variable counts as unset (`VAR=` in an EnvironmentFile, say):
+            # HOMEOPS_STATE_DIR= must not mean "the current directory".
+            if environ.get(name):
+                values.append((name, _env_text(leaf, name, environ[name], environ)))
+            file_var = name + "_FILE"
+            if secret and environ.get(file_var):
+                try:
+                    where = resolve_path(environ[file_var], environ)
+                except ValueError as exc:
+                    raise ConfigError(file_var, leaf.dotted, str(exc)) from None
+                files.append((file_var, where))
+        if values and files:
+            a, b = values[0][0], files[0][0]
+            raise ConfigError(a, leaf.dotted, f"give either {a} or {b}, not both")
+        for given in (values, files):
+            if not given:
+                continue
+            first_name, first_value = given[0]
+            for name, value in given[1:]:
+                if value == first_value:
+                    continue
+                if given is files:
+                    what = "a different file"
+                elif secret:
+                    what = "a different value"
+                else:
+                    shown = f"{quote_input(first_value)} vs {quote_input(value)}"
+                    what = f"a different value ({shown})"
+                reason = f"{name} is set too, to {what}; keep one of the two"
+                raise ConfigError(first_name, leaf.dotted, reason)
+        if chosen is None and values:
+            chosen = values[0]
+        elif chosen is None and files:
+            file_var, where = files[0]
+            chosen = (file_var, _read_secret_file(where, file_var, leaf.dotted, environ))
+    return chosen
 
 
 def env_path(environ: Mapping[str, str], name: str) -> Path | None:
@@ -468,30 +742,11 @@ def load_settings(
         known_env.update(leaf.env)
         if secret:
             known_env.update(n + "_FILE" for n in leaf.env)
-        for name in leaf.env:
-            # An empty variable counts as unset (`VAR=` in an EnvironmentFile, say):
-            # HOMEOPS_STATE_DIR= must not mean "the current directory".
-            if environ.get(name):
-                raw: object = environ[name]
-                if _is_structured(leaf.annotation):
-                    try:
-                        raw = json.loads(environ[name])
-                    except json.JSONDecodeError as exc:
-                        raise ConfigError(name, leaf.dotted, f"expected JSON: {exc.msg}") from exc
-                elif _is_path(leaf.annotation):
-                    try:
-                        raw = expand_path(environ[name], environ)
-                    except ValueError as exc:
-                        raise ConfigError(name, leaf.dotted, str(exc)) from None
-                set_path(env_data, leaf.path, raw)
-                sources[leaf.dotted] = f"env:{name}"
-                break
-            if secret and environ.get(name + "_FILE"):
-                file_var = name + "_FILE"
-                value = _read_secret_file(environ[file_var], file_var, leaf.dotted)
-                set_path(env_data, leaf.path, value)
-                sources[leaf.dotted] = f"env:{file_var}"
-                break
+        found = _env_value(leaf, environ)
+        if found is not None:
+            name, value = found
+            set_path(env_data, leaf.path, value)
+            sources[leaf.dotted] = f"env:{name}"
     warnings = _stray_env(environ, spec.env_prefix, known_env)
     for text in warnings:
         _log.warn("load", text)

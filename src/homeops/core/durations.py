@@ -6,9 +6,12 @@ import math
 import re
 from typing import Final
 
+from homeops.core.errors import quote_input
+
 _UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART: Final = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _WHOLE: Final = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+")
+_HINT: Final = "(use e.g. 500ms, 30s, 10m, 1h30m)"
 
 
 def parse_duration(value: str | float) -> float:
@@ -16,12 +19,12 @@ def parse_duration(value: str | float) -> float:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return _finite(float(value), value)
     if not isinstance(value, str):
-        raise ValueError(f"invalid duration {value!r} (use e.g. 30s, 10m, 1h)")  # noqa: TRY004
+        raise ValueError(f"invalid duration {quote_input(value)} {_HINT}")  # noqa: TRY004
     text = value.strip().lower()
     if not text.isascii():
         # float() and \d both take other scripts' digits ("٣s" read as 3 s): not a duration
         # anybody types on purpose.
-        raise ValueError(f"invalid duration {value!r} (use e.g. 500ms, 30s, 10m, 1h30m)")
+        raise ValueError(f"invalid duration {quote_input(value)} {_HINT}")
     try:
         number = float(text)
     except ValueError:
@@ -29,14 +32,16 @@ def parse_duration(value: str | float) -> float:
     else:
         return _finite(number, value)
     if not _WHOLE.fullmatch(text):
-        raise ValueError(f"invalid duration {value!r} (use e.g. 500ms, 30s, 10m, 1h30m)")
+        raise ValueError(f"invalid duration {quote_input(value)} {_HINT}")
     return _finite(sum(float(num) * _UNITS[unit] for num, unit in _PART.findall(text)), value)
 
 
 def _finite(seconds: float, original: object) -> float:
     # "nan", "inf" and "1e400" parse as floats; none is a usable interval or timeout.
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"invalid duration {original!r} (must be a finite, non-negative time)")
+    if not math.isfinite(seconds):
+        raise ValueError(f"invalid duration {quote_input(original)}: not a number")
+    if seconds < 0:
+        raise ValueError(f"invalid duration {quote_input(original)} (must be a non-negative time)")
     return seconds
 
 

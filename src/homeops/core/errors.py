@@ -7,7 +7,15 @@ Only CLI code turns these into ``sys.exit``; everything below raises.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import IntEnum
+from typing import Final
+
+# How much of a value given by the user an error message quotes: enough to recognise it,
+# never a 100,000-character argument echoed whole into a one-line message.
+QUOTE_LIMIT: Final = 80
+# A file path or dotted field named by a ConfigError is cut only past this.
+PART_LIMIT: Final = 1024
 
 
 class ExitCode(IntEnum):
@@ -55,7 +63,8 @@ class ConfigError(UsageError):
         self.source = source
         self.field = field
         self.reason = reason
-        parts = [p for p in (source, field) if p]
+        # Cut only when absurd: a real path (a /nix/store one) is longer than a quoted value.
+        parts = [shorten(p, PART_LIMIT) for p in (source, field) if p]
         super().__init__("config error: " + ": ".join([*parts, reason]))
 
 
@@ -113,3 +122,21 @@ def json_type_name(value: object) -> str:
     if isinstance(value, dict):
         return "object"
     return type(value).__name__
+
+
+def shorten(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """``text``, or its first ``limit`` characters and ``... (N chars)`` when longer.
+
+    ASCII dots, not an ellipsis: the CLI escapes anything else in an error line.
+    """
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} chars)"
+
+
+def quote_input(value: object, render: Callable[[object], str] = repr) -> str:
+    """A value the user gave, quoted for an error message (``repr``, or ``json.dumps`` for
+    JSON readers) and cut to its first :data:`QUOTE_LIMIT` characters when longer."""
+    if isinstance(value, str) and len(value) > QUOTE_LIMIT:
+        return f"{render(value[:QUOTE_LIMIT])}... ({len(value)} chars)"
+    return shorten(render(value), QUOTE_LIMIT + 2)

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from homeops.core.config import Duration, PositiveDuration, Section, SettingsSpec
+from homeops.core.config import DirLocation, Duration, PositiveDuration, Section, SettingsSpec
 from homeops.core.paths import default_state_dir
 
 MIN_LEASE_S = 1.0
@@ -130,7 +130,7 @@ class LogSettings(Section):
 class CoreSettings(Section):
     """Everything the shared core needs; domains add their own models."""
 
-    state_dir: Path = Field(
+    state_dir: DirLocation = Field(
         description="Job store, artifacts and logs live here (HOMEOPS_STATE_DIR, else XDG state)"
     )
     log: LogSettings = Field(default_factory=LogSettings)

@@ -15,24 +15,40 @@ core's values (``CORE_KEYS``/``CORE_ENV`` in ``homeops.windows``, the record's
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr
 
-from homeops.core.config import Port, PositiveDuration, Section, SettingsSpec, env_names
+from homeops.core.config import (
+    DirLocation,
+    ExistingFile,
+    FileLocation,
+    Hostname,
+    HostPort,
+    HttpUrlStr,
+    LoginName,
+    Port,
+    PositiveDuration,
+    Section,
+    SettingsSpec,
+    env_names,
+)
 
 
 class WindowsSection(Section):
     """The VM's OpenSSH server (reached through a QEMU host forward)."""
 
-    ssh_host: str = Field(default="localhost", min_length=1, description="VM address")
+    ssh_host: Hostname = Field(default="localhost", description="VM address")
     ssh_port: Port = Field(default=22555, description="VM sshd port (the host forward)")
-    ssh_user: str = Field(default="administrator", min_length=1, description="SSH user")
-    ssh_identity_file: Path | None = Field(
+    ssh_user: LoginName = Field(default="administrator", description="SSH user")
+    # Must exist when the settings load: a missing key found at the first connect named
+    # neither the variable nor this field.
+    ssh_identity_file: ExistingFile | None = Field(
         default=None, description="Private key for the VM (default: the SSH agent)"
     )
-    known_hosts: Path | None = Field(
+    # May be missing (an empty trust list: the strict policy then refuses the VM with a
+    # message naming this file, and accept-new would create it); a directory never works.
+    known_hosts: FileLocation | None = Field(
         default=None, description="known_hosts file holding the VM's host key"
     )
 
@@ -40,8 +56,8 @@ class WindowsSection(Section):
 class AlohaSection(Section):
     """The Aloha server and client apps on the VM."""
 
-    server_url: str = Field(default="http://127.0.0.1:7887/", description="Aloha server URL")
-    client_url: str = Field(default="http://127.0.0.1:7888", description="Aloha client URL")
+    server_url: HttpUrlStr = Field(default="http://127.0.0.1:7887/", description="Aloha server URL")
+    client_url: HttpUrlStr = Field(default="http://127.0.0.1:7888", description="Aloha client URL")
     server_start_cmd: str | None = Field(
         default=None, description="PowerShell that starts the server (supervisor repair)"
     )
@@ -56,9 +72,9 @@ class AlohaSection(Section):
 class HatchetSection(Section):
     """The distributed job backend (hatchet-lite)."""
 
-    http_url: str = Field(default="http://localhost:8888", description="UI/REST URL")
-    grpc_address: str = Field(default="localhost:7077", description="gRPC host:port")
-    health_url: str = Field(
+    http_url: HttpUrlStr = Field(default="http://localhost:8888", description="UI/REST URL")
+    grpc_address: HostPort = Field(default="localhost:7077", description="gRPC host:port")
+    health_url: HttpUrlStr = Field(
         default="http://localhost:8733", description="Health base URL (/live, /ready)"
     )
     token: SecretStr | None = Field(default=None, description="API token (a JWT)")
@@ -77,7 +93,7 @@ class HatchetSection(Section):
 class PlaywrightSection(Section):
     """The Playwright server on the VM."""
 
-    host: str = Field(default="127.0.0.1", min_length=1, description="Server host")
+    host: Hostname = Field(default="127.0.0.1", description="Server host")
     port: Port = Field(default=9323, description="Server port")
     ws_path: SecretStr | None = Field(
         default=None,
@@ -88,7 +104,7 @@ class PlaywrightSection(Section):
 class ArtifactsSection(Section):
     """Where job artifacts go (the core's artifact store)."""
 
-    out_dir: Path | None = Field(
+    out_dir: DirLocation | None = Field(
         default=None,
         description="Artifact root (sets the core's artifacts.root)",
         json_schema_extra=env_names("WIN_AUTOMATION_ARTIFACT_OUT"),
@@ -108,7 +124,7 @@ class WorkerSection(Section):
     metrics_interval: PositiveDuration | None = Field(
         default=None, description="Emission interval (metrics.interval)"
     )
-    metrics_path: Path | None = Field(
+    metrics_path: FileLocation | None = Field(
         default=None,
         description="Append metric lines here (metrics.path)",
         json_schema_extra=env_names("WIN_AUTOMATION_METRICS_PATH"),
