@@ -136,8 +136,10 @@ class LeaseQueue(JobClient, Protocol):
         lease_s: float,
         *,
         types: Sequence[str] | None = None,
+        ids: Sequence[str] | None = None,
     ) -> builtins.list[Job]:
-        """Atomically take up to ``limit`` runnable jobs (queued and due, or lease expired)."""
+        """Atomically take up to ``limit`` runnable jobs (queued and due, or lease expired),
+        of ``types`` and among ``ids`` when given."""
         ...
 
     def heartbeat(self, worker_id: str, job_ids: Sequence[str], lease_s: float) -> HeartbeatResult:

@@ -211,6 +211,7 @@ _CLAIM_DUE: Final = f"""
      WHERE id IN (SELECT id FROM jobs
                    WHERE state = 'queued' AND available_at <= :now AND NOT cancel_requested
                      AND (:types IS NULL OR type IN (SELECT value FROM json_each(:types)))
+                     AND (:ids IS NULL OR id IN (SELECT value FROM json_each(:ids)))
                    ORDER BY available_at LIMIT :limit)
     RETURNING {_COLUMNS}
 """
@@ -226,7 +227,8 @@ _RECLAIM: Final = f"""
 _ANY_RUNNABLE: Final = """
     SELECT EXISTS (SELECT 1 FROM jobs WHERE state = 'queued' AND available_at <= :now
                      AND NOT cancel_requested
-                     AND (:types IS NULL OR type IN (SELECT value FROM json_each(:types))))
+                     AND (:types IS NULL OR type IN (SELECT value FROM json_each(:types)))
+                     AND (:ids IS NULL OR id IN (SELECT value FROM json_each(:ids))))
         OR EXISTS (SELECT 1 FROM jobs WHERE state = 'running' AND lease_until < :now)
 """
 
@@ -1035,11 +1037,13 @@ class SqliteJobQueue:
         lease_s: float,
         *,
         types: Sequence[str] | None = None,
+        ids: Sequence[str] | None = None,
     ) -> builtins.list[Job]:
         """Atomically take up to ``limit`` runnable jobs (queued and due, or lease expired).
 
         ``types`` restricts the claim to the job types this worker can run, so workers of
-        different domains can share one store without taking each other's jobs.
+        different domains can share one store without taking each other's jobs. ``ids``
+        restricts it to those jobs (a command running its own jobs here and now).
         """
         validate_job_id(worker_id)
         _positive("lease_s", lease_s)
@@ -1049,11 +1053,14 @@ class SqliteJobQueue:
         until = now + lease_s
         wanted = None if types is None else frozenset(types)
         types_json = None if wanted is None else json.dumps(sorted(wanted))
+        only = None if ids is None else frozenset(ids)
+        ids_json = None if only is None else json.dumps(sorted(only))
         rows: builtins.list[Any] = []
         # An idle worker polls often; a plain read (no write lock in WAL mode) keeps idle
         # workers from queueing behind each other and behind enqueuers for nothing.
         with self._writing() as conn:
-            if not conn.execute(_ANY_RUNNABLE, {"now": now, "types": types_json}).fetchone()[0]:
+            found = conn.execute(_ANY_RUNNABLE, {"now": now, "types": types_json, "ids": ids_json})
+            if not found.fetchone()[0]:
                 return []
         with self._write() as conn:
             expired = conn.execute(
@@ -1077,7 +1084,11 @@ class SqliteJobQueue:
                         attempt=attempts,
                         lost_worker=old_worker,
                     )
-                elif len(reclaim) < limit and (wanted is None or job_type in wanted):
+                elif (
+                    len(reclaim) < limit
+                    and (wanted is None or job_type in wanted)
+                    and (only is None or job_id in only)
+                ):
                     reclaim.append(job_id)
                     _log.warn(
                         "claim",
@@ -1096,6 +1107,7 @@ class SqliteJobQueue:
                     "until": until,
                     "now": now,
                     "types": types_json,
+                    "ids": ids_json,
                     "limit": limit - len(rows),
                 }
                 rows += conn.execute(_CLAIM_DUE, params).fetchall()

@@ -56,7 +56,7 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -384,6 +384,7 @@ class Worker:
         grace_s: float = 10.0,
         any_type: bool = False,
         artifacts: ArtifactStore | None = None,
+        only_ids: Sequence[str] | None = None,
     ) -> None:
         if slots < 1:
             raise UsageError(f"slots must be >= 1, got {slots}")
@@ -405,6 +406,8 @@ class Worker:
         # Claim only the types this worker can run, so each domain's worker can share one
         # store. ``any_type`` takes everything and fails what has no handler (not retried).
         self._types: list[str] | None = None if any_type else sorted(self.job_types)
+        # A command running its own jobs here (core.jobs.here) claims those and no other.
+        self._only: list[str] | None = None if only_ids is None else sorted(set(only_ids))
         self.slots = slots
         self.lease_s = lease_s
         self.poll_interval = poll_interval
@@ -543,7 +546,12 @@ class Worker:
                 asked = self._clock()
                 claim = self._calls.call(
                     functools.partial(
-                        self.queue.claim, self.worker_id, free, self.lease_s, types=self._types
+                        self.queue.claim,
+                        self.worker_id,
+                        free,
+                        self.lease_s,
+                        types=self._types,
+                        ids=self._only,
                     )
                 )
                 try:
@@ -603,6 +611,8 @@ class Worker:
             self._log.info("drain", "no jobs left; stopping")
 
     async def _queue_idle(self) -> bool:
+        if self._only is not None:
+            return await self._only_finished()
         try:
             counts = await self._call(self.queue.counts, types=self._types)
         except StoreCorrupt:
@@ -611,6 +621,23 @@ class Worker:
             self._log.warn("drain", "cannot read job counts; not idle", err=exc)
             return False
         return counts[JobState.QUEUED] == 0 and counts[JobState.RUNNING] == 0
+
+    async def _only_finished(self) -> bool:
+        """Drained when every job of ``only_ids`` has ended (or is gone from the store)."""
+        assert self._only is not None
+        for job_id in self._only:
+            try:
+                job = await self._call(self.queue.get, job_id)
+            except StoreCorrupt:
+                raise
+            except UsageError:
+                continue  # pruned meanwhile: nothing left to run
+            except HomeopsError as exc:
+                self._log.warn("drain", "cannot read a job; not idle", err=exc)
+                return False
+            if not job.state.terminal:
+                return False
+        return True
 
     def _start(self, job: Job, deadline: float) -> bool:
         """Start a claimed job; False if it must be handed back (see the module docstring)."""
