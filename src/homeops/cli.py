@@ -81,6 +81,18 @@ def _windows_cli() -> "typer.Typer":
     return app()
 
 
+def _services_spec() -> "SettingsSpec[Any]":
+    from homeops.services.settings import SPEC
+
+    return SPEC
+
+
+def _services_cli() -> "typer.Typer":
+    from homeops.services.cli import app
+
+    return app()
+
+
 def domain_records() -> "list[Domain]":
     """Every domain of this build, in report order; the core registers like any domain."""
     from homeops import windows
@@ -105,6 +117,14 @@ def domain_records() -> "list[Domain]":
             remediations=_windows_remediations,
             core_env=windows.CORE_ENV,
             core_keys=windows.CORE_KEYS,
+        ),
+        Domain(
+            "services",
+            "Docker-compose services and their restic backups.",
+            command="svc",
+            settings=_services_spec,
+            cli=_services_cli,
+            aliases=("svc",),
         ),
     ]
 

@@ -268,6 +268,18 @@ class SettingsSpec(Generic[M]):
     # More environment names per dotted field, after the field's own: how a seed tool's
     # spellings (WIN_AUTOMATION_ARTIFACT_OUT) reach a setting another spec owns.
     extra_env: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # The seed tool's own file when neither --config nor config_env names one, if it exists
+    # (svc reads /etc/svc/services.json, which its NixOS module writes).
+    default_config: Path | None = None
+
+    def seed_file(self, environ: Mapping[str, str]) -> Path | None:
+        """The seed tool's file: ``config_env``'s, else ``default_config`` if it exists."""
+        named = env_path(environ, self.config_env)
+        if named is not None:
+            return named
+        if self.default_config is not None and self.default_config.is_file():
+            return self.default_config
+        return None
 
     def with_extra_env(self, extra: Mapping[str, Sequence[str]]) -> SettingsSpec[M]:
         """This spec with ``extra`` environment names appended (dotted field -> names)."""
@@ -356,6 +368,11 @@ def _check_file_value(
     except ValidationError as exc:
         first = exc.errors()[0]
         msg = _reason({**first, "input": None})
+        # Inside a list or mapping value (svc's services): name the item and its field.
+        inner = ".".join(str(part) for part in first.get("loc", ()))
+        if inner:
+            where = f"{where}.{inner}"
+            value = first.get("input")
         if is_secret(model.model_fields[name].annotation):
             raise ConfigError(label, where, msg) from None
         if _is_non_finite(value) and _is_numeric_error(first):

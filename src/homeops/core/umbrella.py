@@ -86,7 +86,7 @@ class ConfigSet:
         section = self._section(name)
         own_file = self.seed_path
         if own_file is None and self.seed == name:
-            own_file = env_path(self.environ, spec.config_env)
+            own_file = spec.seed_file(self.environ)
         if self.seed == name and own_file is not None:
             # The seed tool's own file wins over a section of the umbrella file.
             loaded = load_settings(
@@ -220,7 +220,7 @@ def _seed_core_values(
     """The core settings a seed tool's own file sets under its names, and that domain's
     settings (validated first, so a bad value is reported under the seed's own key)."""
     spec = dom.spec()
-    path = config_path if config_path is not None else env_path(environ, spec.config_env)
+    path = config_path if config_path is not None else spec.seed_file(environ)
     if path is None:
         return None, None
     raw = read_config_file(path)

@@ -1,0 +1,38 @@
+"""What the svc commands share: the domain's settings, the renderer, asyncio."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import typer
+
+if TYPE_CHECKING:
+    from homeops.services.settings import SvcSettings
+
+T = TypeVar("T")
+
+REPO_HELP = "Repository: local or remote."
+
+
+def svc_settings(ctx: typer.Context) -> SvcSettings:
+    """This invocation's services settings (file, environment), loaded once by the core."""
+    from homeops.core.cli.common import domain_context
+
+    settings: SvcSettings = domain_context(ctx).settings("services")
+    return settings
+
+
+def config_source(ctx: typer.Context) -> str:
+    """The file the services settings came from (for messages), or "defaults"."""
+    from homeops.core.cli.common import domain_context
+
+    config = domain_context(ctx).config
+    path = config.domain("services").config_path if config is not None else None
+    return str(path) if path is not None else "defaults"
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a flow to completion on a fresh event loop."""
+    return asyncio.run(coro)

@@ -1,0 +1,157 @@
+"""One restic repository as `svc` uses it: its environment, its restic, and a run of restic
+through the core's process seam with the outcome classified (services/restic.py).
+
+Every flow that talks to restic (backup, restore, list-backups, init, check) goes through
+:class:`Repo`: the password only ever reaches restic as ``RESTIC_PASSWORD_FILE``, the
+version is asked once per process (0.14 and 0.17+ differ in exit codes and flags), and a
+locked repository is retried for ``retry_lock_s`` on a restic too old to do it itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final, Literal
+
+from homeops.core.errors import ConfigError, HomeopsError, ToolMissing
+from homeops.core.logging import get_logger
+from homeops.services import restic as r
+
+if TYPE_CHECKING:
+    from homeops.core.process import ProcessResult
+    from homeops.services.settings import Repository, SvcSettings
+
+RepoName = Literal["local", "remote"]
+REPO_NAMES: Final = ("local", "remote")
+# A locked repository is asked again this often while --retry-lock lasts (restic < 0.16).
+LOCK_RETRY_PAUSE_S: Final = 5.0
+
+_log = get_logger("services.restic")
+
+
+def repo_name(value: str) -> RepoName:
+    """``local`` or ``remote`` from the command line; anything else is a usage error."""
+    from homeops.core.errors import UsageError
+
+    if value == "local":
+        return "local"
+    if value == "remote":
+        return "remote"
+    raise UsageError(f"repository must be 'local' or 'remote', got {value!r}")
+
+
+@dataclass
+class Repo:
+    """A configured repository and how to run restic on it."""
+
+    name: RepoName
+    config: Repository
+    program: str
+    timeout_s: float
+    retry_lock_s: float | None = None
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    _restic: r.Restic | None = None
+
+    @classmethod
+    def of(
+        cls,
+        settings: SvcSettings,
+        name: RepoName,
+        *,
+        source: str = "services.json",
+        retry_lock_s: float | None = None,
+    ) -> Repo:
+        """Repository ``name`` of ``settings``; a ConfigError naming ``source`` (the config
+        file) when it is not configured."""
+        config: Repository = getattr(settings.repositories, name)
+        where = f"repositories.{name}"
+        if not config.configured:
+            raise ConfigError(source, where, "no repository configured")
+        if config.password_file is None:
+            raise ConfigError(source, f"{where}.password_file", "required value missing")
+        return cls(
+            name,
+            config,
+            settings.tools.restic,
+            settings.restic_timeout,
+            retry_lock_s=retry_lock_s,
+        )
+
+    @property
+    def location(self) -> str:
+        """Where the repository is, as the user wrote it (for messages)."""
+        return self.config.repository or f"file {self.config.repository_file}"
+
+    def env(self) -> dict[str, str]:
+        """The environment restic runs with: this repository and its password file."""
+        assert self.config.password_file is not None  # checked in of()
+        return r.restic_env(
+            self.environ,
+            password_file=self.config.password_file,
+            repository=self.config.repository,
+            repository_file=self.config.repository_file,
+            cache_dir=self.config.cache_dir,
+        )
+
+    async def restic(self) -> r.Restic:
+        """restic with its version known (asked once)."""
+        if self._restic is None:
+            from homeops.core import process
+
+            done = await process.run([self.program, "version"], timeout=30, env=self.env())
+            try:
+                version = r.parse_version(done.stdout)
+            except HomeopsError:
+                version = None
+            native = self.retry_lock_s is not None and version is not None and version >= r.V0_16
+            retry = int(self.retry_lock_s) if native and self.retry_lock_s else None
+            self._restic = r.Restic(program=self.program, version=version, retry_lock_s=retry)
+            _log.debug("version", "restic found", version=str(version), repo=self.name)
+        return self._restic
+
+    async def run(
+        self,
+        argv: list[str],
+        *,
+        on_stdout_line: Callable[[str], None] | None = None,
+        timeout: float | None = None,
+    ) -> tuple[ProcessResult, r.ResticVerdict]:
+        """Run restic ``argv`` on this repository; the result and its classification.
+
+        A ``locked`` outcome is tried again (every LOCK_RETRY_PAUSE_S) until ``retry_lock_s``
+        has passed, when restic cannot do that itself.
+        """
+        from homeops.core import process
+
+        restic = await self.restic()
+        deadline = time.monotonic() + (self.retry_lock_s or 0)
+        while True:
+            try:
+                done = await process.run(
+                    argv,
+                    timeout=timeout or self.timeout_s,
+                    env=self.env(),
+                    on_stdout_line=on_stdout_line,
+                )
+            except ToolMissing as exc:
+                raise ToolMissing(f"restic: {exc}") from exc
+            verdict = r.classify_run(
+                done.returncode, done.stderr, version=restic.version, repo=self.name
+            )
+            locked = verdict.outcome is r.ResticOutcome.LOCKED
+            if not locked or restic.native_retry_lock or time.monotonic() >= deadline:
+                return done, verdict
+            _log.info("lock", "repository locked; trying again", repo=self.name)
+            await self.sleep(LOCK_RETRY_PAUSE_S)
+
+    async def checked(self, argv: list[str], *, timeout: float | None = None) -> ProcessResult:
+        """Run ``argv``; a failure raises its classified error (one line, with the fix)."""
+        done, verdict = await self.run(argv, timeout=timeout)
+        error = verdict.error()
+        if error is not None:
+            raise error
+        return done
