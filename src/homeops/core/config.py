@@ -369,7 +369,8 @@ def _check_file_value(
         first = exc.errors()[0]
         msg = _reason({**first, "input": None})
         # Inside a list or mapping value (svc's services): name the item and its field.
-        inner = ".".join(str(part) for part in first.get("loc", ()))
+        # pydantic marks a refused mapping key with a "[key]" part after the key itself.
+        inner = ".".join(str(part) for part in first.get("loc", ()) if part != "[key]")
         if inner:
             where = f"{where}.{inner}"
             value = first.get("input")
