@@ -553,3 +553,19 @@ def test_sweep_spares_unfinished_jobs(capsys, state_dir, command):
     assert code == 0
     assert sorted(json.loads(out)["removed"]) == sorted([done.id, "orphan1"])
     assert store.list_jobs() == [active.id]
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [("nan", "not a number"), ("-1", "must be >= 0"), ("inf", "finite number")],
+)
+def test_artifacts_gc_refuses_a_retention_that_is_no_age(capsys, state_dir, value, reason):
+    code, out, err = run_main(capsys, "artifacts", "gc", "--retention-days", value)
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1 and reason in err
+
+
+def test_a_huge_job_id_is_not_echoed_whole(capsys, state_dir):
+    code, _, err = run_main(capsys, "jobs", "status", "a" * 100_000)
+    assert code == 2
+    assert "(100000 chars)" in err and len(err) < 400

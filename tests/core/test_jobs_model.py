@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from homeops.core.errors import ExitCode, UsageError
+from homeops.core.errors import ExitCode, UsageError, quote_input
 from homeops.core.jobs import (
     Job,
     JobState,
@@ -64,7 +64,7 @@ def test_bad_job_ids_refused(job_id: str) -> None:
         validate_job_id(job_id)
     assert info.value.exit_code == ExitCode.USAGE
     message = str(info.value)
-    assert repr(job_id) in message
+    assert quote_input(job_id) in message
     assert "\n" not in message
     assert "\x00" not in message
 
@@ -97,7 +97,7 @@ def test_trace_ids_and_keys_are_named_in_their_errors(
         validate(value)
     assert info.value.exit_code == ExitCode.USAGE
     message = str(info.value)
-    assert message.startswith(f"invalid {what} {value!r}: use 1-128 of")
+    assert message.startswith(f"invalid {what} {quote_input(value)}: use 1-128 of")
     assert "job id" not in message
     assert "\n" not in message
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from homeops.core.errors import OperationalError, UsageError
+from homeops.core.errors import OperationalError, UsageError, quote_input
 from homeops.core.jobs import HeartbeatResult, JobState, SqliteJobQueue
 
 
@@ -218,7 +218,7 @@ def test_bad_idempotency_keys_refused(queue: SqliteJobQueue, key: str) -> None:
         queue.enqueue("t.x", {}, idempotency_key=key)
     assert info.value.exit_code == 2
     message = str(info.value)
-    assert message.startswith(f"invalid idempotency key {key!r}: use 1-128 of")
+    assert message.startswith(f"invalid idempotency key {quote_input(key)}: use 1-128 of")
     assert "job id" not in message
     assert "\n" not in message
     assert sum(queue.counts().values()) == 0

@@ -193,7 +193,8 @@ class _Probes:
         except HomeopsError as exc:
             return _fail(
                 exc.message,
-                "start the VM and its OpenSSH server (sshd), check the 22555->22 forward, "
+                "start the VM and its OpenSSH server (sshd), check the "
+                f"{self.settings.windows.ssh_port}->22 forward, "
                 "windows.ssh_identity_file and the host key in windows.known_hosts",
             )
         if "homeops-ssh-ok" not in done.stdout_text:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -83,7 +84,7 @@ def fetch(
 def sweep(
     ctx: typer.Context,
     retention_days: float = typer.Option(
-        None, "--retention-days", metavar="DAYS", min=0, help="Default: artifacts.retention_days."
+        None, "--retention-days", metavar="DAYS", help="Default: artifacts.retention_days."
     ),
     prune_jobs: bool = typer.Option(
         True,
@@ -97,6 +98,11 @@ def sweep(
 
     with json_errors(as_json):
         settings = load_core(ctx).settings
+        if retention_days is not None and not retention_days >= 0:
+            from homeops.core.errors import UsageError
+
+            why = "not a number" if not math.isfinite(retention_days) else "must be >= 0"
+            raise UsageError(f"--retention-days: {why} (got {retention_days})")
         days = settings.artifacts.retention_days if retention_days is None else retention_days
         removed = sweep_artifacts(settings.artifacts_root, settings.jobs_db, days)
         # The same two halves, in the same order, as the core.artifacts-sweep job.

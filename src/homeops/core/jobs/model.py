@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any, Final
 
-from homeops.core.errors import UsageError, json_type_name
+from homeops.core.errors import UsageError, json_type_name, quote_input
 from homeops.core.logging import format_ts
 
 JOB_TYPE_RE: Final = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
@@ -93,7 +93,7 @@ def validate_job_id(value: str) -> str:
     """Return ``value`` if it is a safe job id (also used as a directory name), else UsageError."""
     if not _is_job_id(value):
         raise UsageError(
-            f"invalid job id {value!r}: use 1-128 of A-Z a-z 0-9 . _ -, "
+            f"invalid job id {quote_input(value)}: use 1-128 of A-Z a-z 0-9 . _ -, "
             "starting with a letter or digit, without '..'"
         )
     return value
@@ -103,7 +103,7 @@ def validate_trace_id(value: str) -> str:
     """Return ``value`` if it is a valid trace id (the job-id alphabet), else UsageError."""
     if not _is_job_id(value):
         raise UsageError(
-            f"invalid trace id {value!r}: use 1-128 of A-Z a-z 0-9 . _ -, "
+            f"invalid trace id {quote_input(value)}: use 1-128 of A-Z a-z 0-9 . _ -, "
             "starting with a letter or digit, without '..'"
         )
     return value
@@ -113,7 +113,7 @@ def validate_idempotency_key(value: str) -> str:
     """Return ``value`` if it is a valid idempotency key such as ``deploy:web1:3f2a``."""
     if not isinstance(value, str) or not IDEMPOTENCY_KEY_RE.fullmatch(value):
         raise UsageError(
-            f"invalid idempotency key {value!r}: use 1-128 of A-Z a-z 0-9 . _ - :, "
+            f"invalid idempotency key {quote_input(value)}: use 1-128 of A-Z a-z 0-9 . _ - :, "
             "starting with a letter or digit"
         )
     return value
@@ -123,7 +123,8 @@ def validate_job_type(value: str) -> str:
     """Return ``value`` if it is a valid job type such as ``windows.exec``, else UsageError."""
     if not isinstance(value, str) or not JOB_TYPE_RE.fullmatch(value):
         raise UsageError(
-            f"invalid job type {value!r}: use 1-64 of a-z 0-9 . _ -, starting with a letter"
+            f"invalid job type {quote_input(value)}: use 1-64 of a-z 0-9 . _ -, "
+            "starting with a letter"
         )
     return value
 
