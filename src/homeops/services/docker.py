@@ -158,6 +158,21 @@ def containers_argv(project: str, *, docker: str = DOCKER) -> list[str]:
     ]
 
 
+def all_containers_argv(*, docker: str = DOCKER) -> list[str]:
+    """``docker ps --all`` of every container compose labelled (any project): what ``svc
+    list`` groups by project with one call instead of one per service."""
+    return [
+        docker,
+        "ps",
+        "--all",
+        "--no-trunc",
+        "--filter",
+        f"label={PROJECT_LABEL}",
+        "--format",
+        "{{json .}}",
+    ]
+
+
 # -- containers -----------------------------------------------------------------------------
 
 

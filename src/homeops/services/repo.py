@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Final, Literal
 from homeops.core.errors import ConfigError, HomeopsError, ToolMissing
 from homeops.core.logging import get_logger
 from homeops.services import restic as r
+from homeops.services.settings import REPO_NAMES as REPO_NAMES  # re-exported
 
 if TYPE_CHECKING:
     from homeops.core.process import ProcessResult
     from homeops.services.settings import Repository, SvcSettings
 
 RepoName = Literal["local", "remote"]
-REPO_NAMES: Final = ("local", "remote")
 # A locked repository is asked again this often while --retry-lock lasts (restic < 0.16).
 LOCK_RETRY_PAUSE_S: Final = 5.0
 

@@ -24,6 +24,8 @@ from pydantic import AfterValidator, Field, model_validator
 from homeops.core.config import PositiveDuration, Section, SettingsSpec
 
 DEFAULT_CONFIG: Final = Path("/etc/svc/services.json")
+# The repositories `svc` names on its command line (fields of Repositories, in this order).
+REPO_NAMES: Final = ("local", "remote")
 SERVICES_ROOT: Final = Path("/var/lib/docker-services")
 
 # A service name becomes a unit name (docker-compose-<name>), a compose project, a restic
