@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.playwright_server",
     "tests.fixtures.aloha",
     "tests.fixtures.winvm",
+    "tests.fixtures.dockerd",
 ]
