@@ -16,6 +16,8 @@
       nixosModules = {
         default = self.nixosModules.win-automation;
         win-automation = import ./nix/modules/win-automation.nix;
+        # services.homeops.svc: seed 002's compose services, their deployment and backups.
+        svc = import ./nix/modules/svc.nix;
       };
 
       packages = forAllSystems (pkgs: {

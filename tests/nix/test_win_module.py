@@ -11,27 +11,31 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-MOCK = Path(__file__).parent / "mock"
+from tests.nix.harness import (
+    ROOT,
+    lookup,
+    make_mock_dir,
+    needs_nix,
+    real_lib,
+    render_unit,
+    run_nix,
+    systemd_analyze,
+)
+
 MODULE = ROOT / "nix" / "modules" / "win-automation.nix"
 WIN_AUTOMATION = ROOT / ".venv" / "bin" / "win-automation"
 MOCK_PACKAGE = "/nix/store/mock-homeops"
 UNITS = ("win-automation-worker", "win-automation-supervisor")
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("nix-instantiate") is None,
-    reason="nix-instantiate not installed (apt-get install nix-bin)",
-)
+pytestmark = needs_nix
 
 # Seed 000's "Full Configuration", as the user wrote it.
 SEED_FULL = r"""
@@ -136,31 +140,9 @@ class Evaluated:
         return svc
 
 
-def python_names() -> list[str]:
-    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    deps = [
-        re.split(r"[<>=!~ \[;]", d, maxsplit=1)[0].lower() for d in data["project"]["dependencies"]
-    ]
-    return [*deps, "flit-core"]
-
-
 @pytest.fixture(scope="module")
 def mock_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    mock = tmp_path_factory.mktemp("nix") / "mock"
-    shutil.copytree(MOCK, mock)
-    (mock / "python-names.json").write_text(json.dumps(python_names()))
-    return mock
-
-
-def run_nix(expr: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["nix-instantiate", "--eval", "--strict", "--json", "-E", expr],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=cwd,
-        check=False,
-    )
+    return make_mock_dir(tmp_path_factory)
 
 
 def eval_expr(mock: Path, cfg: str, lib: str | None = None) -> str:
@@ -218,50 +200,12 @@ def declared_options(mock: Path) -> set[str]:
     return set(json.loads(out.stdout))
 
 
-# -- rendering, as nixos/lib/systemd-lib.nix writes unit files ------------------------------
-
-
-def _value(v: object) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return str(v)
-
-
-def _section(name: str, items: dict[str, Any]) -> list[str]:
-    lines = [f"[{name}]"]
-    for key, value in items.items():
-        values = value if isinstance(value, list) else [value]
-        lines.extend(f"{key}={_value(v)}" for v in values)
-    return lines
-
-
-def render_unit(svc: dict[str, Any]) -> str:
-    """The unit file NixOS writes for a systemd.services entry (the keys the module uses)."""
-    unit = {"Description": svc["description"]}
-    for key, nix in (("After", "after"), ("Wants", "wants")):
-        if svc.get(nix):
-            unit[key] = " ".join(svc[nix])
-    service = {"Environment": [f'"{k}={v}"' for k, v in sorted(svc["environment"].items())]}
-    service.update(svc["serviceConfig"])
-    lines = [*_section("Unit", unit), "", *_section("Service", service), ""]
-    if svc.get("wantedBy"):
-        lines += _section("Install", {"WantedBy": " ".join(svc["wantedBy"])})
-    return "\n".join(lines) + "\n"
-
-
 def unit_env(svc: dict[str, Any]) -> dict[str, str]:
     return {k: str(v) for k, v in svc["environment"].items()}
 
 
 def credentials(svc: dict[str, Any]) -> dict[str, str]:
     return dict(c.split(":", 1) for c in svc["serviceConfig"].get("LoadCredential", []))
-
-
-def lookup(data: dict[str, Any], dotted: str) -> object:
-    here: Any = data
-    for part in dotted.split("."):
-        here = here[part]
-    return here
 
 
 # -- every option changes the config file or a unit ------------------------------------------
@@ -528,14 +472,6 @@ def rendered(mock_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     return files
 
 
-def systemd_analyze(*args: str) -> subprocess.CompletedProcess[str]:
-    if shutil.which("systemd-analyze") is None:
-        pytest.skip("systemd-analyze not installed (Debian: systemd)")
-    return subprocess.run(
-        ["systemd-analyze", *args], capture_output=True, text=True, timeout=60, check=False
-    )
-
-
 @pytest.mark.parametrize("name", UNITS)
 def test_systemd_analyze_verify(rendered: dict[str, Path], name: str) -> None:
     out = systemd_analyze("verify", str(rendered[name]))
@@ -695,13 +631,6 @@ def test_unit_command_runs_until_sigterm(mock_dir: Path, tmp_path: Path, name: s
 
 
 # -- the mock agrees with nixpkgs' lib ----------------------------------------------------------
-
-
-def real_lib() -> str:
-    real = os.environ.get("TEST_NIXPKGS_LIB")
-    if not real:
-        pytest.skip("TEST_NIXPKGS_LIB not set (a nixpkgs lib/ directory, e.g. from nixpkgs.lib)")
-    return real
 
 
 def test_same_result_with_real_nixpkgs_lib(mock_dir: Path) -> None:

@@ -20,6 +20,26 @@ let
     optionals = cond: xs: if cond then xs else [ ];
     optionalAttrs = cond: set: if cond then set else { };
     optionalString = cond: s: if cond then s else "";
+    inherit (builtins) concatMap concatStringsSep;
+    concatStrings = builtins.concatStringsSep "";
+    concatMapStrings = f: list: lib.concatStrings (map f list);
+    mapAttrsToList = f: set: map (n: f n set.${n}) (builtins.attrNames set);
+    removePrefix = pre: s:
+      if lib.hasPrefix pre s
+      then builtins.substring (builtins.stringLength pre) (builtins.stringLength s) s
+      else s;
+    toUpper = builtins.replaceStrings
+      (lib.stringToCharacters "abcdefghijklmnopqrstuvwxyz")
+      (lib.stringToCharacters "ABCDEFGHIJKLMNOPQRSTUVWXYZ");
+    stringToCharacters = s: builtins.genList (i: builtins.substring i 1 s) (builtins.stringLength s);
+    # As nixpkgs' lib.strings.escapeShellArg: quoted only when needed.
+    escapeShellArg = arg:
+      let string = toString arg; in
+      if builtins.match "[[:alnum:],._+:@%/-]+" string == null
+      then "'${builtins.replaceStrings [ "'" ] [ "'\\''" ] string}'"
+      else string;
+    # As nixpkgs' lib.meta.hiPrio on a derivation without overrideAttrs.
+    hiPrio = drv: drv // { meta = (drv.meta or { }) // { priority = -10; }; };
   } // import ./modules.nix lib;
 in
 lib

@@ -2,8 +2,9 @@
 # to evaluate homeops' NixOS modules without nixpkgs. It keeps the parts that catch mistakes:
 # a definition of an undeclared option is an error, every definition is type-checked, mkIf
 # and mkMerge are pushed down to the options, mkDefault/mkForce priorities pick the winner,
-# and two different definitions of a single-valued option conflict. Not modelled: submodules,
-# imports of disabled modules, option docs.
+# and two different definitions of a single-valued option conflict. Submodules are evaluated
+# like a module tree of their own (with `name`, the attribute they sit under, as an argument).
+# Not modelled: imports of disabled modules, option docs, freeform types.
 lib:
 let
   inherit (builtins)
@@ -88,11 +89,28 @@ let
       check = v: isList v && all t.check v;
       merge = _loc: values: concatMap (x: x) values;
     };
+    lines = mkType {
+      name = "strings concatenated with \"\\n\"";
+      check = isString;
+      merge = _loc: values: concatStringsSep "\n" values;
+    };
     attrsOf = t: mkType {
       name = "attribute set of ${t.name}";
       check = isAttrs;
       merge = mergeKeys (checked t);
-    };
+    } // { nestedTypes.elemType = t; };
+    # A module of its own per value: its definitions are the values (shorthand: config only).
+    submodule = m: mkType {
+      name = "submodule";
+      check = v: isAttrs v || isFunction v;
+      merge = loc: values: (evalSub loc ([ m ] ++ values)).config;
+    } // { getSubOptions = prefix: (evalSub prefix [ m ]).options; };
+  };
+
+  evalSub = loc: modules: evalModules {
+    inherit modules;
+    prefix = loc;
+    specialArgs.name = builtins.elemAt loc (builtins.length loc - 1);
   };
 
   # Declarations of all modules as one tree; the same option declared twice is an error.
@@ -144,7 +162,7 @@ let
     if undeclared != [ ] then throw "The option `${showLoc (loc ++ [ (head undeclared) ])}' does not exist"
     else all (n: isOption decls.${n} || checkTree decls.${n} (loc ++ [ n ]) (subDefs n pushed)) (attrNames decls);
 
-  evalModules = { modules, specialArgs ? { } }:
+  evalModules = { modules, specialArgs ? { }, prefix ? [ ] }:
     let
       args = specialArgs // { inherit lib config options; };
       load = m:
@@ -154,11 +172,11 @@ let
           shaped = if m2 ? options || m2 ? config then m2 else { config = removeAttrs m2 [ "imports" ]; };
         in [ shaped ] ++ concatMap load (m2.imports or [ ]);
       loaded = concatMap load modules;
-      options = foldl' (mergeDecls [ ]) { } (map (m: m.options or { }) loaded);
+      options = foldl' (mergeDecls prefix) { } (map (m: m.options or { }) loaded);
       defs = map (m: m.config or { }) loaded;
-      config = evalTree options [ ] defs;
+      config = evalTree options prefix defs;
     in
-    { inherit options; config = builtins.seq (checkTree options [ ] defs) config; };
+    { inherit options; config = builtins.seq (checkTree options prefix defs) config; };
 in
 {
   inherit types evalModules;

@@ -13,7 +13,12 @@ let
       environment.systemPackages = mkOption { type = types.listOf types.package; default = [ ]; };
       environment.etc = mkOption { type = types.attrsOf any; default = { }; };
       systemd.services = mkOption { type = types.attrsOf (types.attrsOf any); default = { }; };
+      systemd.timers = mkOption { type = types.attrsOf (types.attrsOf any); default = { }; };
       systemd.tmpfiles.rules = mkOption { type = types.listOf types.str; default = [ ]; };
+      virtualisation.docker.enable = mkOption { type = types.bool; default = false; };
+      # nixos/modules/services/security/vault-agent.nix: instances.<name>.settings is free-form
+      # JSON whose `template` is a list of attribute sets (merged across modules).
+      services.vault-agent.instances = mkOption { type = types.attrsOf any; default = { }; };
     };
   };
   eval = lib.evalModules { modules = [ base ] ++ modules; specialArgs = { inherit pkgs; }; };

@@ -24,9 +24,16 @@ let
       type = lib.types.attrsOf lib.types.anything;
       generate = name: value: final.writeText name (builtins.toJSON value);
     };
-    ruff = "ruff"; uv = "uv"; openssh = "openssh"; restic = "restic"; git = "git";
+    # A script in the store, as writeShellScriptBin makes one (bin/NAME; `text` kept).
+    writeShellScriptBin = name: text: {
+      type = "derivation"; inherit name text;
+      outPath = "/nix/store/${builtins.substring 0 32 (builtins.hashString "sha256" text)}-${name}";
+    };
+    ruff = "ruff"; uv = "uv"; git = "git";
     nodejs = "nodejs"; chromium = "chromium";
-  };
+  } // builtins.listToAttrs (map (n: { name = n; value = { type = "derivation"; name = n; outPath = "/nix/store/mock-${n}"; }; })
+    # Packages whose bin/ the modules name: /nix/store/mock-NAME/bin/PROGRAM.
+    [ "restic" "docker" "docker-compose" "systemd" "bash" "coreutils" "util-linux" "openssh" ]);
   apply = prevFix: overlay: final: let prev = prevFix final; in prev // overlay final prev;
   fix = f: let x = f x; in x;
 in

@@ -142,10 +142,7 @@ def _text(listing: Listing) -> str:
                 row.name,
                 row.unit_state,
                 f"{running}/{len(row.containers)}",
-                *(
-                    _backup_text(b, row.backup_enabled, listing.now)
-                    for b in row.backups.values()
-                ),
+                *(_backup_text(b, row.backup_enabled, listing.now) for b in row.backups.values()),
             )
         )
     return text_table(("service", "unit", "running", "local", "remote"), rows)
