@@ -80,6 +80,13 @@ def test_last_backups_come_from_the_ledger_and_age_into_stale(
             {"outcome": "partial", "bytes": 5 << 30, "snapshot_id": "abc123", "files": 7},
         )
         record(queue, "daily", "remote", None, fail=True)
+        # A later dry run saved nothing: the listing keeps showing the real last backup.
+        clock[0] = now - 60
+        dry = queue.enqueue(
+            "services.backup", {"repo": "local", "service": "daily", "dry_run": True}
+        )
+        [claimed] = queue.claim("test", 1, 30.0, ids=[dry.id])
+        queue.complete(claimed.id, "test", {"state": "ok", "dry_run": True})
     finally:
         queue.close()
     code, out, err = run_svc(capsys, "--config", str(config), "list", "--json")

@@ -122,8 +122,8 @@ def last_backups(
         service = job.payload.get("service")
         repo = job.payload.get("repo")
         key = (str(service), str(repo))
-        if key not in wanted or key in found:
-            continue
+        if key not in wanted or key in found or job.payload.get("dry_run") is True:
+            continue  # a dry run saved nothing: it is no one's last backup
         backup = settings.services[key[0]].backup
         limit = backup.stale_after if backup.stale_after is not None else backup.policy.max_age_s()
         found[key] = backup_of(job, max_age_s=limit, now=now)
