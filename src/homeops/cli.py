@@ -87,6 +87,12 @@ def _services_spec() -> "SettingsSpec[Any]":
     return SPEC
 
 
+def _services_job_types(ctx: "DomainContext") -> "Sequence[JobType[Any]]":
+    from homeops.services.jobs import services_job_types
+
+    return services_job_types(ctx)
+
+
 def _services_cli() -> "typer.Typer":
     from homeops.services.cli import app
 
@@ -125,6 +131,7 @@ def domain_records() -> "list[Domain]":
             settings=_services_spec,
             cli=_services_cli,
             aliases=("svc",),
+            job_types=_services_job_types,
         ),
     ]
 
