@@ -8,7 +8,7 @@ and its state and journal are read from the real containers. The wrappers
 runs); put ``tests/fakes/bin`` first on ``PATH`` (:meth:`FakeSystemd.env` does) and homeops
 calls them as it would call systemd's.
 
-State: a JSON file named by ``$HOMEOPS_FAKE_SYSTEMD_STATE`` (:class:`FakeSystemd` writes it)::
+State: a JSON file named by ``$FAKE_SYSTEMD_STATE`` (:class:`FakeSystemd` writes it)::
 
     {"systemd_version": 252,                 # the systemctl whose exit codes are imitated
      "docker": ["docker"], "compose": ["docker-compose"],
@@ -107,7 +107,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TextIO
 
-STATE_ENV: Final = "HOMEOPS_FAKE_SYSTEMD_STATE"
+STATE_ENV: Final = "FAKE_SYSTEMD_STATE"
 BIN_DIR: Final = Path(__file__).resolve().parent / "bin"
 DEFAULT_SYSTEMD_VERSION: Final = 252
 UNIT_PREFIX: Final = "docker-compose-"
