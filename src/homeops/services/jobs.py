@@ -204,5 +204,7 @@ def backup_job_type(settings: SvcSettings, watch: BackupWatch | None = None) -> 
 
 def services_job_types(dctx: DomainContext) -> list[JobType[Any]]:
     """The domain's job types (for ``homeops jobs worker``)."""
+    from homeops.services.restore_flow import restore_job_type
+
     settings: SvcSettings = dctx.settings("services")
-    return [backup_job_type(settings)]
+    return [backup_job_type(settings), restore_job_type(settings)]

@@ -339,7 +339,7 @@ async def pause(settings: SvcSettings, paused: Paused) -> None:
                 raise docker_error(f"{paused.service}: docker stop", done)
         case _:
             assert_never(paused.via)
-    _log.info("pause", "stopped for the backup", service=paused.service, via=str(paused.via))
+    _log.info("pause", "service stopped", service=paused.service, via=str(paused.via))
 
 
 async def resume(settings: SvcSettings, paused: Paused) -> None:
