@@ -109,7 +109,12 @@ class Repo:
                 version = None
             native = self.retry_lock_s is not None and version is not None and version >= r.V0_16
             retry = int(self.retry_lock_s) if native and self.retry_lock_s else None
-            self._restic = r.Restic(program=self.program, version=version, retry_lock_s=retry)
+            self._restic = r.Restic(
+                program=self.program,
+                version=version,
+                retry_lock_s=retry,
+                options=tuple(self.config.options),
+            )
             _log.debug("version", "restic found", version=str(version), repo=self.name)
         return self._restic
 

@@ -35,6 +35,8 @@ _NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 _DOCKER_NAME_RE: Final = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,254}")
 # restic tags are comma-separated on its command line: no commas, no blanks.
 _TAG_RE: Final = re.compile(r"[A-Za-z0-9_.:@+=/-]{1,128}")
+# restic's extended options: -o key=value.
+_OPTION_RE: Final = re.compile(r"[A-Za-z0-9_.-]+=")
 
 
 def check_service_name(value: str) -> str:
@@ -68,7 +70,14 @@ def _pattern(value: str) -> str:
     return value
 
 
+def _restic_option(value: str) -> str:
+    if not _OPTION_RE.match(value) or "\n" in value or "\x00" in value:
+        raise ValueError("a restic option is one line of key=value (e.g. sftp.connections=2)")
+    return value
+
+
 ServiceName = Annotated[str, AfterValidator(check_service_name)]
+ResticOption = Annotated[str, AfterValidator(_restic_option)]
 DockerName = Annotated[str, AfterValidator(_docker_name)]
 Tag = Annotated[str, AfterValidator(_tag)]
 AbsolutePath = Annotated[Path, AfterValidator(_absolute)]
@@ -165,6 +174,10 @@ class Repository(Section):
         default=None, description="File holding the password (RESTIC_PASSWORD_FILE)"
     )
     cache_dir: AbsolutePath | None = Field(default=None, description="restic --cache-dir")
+    options: list[ResticOption] = Field(
+        default_factory=list,
+        description="restic -o key=value options (e.g. sftp.command=ssh -i KEY … -s sftp)",
+    )
 
     @model_validator(mode="after")
     def _one_location(self) -> Repository:
