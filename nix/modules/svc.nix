@@ -168,6 +168,12 @@ let
       default = "/var/cache/svc";
       description = "restic --cache-dir (the backup units' CacheDirectory).";
     };
+    options = mkOption {
+      type = types.listOf (types.strMatching "[A-Za-z0-9_.-]+=[^\n]*");
+      default = [ ];
+      example = [ "sftp.connections=2" ];
+      description = "restic -o key=value options for this repository (sftp.command, sftp.connections, ...).";
+    };
   };
 
   # -- what the options say --------------------------------------------------------------------
@@ -200,6 +206,7 @@ let
     repository_file = r.repositoryFile;
     password_file = r.passwordFile;
     cache_dir = r.cacheDir;
+    options = if r.options == [ ] then null else r.options;
   };
 
   serviceJson = _: s: {

@@ -409,6 +409,20 @@ CASES = [
         "/var/cache/restic",
     ),
     Case(
+        "repositories.local.options",
+        '{ repositories.local.options = [ "sftp.connections=2" ]; }',
+        "json:repositories.local.options",
+        ["sftp.connections=2"],
+    ),
+    Case(
+        "repositories.remote.options",
+        '{ repositories.remote.options = [ "sftp.command=ssh -i /k b@nas.lan -s sftp" ]; }',
+        "json:repositories.remote.options",
+        ["sftp.command=ssh -i /k b@nas.lan -s sftp"],
+        context='{ repositories.remote = { repository = "sftp:b@nas.lan:/r"; '
+        'passwordFile = "/run/secrets/restic-remote"; }; }',
+    ),
+    Case(
         "repositories.remote.repository",
         '{ repositories.remote.repository = "sftp:b@nas.lan:/r"; }',
         "script:backup-web",
