@@ -192,3 +192,28 @@ def test_a_bad_config_is_exit_2_before_anything_is_asked(
     assert json.loads(out)["ok"] is False
     assert "services.web.backup" in err
     assert os.path.exists(bad)
+
+
+def test_a_backup_whose_process_died_is_lost_and_stale(
+    capsys: pytest.CaptureFixture[str], config: Path, state_dir: Path
+) -> None:
+    import time
+
+    clock = [time.time() - 120]
+    queue = SqliteJobQueue(state_dir / "jobs.sqlite3", clock=lambda: clock[0])
+    try:
+        job = queue.enqueue("services.backup", {"repo": "local", "service": "daily"})
+        queue.claim("killed-worker", 1, 30.0, ids=[job.id])  # its lease ended 90 s ago
+        live = queue.enqueue("services.backup", {"repo": "remote", "service": "daily"})
+        clock[0] = time.time()
+        queue.claim("live-worker", 1, 300.0, ids=[live.id])
+    finally:
+        queue.close()
+    code, out, err = run_svc(capsys, "--config", str(config), "list", "--json")
+    assert code == 0, err
+    daily = {row["name"]: row for row in json.loads(out)}["daily"]["backups"]
+    assert (daily["local"]["state"], daily["local"]["outcome"]) == ("running", "lost")
+    assert daily["local"]["stale"] is True
+    assert (daily["remote"]["outcome"], daily["remote"]["stale"]) == (None, False)
+    code, out, err = run_svc(capsys, "--config", str(config), "list")
+    assert "STALE lost" in out

@@ -95,6 +95,11 @@ def backup_of(job: Job, *, max_age_s: float | None, now: float) -> LastBackup:
     outcome = _str(result.get("outcome")) or _str(result.get("state"))
     if outcome is None and job.state.terminal:
         outcome = "ok" if str(job.state) == "succeeded" else "failed"
+    lost = str(job.state) == "running" and job.lease_until is not None and job.lease_until < now
+    if lost:
+        # Its process died (SIGKILL, OOM) without a word: the lease ran out. A worker would
+        # mark it failed at its next claim; until then it is no running backup.
+        outcome = "lost"
     finished = job.finished_at
     too_old = max_age_s is not None and finished is not None and now - finished > max_age_s
     return LastBackup(
@@ -108,7 +113,7 @@ def backup_of(job: Job, *, max_age_s: float | None, now: float) -> LastBackup:
         bytes=_int(result.get("bytes")) or _int(summary.get("total_bytes_processed")),
         added=_int(result.get("data_added")) or _int(summary.get("data_added")),
         error=job.error,
-        stale=too_old or outcome == "failed",
+        stale=too_old or outcome in ("failed", "lost"),
     )
 
 

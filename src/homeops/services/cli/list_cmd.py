@@ -122,6 +122,8 @@ def size_text(n: int | None) -> str:
 def _backup_text(backup: LastBackup | None, enabled: bool, now: float) -> str:
     if backup is None:
         return "never" if enabled else "-"
+    if backup.outcome == "lost":
+        return "STALE lost (its process died while running)"
     if backup.finished_at is None:
         return backup.state
     age = backup.age_s(now) or 0.0
