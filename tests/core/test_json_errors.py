@@ -278,3 +278,23 @@ def test_windows_module_reexports_the_core_json_errors():
     from homeops.windows.cli import common as windows_common
 
     assert windows_common.json_errors is json_errors
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(("jobs", "list", "--bogus", "--json"), id="unknown-option"),
+        pytest.param(("jobs", "status", "--json", "--id"), id="missing-value"),
+    ],
+)
+def test_a_refused_command_line_with_json_prints_the_object_too(capsys, state_dir, args):
+    code, out, err = run_main(capsys, *args)
+    assert code == 2
+    failure = json.loads(out)
+    assert failure["ok"] is False and failure["exit_code"] == 2
+    assert err.strip() == f"error: {failure['error']}"
+
+
+def test_json_after_the_double_dash_is_not_ours(capsys, state_dir):
+    code, out, err = run_main(capsys, "jobs", "list", "--bogus", "--", "--json")
+    assert (code, out) == (2, "")

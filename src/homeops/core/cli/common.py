@@ -514,6 +514,9 @@ def run_app(
         if exc.ctx is not None:
             message += f" (see '{exc.ctx.command_path} --help')"
         report_error(message)
+        if _asks_json(args):
+            # Refused before the command ran, so its json_errors never saw it: the same object.
+            _print_failure({}, error_line(message), int(ExitCode.USAGE), one_line=False)
         return int(ExitCode.USAGE)
     except exceptions.ClickException as exc:
         report_error(exc.format_message())
@@ -545,6 +548,15 @@ def run_app(
         # Typer turns Ctrl-C into Exit(130) before we see it; say why the command stopped.
         sys.stderr.write("interrupted\n")
     return result if isinstance(result, int) else int(ExitCode.OK)
+
+
+def _asks_json(args: Sequence[str]) -> bool:
+    """``--json`` among our own options (not among the words after ``--``, a remote
+    command's)."""
+    words = list(args)
+    if "--" in words:
+        words = words[: words.index("--")]
+    return "--json" in words
 
 
 _INTERRUPTED: Final = 128 + signal.SIGINT
