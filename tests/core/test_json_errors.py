@@ -296,5 +296,5 @@ def test_a_refused_command_line_with_json_prints_the_object_too(capsys, state_di
 
 
 def test_json_after_the_double_dash_is_not_ours(capsys, state_dir):
-    code, out, err = run_main(capsys, "jobs", "list", "--bogus", "--", "--json")
+    code, out, _ = run_main(capsys, "jobs", "list", "--bogus", "--", "--json")
     assert (code, out) == (2, "")
