@@ -305,3 +305,117 @@ def test_failure_messages_suggest_a_fix():
     assert "backup.volumes" in d.failure_message(d.DockerFailure.NO_SUCH_VOLUME, "x")
     assert "compose.path" in d.failure_message(d.DockerFailure.COMPOSE_FILE_MISSING, "x")
     assert d.failure_message(d.DockerFailure.OTHER, "") == "no message"
+
+
+# -- docker-compose 1.29 crashing: a Python traceback on stderr ----------------------------
+
+# What Debian's docker-compose 1.29.2 prints when it cannot reach the engine, cut to the
+# head and tail of its three chained tracebacks (recorded here; the tail is verbatim).
+_TB_HEAD = (
+    "Traceback (most recent call last):\n"
+    '  File "/usr/lib/python3/dist-packages/urllib3/connectionpool.py", line 705, in urlopen\n'
+    "    httplib_response = self._make_request(\n"
+    "                       ^^^^^^^^^^^^^^^^^^^\n"
+    '  File "/usr/lib/python3/dist-packages/docker/transport/unixconn.py", line 30, in connect\n'
+    "    sock.connect(self.unix_socket)\n"
+    "FileNotFoundError: [Errno 2] No such file or directory\n\n"
+    "During handling of the above exception, another exception occurred:\n\n"
+    "Traceback (most recent call last):\n"
+    '  File "/usr/lib/python3/dist-packages/docker/api/client.py", line 221, in '
+    "_retrieve_server_version\n"
+    "    raise DockerException(\n"
+)
+_VERSION = "docker.errors.DockerException: Error while fetching server API version: "
+
+
+@pytest.mark.parametrize(
+    ("last", "failure", "detail"),
+    [
+        pytest.param(
+            _VERSION + "('Connection aborted.', FileNotFoundError(2, 'No such file or directory'))",
+            "daemon_unavailable",
+            "No such file or directory",
+            id="no-socket-file",
+        ),
+        pytest.param(
+            _VERSION + "('Connection aborted.', ConnectionRefusedError(111, 'Connection refused'))",
+            "daemon_unavailable",
+            "Connection refused",
+            id="socket-nobody-listens-on",
+        ),
+        pytest.param(
+            _VERSION + "HTTPConnectionPool(host='127.0.0.1', port=1): Max retries exceeded with "
+            "url: /version (Caused by NewConnectionError('<urllib3.connection.HTTPConnection "
+            "object at 0x7f4838e9d990>: Failed to establish a new connection: [Errno 111] "
+            "Connection refused'))",
+            "daemon_unavailable",
+            "Connection refused",
+            id="tcp-refused",
+        ),
+        pytest.param(
+            _VERSION + "('Connection aborted.', PermissionError(13, 'Permission denied'))",
+            "permission_denied",
+            "Permission denied",
+            id="socket-not-ours",
+        ),
+        pytest.param(
+            "KeyError: 'ContainerConfig'",
+            "other",
+            "docker-compose failed: 'ContainerConfig'",
+            id="another-crash",
+        ),
+    ],
+)
+def test_a_compose_traceback_becomes_one_line(last, failure, detail):
+    stderr = _TB_HEAD + last + "\n"
+    kind = d.classify_docker_error(stderr, compose_file="/srv/app/docker-compose.yml")
+    assert kind == d.DockerFailure(failure)
+    message = d.failure_message(kind, stderr)
+    assert "\n" not in message and detail in message
+    assert "Traceback" not in message and "File " not in message
+    assert "Error(" not in message  # no Python exception reprs either
+    if kind is d.DockerFailure.DAEMON_UNAVAILABLE:
+        assert message.startswith("the Docker daemon is not reachable (docker-compose: ")
+        assert message.endswith("); is docker.service running?")
+
+
+def _compose_stderr(tmp_path: Path, host: str) -> str:
+    import subprocess
+
+    compose_file = tmp_path / "docker-compose.yml"
+    compose_file.write_text("services:\n  app:\n    image: busybox\n")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "DOCKER_HOST": host}
+    done = subprocess.run(
+        ["docker-compose", "-p", "app", "-f", str(compose_file), "up", "-d"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    return done.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(
+    not Path("/usr/bin/docker-compose").exists(), reason="Debian's docker-compose 1.29"
+)
+def test_the_real_compose_129_without_an_engine(tmp_path):
+    import socket
+
+    dead = tmp_path / "dead.sock"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(dead))  # a socket file nobody listens on: connection refused
+    for host, said in [
+        (f"unix://{tmp_path}/no.sock", "No such file or directory"),
+        (f"unix://{dead}", "Connection refused"),
+    ]:
+        stderr = _compose_stderr(tmp_path, host)
+        assert "Traceback (most recent call last):" in stderr  # what 1.29 does
+        kind = d.classify_docker_error(stderr)
+        assert kind is d.DockerFailure.DAEMON_UNAVAILABLE
+        assert d.failure_message(kind, stderr) == (
+            "the Docker daemon is not reachable (docker-compose: Error while fetching server "
+            f"API version: {said}); is docker.service running?"
+        )

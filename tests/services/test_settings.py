@@ -112,6 +112,18 @@ def test_compose_file_defaults_under_the_services_root() -> None:
         pytest.param(
             {"web": {"bakup": {}}}, "services.web.bakup", "Extra inputs", id="unknown-key"
         ),
+        pytest.param(
+            {"web": {"backup": {"enable": True, "paths": ["/srv/a", "/tmp/a\u0000b"]}}},
+            "services.web.backup.paths.1",
+            "a path cannot contain a NUL byte",
+            id="nul-in-backup-path",
+        ),
+        pytest.param(
+            {"web": {"compose": {"path": "/srv/web/\u0000.yml"}}},
+            "services.web.compose.path",
+            "a path cannot contain a NUL byte",
+            id="nul-in-compose-path",
+        ),
     ],
 )
 def test_errors_name_the_service_and_the_field(
@@ -209,3 +221,64 @@ def test_homeops_svc_reads_the_services_section_of_its_file(
     code, out, err = run_main(capsys, "svc", "config", "show", "--json", "--config", str(umbrella))
     assert code == 0, err
     assert "web" in json.loads(out)["settings"]["services.services"]["value"]
+
+
+def test_a_newline_in_a_backup_path_is_kept(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, state_dir: Path
+) -> None:
+    # Legal in a Linux path, and restic gets each path as one argv word after `--`.
+    paths = ["/srv/a\nb", "/srv/tab\there"]
+    config = write(tmp_path, {"services": {"web": {"backup": {"enable": True, "paths": paths}}}})
+    code, out, err = run_svc(capsys, "--config", str(config), "config", "show", "--json")
+    assert code == 0, err
+    shown = json.loads(out)["settings"]["services.services"]["value"]["web"]["backup"]["paths"]
+    assert shown == paths
+
+
+def test_all_is_not_a_service_name(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, state_dir: Path
+) -> None:
+    config = write(tmp_path, {"services": {"web": {}, "all": {}}})
+    code, out, err = run_svc(capsys, "--config", str(config), "list")
+    assert (code, out) == (2, ""), err
+    assert err == (
+        f"config error: {config}: services.all: 'all' is reserved "
+        "(it means every service on the command line)\n"
+    )
+
+
+@pytest.mark.parametrize("field", ["hook_timeout", "restic_timeout"])
+def test_timeouts_have_an_upper_bound(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    state_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    field: str,
+) -> None:
+    config = write(tmp_path, {field: "99999999999999999d"})
+    code, out, err = run_svc(capsys, "--config", str(config), "config", "show")
+    assert (code, out) == (2, ""), err
+    assert err == (
+        f'config error: {config}: {field}: must be at most 30d (got "99999999999999999d")\n'
+    )
+    config = write(tmp_path, {field: "30d"})
+    code, out, err = run_svc(capsys, "--config", str(config), "config", "show", "--json")
+    assert code == 0, err
+    assert json.loads(out)["settings"][f"services.{field}"]["value"] == "30d"
+    monkeypatch.setenv(f"SVC_{field.upper()}", "31d")
+    code, _out, err = run_svc(capsys, "--config", str(config), "config", "show")
+    assert code == 2
+    assert f"SVC_{field.upper()}: {field}: must be at most 30d" in err
+
+
+def test_a_bad_structured_variable_is_blamed_on_the_variable(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    state_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = write(tmp_path, {"services": {"web": {}}})
+    monkeypatch.setenv("SVC_SERVICES", '{"A B": {}}')
+    code, out, err = run_svc(capsys, "--config", str(config), "list")
+    assert (code, out) == (2, "")
+    assert err.startswith("config error: SVC_SERVICES: services.A B"), err

@@ -225,8 +225,9 @@ def test_all_goes_on_past_a_failing_service(
     assert code == 1
     rows = [line.split()[:2] for line in out.splitlines()[1:]]
     assert rows == [["aaa-broken", "failed"], [compose_project.name, "ok"]]
-    assert "error: aaa-broken: aaa-broken: compose start:" in err
-    assert "check compose.path" in err
+    missing = tmp_path / "missing" / "docker-compose.yml"
+    assert f"config error: services.aaa-broken.compose.path: {missing} does not exist\n" in err
+    assert "error: aaa-broken:" not in err
     assert compose_project.states() == ["running"]
 
 
@@ -307,3 +308,94 @@ async def _containers_and_volumes(
             await units.volume_mountpoints(settings, [volume])
         with pytest.raises(DependencyUnavailable):
             await units.containers(settings, project.name)
+
+
+# -- the engine unreachable, the compose file missing ----------------------------------------
+
+_DAEMON_AWAY = (
+    "the Docker daemon is not reachable (docker-compose: Error while fetching server API "
+    "version: No such file or directory); is docker.service running?"
+)
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(
+    not Path("/usr/bin/docker-compose").exists(), reason="Debian's docker-compose 1.29"
+)
+def test_no_engine_is_exit_3_in_one_line(tmp_path, capsys, monkeypatch):
+    # docker-compose 1.29 dies with a Python traceback: none of it reaches the user.
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/nodocker.sock")
+    (tmp_path / "sr" / "web").mkdir(parents=True)
+    (tmp_path / "sr" / "web" / "docker-compose.yml").write_text(
+        "services:\n  app:\n    image: busybox\n"
+    )
+    config = _config(
+        tmp_path,
+        {"web": {}},
+        systemd="never",
+        services_root=str(tmp_path / "sr"),
+        tools={"compose": "/usr/bin/docker-compose"},
+    )
+    for verb in ("start", "stop", "restart"):
+        code, out, err = run_svc(capsys, config, verb, "web")
+        assert code == 3, err
+        assert out.splitlines()[1].split()[:2] == ["web", "failed"]
+        lines = [line for line in err.splitlines() if not line.startswith("ts=")]
+        assert lines == [f"error: web: compose {verb}: {_DAEMON_AWAY}"]
+
+    code, out, err = run_svc(capsys, config, "logs", "web", "--no-follow")
+    assert (code, out) == (3, ""), err
+    assert "Traceback" not in err and "File " not in err
+    assert err.splitlines()[-1] == f"error: web: compose logs: {_DAEMON_AWAY}"
+
+    code, out, err = run_svc(capsys, config, "start", "all", "--json")
+    assert code == 3, err  # every service failed the same way: the daemon is not there
+    [row] = json.loads(out)["services"]
+    assert row["error"] == f"web: compose start: {_DAEMON_AWAY}"
+    assert row["exit_code"] == 3
+    assert "Traceback" not in err
+
+
+def test_a_missing_compose_file_is_a_config_error_before_compose_runs(tmp_path, capsys):
+    # tools.compose does not exist: running it would be exit 3, not 2.
+    tools = {"compose": str(tmp_path / "no-compose")}
+    root = tmp_path / "sr"
+    config = _config(
+        tmp_path,
+        {"web": {}, "db": {"compose": {"path": str(tmp_path / "db.yml")}}},
+        systemd="never",
+        services_root=str(root),
+        tools=tools,
+    )
+    code, out, err = run_svc(capsys, config, "start", "web")
+    assert code == 2, err
+    assert out.splitlines()[1].split()[:2] == ["web", "failed"]
+    default = root / "web" / "docker-compose.yml"
+    assert err.splitlines()[-1] == (
+        f"config error: services.web.compose.path: not set, and the default {default} "
+        "(under services_root) does not exist"
+    )
+    code, out, err = run_svc(capsys, config, "logs", "db", "--no-follow")
+    assert (code, out) == (2, ""), err
+    assert err == f"config error: services.db.compose.path: {tmp_path / 'db.yml'} does not exist\n"
+    (tmp_path / "db.yml").mkdir()
+    code, _out, err = run_svc(capsys, config, "stop", "db")
+    assert code == 2, err
+    assert f"services.db.compose.path: {tmp_path / 'db.yml'} is not a file" in err
+    code, out, err = run_svc(capsys, config, "restart", "all", "--json")
+    assert code == 2, err  # both failed, both for their config
+    assert [r["exit_code"] for r in json.loads(out)["services"]] == [2, 2]
+    assert ".FileNotFoundError" not in err
+
+
+def test_naming_the_service_once():
+    from homeops.services.cli.units_cmd import _naming
+
+    assert _naming("web", "web: compose start: boom") == "web: compose start: boom"
+    assert _naming("web", "config error: services.web.compose.path: x") == (
+        "config error: services.web.compose.path: x"
+    )
+    assert _naming("web", "systemctl start docker-compose-web.service: no such unit") == (
+        "systemctl start docker-compose-web.service: no such unit"
+    )
+    assert _naming("web", "docker-compose: not found") == "web: docker-compose: not found"

@@ -774,8 +774,11 @@ def load_settings(
         settings = spec.model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        origin = sources.get(loc, "")
+        parts = [str(p) for p in first["loc"] if p != "[key]"]
+        loc = ".".join(parts)
+        # Inside a structured value (svc's services), the layer that set the whole value.
+        prefixes = (".".join(parts[:n]) for n in range(len(parts), 0, -1))
+        origin = next((sources[k] for k in prefixes if k in sources), "")
         label = origin.split(":", 1)[1] if origin else (file_label or "defaults")
         more = exc.error_count() - 1
         secret = loc in secret_paths

@@ -471,8 +471,66 @@ class DockerFailure(StrEnum):
     OTHER = "other"
 
 
+# docker-compose 1.29 is Python: when it cannot reach the engine it dies with a traceback
+# (three chained ones) whose last line is the exception, e.g.
+#   docker.errors.DockerException: Error while fetching server API version: ('Connection
+#   aborted.', FileNotFoundError(2, 'No such file or directory'))
+# (no socket file), ... ConnectionRefusedError(111, 'Connection refused') (a socket nobody
+# listens on), ... Max retries exceeded ... [Errno 111] Connection refused (tcp://), and
+# PermissionError(13, 'Permission denied') on a socket it may not open.
+TRACEBACK_LINE: Final = "traceback (most recent call last):"
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?(?P<cls>[A-Za-z_]\w*)(?::\s*(?P<text>.*))?$")
+_OS_ERROR = re.compile(
+    r"\w+Error\((?P<errno>\d+), '(?P<msg>[^']*)'\)"  # FileNotFoundError(2, 'No such ...')
+    r"|\[Errno (?P<errno2>\d+)\] (?P<msg2>[^'\")]+)"  # [Errno 111] Connection refused
+)
+_API_VERSION: Final = "error while fetching server api version"
+_UNREACHABLE_ERRNO: Final = frozenset({"2", "111"})  # ENOENT (no socket), ECONNREFUSED
+# requests' and urllib3's exceptions for a connection that could not be made.
+_CONNECTION_EXCEPTIONS: Final = frozenset(
+    {"ConnectionError", "ProtocolError", "NewConnectionError", "MaxRetryError"}
+)
+
+
+@dataclass(frozen=True)
+class _Crash:
+    """The last line of a Python traceback, taken apart."""
+
+    exception: str  # DockerException, the class without its module
+    text: str  # what it said
+    os_error: str | None = None  # errno of the innermost OSError it carries, if any
+    os_message: str | None = None  # that OSError's strerror
+
+
+def _crash(stderr: str) -> _Crash | None:
+    """The traceback's exception, when ``stderr`` holds one (compose 1.29 crashing)."""
+    if TRACEBACK_LINE not in stderr.lower():
+        return None
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    found = _EXCEPTION_LINE.match(last)
+    exception, text = (found.group("cls"), found.group("text") or "") if found else ("", last)
+    errno = message = None
+    for os_error in _OS_ERROR.finditer(last):
+        errno = os_error.group("errno") or os_error.group("errno2")
+        message = (os_error.group("msg") or os_error.group("msg2") or "").strip()
+    return _Crash(exception, text, errno, message)
+
+
+def _crash_detail(crash: _Crash) -> str:
+    """One line for a compose crash: what it was doing and the OS error, no Python."""
+    if crash.os_message is not None:
+        doing = crash.text.split(":", 1)[0].strip() if ":" in crash.text else ""
+        doing = doing or crash.exception or "docker-compose failed"
+        return _one_line(f"docker-compose: {doing}: {crash.os_message}")
+    return _one_line(f"docker-compose failed: {crash.text or crash.exception}")
+
+
 def classify_docker_error(stderr: str, *, compose_file: str | None = None) -> DockerFailure:
-    """The failure class of a docker/compose stderr."""
+    """The failure class of a docker/compose stderr (compose 1.29's traceback included)."""
+    crash = _crash(stderr)
+    if crash is not None:
+        return _classify_crash(crash)
     lowered = stderr.lower()
     if "permission denied while trying to connect to the docker daemon" in lowered:
         return DockerFailure.PERMISSION_DENIED
@@ -495,9 +553,28 @@ def classify_docker_error(stderr: str, *, compose_file: str | None = None) -> Do
     return DockerFailure.OTHER
 
 
+def _classify_crash(crash: _Crash) -> DockerFailure:
+    fetching_version = _API_VERSION in crash.text.lower()  # the first thing it asks the engine
+    connecting = fetching_version or crash.exception in _CONNECTION_EXCEPTIONS
+    if connecting and crash.os_error == "13":
+        return DockerFailure.PERMISSION_DENIED
+    if fetching_version or (connecting and crash.os_error in _UNREACHABLE_ERRNO):
+        return DockerFailure.DAEMON_UNAVAILABLE
+    return DockerFailure.OTHER
+
+
+def failure_detail(stderr: str) -> str:
+    """What a failed docker/compose call said, as one line: its stderr joined, or for a
+    Python traceback (compose 1.29) only what its last line means; never the traceback."""
+    crash = _crash(stderr)
+    if crash is not None:
+        return _crash_detail(crash)
+    return _one_line(stderr) or "no message"
+
+
 def failure_message(failure: DockerFailure, stderr: str) -> str:
     """A one-line explanation with a suggested fix."""
-    detail = _one_line(stderr) or "no message"
+    detail = failure_detail(stderr)
     match failure:
         case DockerFailure.DAEMON_UNAVAILABLE:
             return f"the Docker daemon is not reachable ({detail}); is docker.service running?"

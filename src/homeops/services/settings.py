@@ -27,6 +27,12 @@ DEFAULT_CONFIG: Final = Path("/etc/svc/services.json")
 # The repositories `svc` names on its command line (fields of Repositories, in this order).
 REPO_NAMES: Final = ("local", "remote")
 SERVICES_ROOT: Final = Path("/var/lib/docker-services")
+# `svc start all`, `svc backup local all`: on the command line "all" means every service,
+# so no service may be called that.
+RESERVED_NAME: Final = "all"
+# hook_timeout and restic_timeout: a bound that still means "a stuck call ends", and keeps
+# the value far from what asyncio's timers and a datetime can hold.
+MAX_TIMEOUT_S: Final = 30 * 86400.0
 
 # A service name becomes a unit name (docker-compose-<name>), a compose project, a restic
 # tag and a directory: the safe intersection of those alphabets.
@@ -59,8 +65,20 @@ def _tag(value: str) -> str:
 
 
 def _absolute(value: Path) -> Path:
+    if "\x00" in str(value):
+        # No file can have it (the kernel takes C strings): refused here rather than by
+        # restic's or Python's "embedded null byte" in the middle of a backup. Every other
+        # character, a newline included, is legal in a Linux path and reaches restic as one
+        # argv word, so it is kept.
+        raise ValueError("a path cannot contain a NUL byte")
     if not value.is_absolute():
         raise ValueError("must be an absolute path")
+    return value
+
+
+def _bounded_timeout(value: float) -> float:
+    if value > MAX_TIMEOUT_S:
+        raise ValueError("must be at most 30d")
     return value
 
 
@@ -82,6 +100,7 @@ DockerName = Annotated[str, AfterValidator(_docker_name)]
 Tag = Annotated[str, AfterValidator(_tag)]
 AbsolutePath = Annotated[Path, AfterValidator(_absolute)]
 Pattern = Annotated[str, AfterValidator(_pattern)]
+Timeout = Annotated[PositiveDuration, AfterValidator(_bounded_timeout)]
 
 
 class Policy(Section):
@@ -236,9 +255,9 @@ class SvcSettings(Section):
         default="auto",
         description="Drive docker-compose-<svc> units (auto: when systemd runs)",
     )
-    hook_timeout: PositiveDuration = Field(default=600.0, description="Longest a hook may run")
-    restic_timeout: PositiveDuration = Field(
-        default=86400.0, description="Longest one restic call may run"
+    hook_timeout: Timeout = Field(default=600.0, description="Longest a hook may run (at most 30d)")
+    restic_timeout: Timeout = Field(
+        default=86400.0, description="Longest one restic call may run (at most 30d)"
     )
     repositories: Repositories = Field(default_factory=Repositories, description="restic")
     restore: Restore = Field(default_factory=Restore, description="Restores")
@@ -249,6 +268,11 @@ class SvcSettings(Section):
 
     @model_validator(mode="after")
     def _names_match_keys(self) -> SvcSettings:
+        if RESERVED_NAME in self.services:
+            raise ValueError(
+                f"services.{RESERVED_NAME}: {RESERVED_NAME!r} is reserved "
+                "(it means every service on the command line)"
+            )
         for key, service in self.services.items():
             if service.name is not None and service.name != key:
                 raise ValueError(f"services.{key}.name is {service.name!r}, not its key")

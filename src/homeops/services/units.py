@@ -29,7 +29,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, assert_never
 
-from homeops.core.errors import DependencyUnavailable, HomeopsError, OperationalError, UsageError
+from homeops.core.errors import (
+    ConfigError,
+    DependencyUnavailable,
+    HomeopsError,
+    OperationalError,
+    UsageError,
+)
 from homeops.core.logging import get_logger
 from homeops.services import docker as d
 
@@ -105,6 +111,27 @@ def compose_command(settings: SvcSettings) -> tuple[str, ...]:
 def compose_project(settings: SvcSettings, service: str) -> d.ComposeProject:
     """The compose project of ``service``: named after it, with its compose file."""
     return d.ComposeProject(service, str(settings.compose_file(service)), compose_command(settings))
+
+
+def check_compose_file(settings: SvcSettings, service: str) -> None:
+    """:class:`ConfigError` (exit 2) unless ``service``'s compose file is a file: said
+    before compose runs, naming the file and the setting it comes from, instead of
+    whatever compose says (1.29: a Python exception name)."""
+    path = settings.compose_file(service)
+    field = f"services.{service}.compose.path"
+    if settings.services[service].compose.path is not None:
+        where = str(path)
+    else:
+        where = f"not set, and the default {path} (under services_root)"
+    try:
+        is_file = path.is_file()
+        exists = is_file or path.exists()
+    except OSError as exc:  # a path too long, a loop of symlinks ...
+        raise ConfigError("", field, f"{where} cannot be read: {exc.strerror}") from None
+    if not exists:
+        raise ConfigError("", field, f"{where} does not exist")
+    if not is_file:
+        raise ConfigError("", field, f"{where} is not a file")
 
 
 def systemctl_argv(systemctl: str, verb: str, unit: str) -> list[str]:
@@ -250,6 +277,7 @@ async def act(settings: SvcSettings, service: str, action: Action, *, systemd: b
         await _systemctl(settings, str(action), service)
         return Via.SYSTEMD
     project = compose_project(settings, service)
+    check_compose_file(settings, service)
     for argv in compose_action_argvs(project, action):
         await _compose(project, argv, str(action))
     return Via.COMPOSE
@@ -357,6 +385,21 @@ async def resume(settings: SvcSettings, paused: Paused) -> None:
     _log.info("resume", "service started again", service=paused.service, via=str(paused.via))
 
 
+def _without_tracebacks(on_line: Callable[[str], None]) -> Callable[[str], None]:
+    """``on_line`` for what compose says on stderr, except a Python traceback (1.29
+    crashing): from its first line on nothing is passed; the error raised at the end says
+    in one line what it meant."""
+    crashed = False
+
+    def on_stderr_line(line: str) -> None:
+        nonlocal crashed
+        crashed = crashed or line.strip().lower() == d.TRACEBACK_LINE
+        if not crashed:
+            on_line(line)
+
+    return on_stderr_line
+
+
 async def logs(
     settings: SvcSettings,
     service: str,
@@ -382,13 +425,14 @@ async def logs(
             )
         return
     project = compose_project(settings, service)
+    check_compose_file(settings, service)
     argv = d.compose_logs_argv(project, follow=follow, tail=tail, no_color=True)
     done = await _run(
         argv,
         timeout=timeout,
         cwd=_project_dir(project),
         on_stdout_line=on_line,
-        on_stderr_line=on_error_line,
+        on_stderr_line=_without_tracebacks(on_error_line) if on_error_line else None,
     )
     if not done.ok:
         raise docker_error(f"{service}: compose logs", done, compose_file=project.file)

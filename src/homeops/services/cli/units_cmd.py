@@ -3,8 +3,9 @@
 Through systemd's ``docker-compose-<svc>`` units, or compose directly with ``--no-systemd``
 (and whenever ``settings.systemd`` says so: ``never``, or ``auto`` without systemd running);
 see services/units.py. ``all`` is every service with ``compose.enable``, in name order; it
-goes on past a failing service and exits 1 if any failed (one service: its failure's own
-code, 3 when docker or systemd is not there).
+goes on past a failing service and exits 1 if any failed, unless all of them failed with the
+same code (3 for every one: docker or systemd is not there), which it then exits with; one
+service exits with its failure's own code.
 
 ``svc logs`` follows by default (``--no-follow`` prints and exits) and shows the last
 ``--tail`` lines first (100). While following, SIGINT or SIGTERM ends it with exit 0: that
@@ -140,9 +141,30 @@ def _act(
 
     out.result(data, text)
     for d in failed:
-        report_error(f"{d.service}: {d.error}")
+        message = _naming(d.service, d.error or "failed")
+        # A ConfigError's message starts "config error: " already, as at the top level.
+        report_error(message, prefix="" if message.startswith("config error: ") else "error: ")
     if failed:
-        raise typer.Exit(failed[0].exit_code if service != ALL else 1)
+        raise typer.Exit(_exit_code(done, failed))
+
+
+def _naming(service: str, error: str) -> str:
+    """``error`` naming ``service`` once: most of services/units.py's errors name it
+    already (``web: compose start: …``, ``services.web.compose.path``, its unit)."""
+    from homeops.services.units import unit_name
+
+    if error.startswith(f"{service}: ") or f"services.{service}." in error:
+        return error
+    return error if unit_name(service) in error else f"{service}: {error}"
+
+
+def _exit_code(done: list[_Done], failed: list[_Done]) -> int:
+    """One service: its failure's own code. Several: 1, unless every one failed for the
+    same kind of reason (3: the Docker daemon is not there), which is then the code."""
+    codes = {d.exit_code for d in failed}
+    if len(failed) == len(done) and len(codes) == 1:
+        return codes.pop() or 1
+    return 1
 
 
 async def _act_all(
