@@ -697,3 +697,202 @@ def test_a_daemon_worker_runs_an_enqueued_backup(world, capsys):
     [job] = world.jobs()
     assert job.id == job_id and job.state is JobState.SUCCEEDED
     assert job.result["snapshot_id"] == world.snapshots("app")[0]["short_id"]
+
+
+# -- hostile-user review: timeouts, locks, forget, exit codes, odd files, hook output ---------
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def fifo_snapshot(world: SvcWorld) -> Path:
+    """A FIFO among the snapshots: a restic that lists them (forget) blocks opening it,
+    holding the lock it took first."""
+    return world.repo / "snapshots" / ("f" * 64)
+
+
+@pytest.mark.integration
+@needs_restic
+def test_a_timed_out_restic_backup_leaves_no_lock(world, capsys):
+    src = sparse_tree(world.root / "src")
+    world.service("app", paths=[str(src)], policy=NO_FORGET, **world.logging_hooks())
+    world.settings["restic_timeout"] = "2s"
+    code, out, err = world.svc(capsys, "backup", "local", "app", "--json")
+    assert code == 4, err
+    [row] = json.loads(out)["services"]
+    assert row["state"] == "failed" and "timed out after 2s (killed)" in row["error"]
+    assert world.hooks_ran() == ["pre app local pre", "post app failed "]
+    # 0.14 leaves its lock when killed; svc ran `restic unlock` after the kill.
+    assert world.locks() == []
+    assert "removed stale locks" in err
+
+
+@pytest.mark.integration
+@needs_restic
+def test_a_failed_forget_makes_the_backup_partial_and_leaves_no_lock(world, capsys):
+    src = tree(world.root / "src")
+    fifo = fifo_snapshot(world)
+    # The post hook runs between the backup and forget: from there, forget blocks (holding
+    # its exclusive lock) until restic_timeout kills it.
+    world.service("app", paths=[str(src)], post=f"mkfifo {fifo}")
+    world.settings["restic_timeout"] = "5s"
+    try:
+        code, out, err = world.svc(capsys, "backup", "local", "app", "--json")
+    finally:
+        fifo.unlink(missing_ok=True)
+    assert code == 0, err  # the snapshot was saved: partial, which exits 0 like unreadable files
+    [row] = json.loads(out)["services"]
+    assert row["state"] == "partial" and row["snapshot_id"]
+    assert row["forget"]["ran"] is True and "timed out" in row["forget"]["error"]
+    [warning] = row["warnings"]
+    assert warning.startswith("forget failed, old snapshots were not removed: ")
+    assert "timed out after 5s" in warning
+    assert "warning: app: forget failed" in err
+    [job] = world.jobs()
+    assert job.state is JobState.SUCCEEDED and job.result["state"] == "partial"
+    assert world.locks() == []  # the killed forget's exclusive lock was removed
+    code, out, err = world.svc(capsys, "list", "--json")
+    assert code == 0, err
+    assert "partial" in out
+
+
+@pytest.mark.integration
+@needs_restic
+def test_sigterm_during_forget_removes_its_exclusive_lock(world, capsys):
+    src = tree(world.root / "src")
+    fifo = fifo_snapshot(world)
+    world.service("app", paths=[str(src)], post=f"mkfifo {fifo}")
+    world.write()
+    try:
+        with subprocess.Popen(
+            [SVC, "--config", str(world.config), "backup", "local", "app", "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as proc:
+            try:
+                deadline = time.monotonic() + 60
+                # The backup's own lock is gone before the post hook makes the FIFO.
+                while not (fifo.exists() and world.locks()):
+                    assert proc.poll() is None, proc.communicate()
+                    assert time.monotonic() < deadline, "forget never took its lock"
+                    time.sleep(0.02)
+                proc.send_signal(signal.SIGTERM)
+                out, err = proc.communicate(timeout=60)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+    finally:
+        fifo.unlink(missing_ok=True)
+    assert proc.returncode == 143, err
+    [row] = json.loads(out)["services"]
+    assert row["state"] == "partial" and row["snapshot_id"]
+    assert "restic forget interrupted by SIGTERM" in row["forget"]["error"]
+    assert world.locks() == []
+    # The next backup is not refused "exclusively locked".
+    del world.settings["services"]["app"]["backup"]["post"]
+    code, _out, err = world.svc(capsys, "backup", "local", "app")
+    assert code == 0, err
+
+
+@pytest.mark.integration
+@needs_restic
+def test_a_local_repository_that_is_a_file_is_exit_1_without_an_ssh_hint(world, capsys):
+    src = tree(world.root / "src")
+    world.service("app", paths=[str(src)], policy=NO_FORGET)
+    world.settings["repositories"]["local"]["repository"] = str(world.password / "keys")
+    code, _out, err = world.svc(capsys, "backup", "local", "app")
+    assert code == 1, err
+    assert "error: app: restic backup: cannot open the repository: " in err
+    assert "a local repository: check that its path is a directory" in err
+    assert "ssh" not in err and "reachable" not in err
+    code, _out, err = world.svc(capsys, "list-backups", "local", "app")
+    assert code == 1, err
+    assert "ssh" not in err
+
+
+@pytest.mark.integration
+@needs_restic
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(("backup", "local", "app"), id="backup"),
+        pytest.param(("list-backups", "local", "app"), id="list-backups"),
+        pytest.param(("check", "local"), id="check"),
+        pytest.param(("restore", "local", "app", "latest"), id="restore"),
+        pytest.param(("init", "local"), id="init"),
+    ],
+)
+def test_a_rest_server_refusing_the_connection_is_exit_3(world, capsys, args):
+    src = tree(world.root / "src")
+    world.service("app", paths=[str(src)], policy=NO_FORGET)
+    location = f"rest:http://127.0.0.1:{closed_port()}/"
+    world.settings["repositories"]["local"]["repository"] = location
+    code, _out, err = world.svc(capsys, *args)
+    assert code == 3, err
+    assert "connection refused" in err and "reachable" in err
+
+
+@pytest.mark.integration
+@needs_restic
+@pytest.mark.parametrize(
+    ("kind", "setting"),
+    [
+        pytest.param("fifo", "password_file", id="password-fifo"),
+        pytest.param("dir", "password_file", id="password-dir"),
+        pytest.param("fifo", "repository_file", id="repository-file-fifo"),
+    ],
+)
+def test_a_password_file_that_is_no_regular_file_is_a_config_error(world, capsys, kind, setting):
+    src = tree(world.root / "src")
+    world.service("app", paths=[str(src)], policy=NO_FORGET, **world.logging_hooks())
+    odd = world.root / "odd"
+    if kind == "fifo":
+        os.mkfifo(odd)
+    else:
+        odd.mkdir()
+    local = world.settings["repositories"]["local"]
+    if setting == "repository_file":
+        del local["repository"]
+    local[setting] = str(odd)
+    # Without the check restic would wait for a writer until restic_timeout.
+    world.settings["restic_timeout"] = "10s"
+    started = time.monotonic()
+    code, out, err = world.svc(capsys, "backup", "local", "app")
+    assert code == 2, err
+    assert time.monotonic() - started < 8
+    assert out == "" and err.count("\n") == 1
+    assert f"repositories.local.{setting}: not a regular file" in err
+    assert world.jobs() == [] and world.hooks_ran() == []
+    for args in (("init", "local"), ("list-backups", "local", "app")):
+        code, _out, err = world.svc(capsys, *args)
+        assert code == 2 and f"repositories.local.{setting}: not a regular file" in err, args
+
+
+@pytest.mark.integration
+@needs_restic
+def test_hook_output_keeps_only_a_bounded_tail(world, capsys):
+    src = tree(world.root / "src")
+    total = 3 * backup_flow.HOOK_OUTPUT_KEEP
+    pre = f"head -c {total} /dev/zero | tr '\\0' x; echo END; echo oops >&2"
+    world.service("app", paths=[str(src)], policy=NO_FORGET, pre=pre)
+    code, out, err = world.svc(capsys, "backup", "local", "app", "--json")
+    assert code == 0, err
+    [row] = json.loads(out)["services"]
+    dropped = total + len("END\n") - backup_flow.HOOK_OUTPUT_KEEP
+    assert row["hooks"]["pre"]["stdout_dropped"] == dropped
+    assert row["hooks"]["pre"]["stderr_dropped"] == 0
+    assert f"the pre hook's stdout was cut to its last {backup_flow.HOOK_OUTPUT_KEEP}" in err
+    [job] = world.jobs()
+    kept = world.artifact(job, "hooks/pre.stdout.txt").read_bytes()
+    note = f"[svc: output cut: the first {dropped} bytes were dropped, ".encode()
+    assert kept.startswith(note)
+    assert len(kept) < backup_flow.HOOK_OUTPUT_KEEP + 200
+    assert kept.endswith(b"xxxEND\n")
+    assert world.artifact(job, "hooks/pre.stderr.txt").read_text() == "oops\n"

@@ -138,3 +138,36 @@ def test_the_password_never_reaches_argv_or_the_logs(
     # The debug log shows every restic argv: the password is in none of them.
     assert "argv=" in err or "restic" in err
     assert "correct horse" not in err
+
+
+def test_init_of_an_unreachable_sftp_host_is_exit_3_like_backup(
+    capsys: pytest.CaptureFixture[str], svc_config: Path, tmp_path: Path
+) -> None:
+    config = json.loads(svc_config.read_text())
+    # An ssh that exits at once: what restic sees when the host is down (loopback only).
+    config["repositories"]["remote"] = {
+        "repository": "sftp:nobody@127.0.0.1:/srv/restic",
+        "password_file": str(tmp_path / "pw"),
+        "options": ["sftp.command=false"],
+    }
+    svc_config.write_text(json.dumps(config))
+    for args in (("init", "remote"), ("backup", "remote", "web")):
+        code, _out, err = run_svc(capsys, "--config", str(svc_config), *args)
+        assert code == 3, (args, err)
+        assert "unable to start the sftp session" in err and "reachable" in err, args
+
+
+def test_init_through_a_repository_file_names_the_file(
+    capsys: pytest.CaptureFixture[str], svc_config: Path, tmp_path: Path
+) -> None:
+    config = json.loads(svc_config.read_text())
+    where = tmp_path / "repository.txt"
+    where.write_text(f"{tmp_path / 'pw'}\n")  # a file, where a directory should be
+    local = config["repositories"]["local"]
+    del local["repository"]
+    local["repository_file"] = str(where)
+    svc_config.write_text(json.dumps(config))
+    code, out, err = run_svc(capsys, "--config", str(svc_config), "init", "local")
+    assert (code, out) == (1, ""), err
+    assert f"create repository at repository_file {where} failed" in err
+    assert "at  failed" not in err and "ssh" not in err

@@ -387,9 +387,16 @@ def test_parse_backup_line(case):
 @pytest.mark.parametrize("case", _cases("restic_runs.json"))
 def test_classify_run(case):
     verdict = r.classify_run(
-        case["exit_code"], case["stderr"], version=_version(case["version"]), repo="local"
+        case["exit_code"],
+        case["stderr"],
+        version=_version(case["version"]),
+        repo="local",
+        location=case.get("repository"),
+        named=case.get("named"),
     )
     expect = case["expect"]
+    for absent in expect.get("absent", []):
+        assert absent not in f"{verdict.message} ({verdict.fix})", absent
     assert verdict.outcome == r.ResticOutcome(expect["outcome"])
     assert verdict.exit_code == case["exit_code"]
     assert "\n" not in verdict.message

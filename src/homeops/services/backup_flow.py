@@ -9,29 +9,33 @@
 4. ``restic backup --json`` of the paths and the volume mountpoints, tagged with the service
    name and ``backup.tags``, with ``backup.exclude``; its status lines are progress.
 5. The containers are started again in a ``finally`` right after restic, whatever happened
-   (restic failed, SIGINT/SIGTERM, the handler cancelled); a restic that was interrupted
-   has its stale lock removed (``restic unlock``: 0.14 leaves it behind on SIGTERM).
+   (restic failed, SIGINT/SIGTERM, the handler cancelled); a restic we killed (interrupted,
+   cancelled, or past ``restic_timeout``) has its stale lock removed (``restic unlock``:
+   0.14 leaves it behind on SIGTERM).
 6. ``post`` hook: always, once the run got past step 1 (also when ``pre`` failed, so that
    it can undo what ``pre`` did); ``$SVC_BACKUP_STATE`` tells it how things went.
 7. ``forget --prune`` per ``backup.policy``, grouped by tags, of this service's tag only,
    when the snapshot was saved. Skipped when the policy keeps nothing (restic would refuse)
    or when another service carries this service's name as a tag (its snapshots would be
-   pruned by this policy). A failed forget is a warning: the snapshot is good.
+   pruned by this policy). A failed forget makes the run ``partial`` with a warning: the
+   snapshot is good, but retention did not run. A forget we killed (stop request,
+   cancellation, ``restic_timeout``) has its exclusive lock removed (``restic unlock``).
 
 ``--dry-run``: no hooks, nothing stopped, ``backup --dry-run`` and ``forget --dry-run``.
 
-Outcome: restic's exit 3 (unreadable files) and missing source paths are ``partial``: the
-snapshot was saved, the warnings list the paths. A failure of any step (pre, stop, restic,
-starting the containers again, post) raises :class:`BackupFailed` naming every failed step,
-after all the clean-up steps ran. A stop request (:class:`StopRequest`, set by the CLI on
-SIGINT/SIGTERM) kills the step running (pre hook, stop, restic, forget) and goes on with the
-clean-up steps, which are never cut short: not by a stop request, not by cancellation (a
-cancelled run finishes them, then raises ``CancelledError``).
+Outcome: restic's exit 3 (unreadable files), missing source paths and a failed forget are
+``partial``: the snapshot was saved, the warnings say what to look at. A failure of any step
+(pre, stop, restic, starting the containers again, post) raises :class:`BackupFailed` naming
+every failed step, after all the clean-up steps ran. A stop request (:class:`StopRequest`,
+set by the CLI on SIGINT/SIGTERM) kills the step running (pre hook, stop, restic, forget)
+and goes on with the clean-up steps, which are never cut short: not by a stop request, not
+by cancellation (a cancelled run finishes them, then raises ``CancelledError``).
 
 Hook environment: the caller's, plus ``SVC_SERVICE``, ``SVC_REPO`` (local/remote),
 ``SVC_HOOK`` (pre/post), and for post ``SVC_BACKUP_STATE`` (ok, partial, failed,
-interrupted) and ``SVC_SNAPSHOT_ID`` (empty when none). Hooks run in the service's
-directory (the compose file's) when it exists.
+interrupted; forget runs after it, so a forget failure is not in it) and ``SVC_SNAPSHOT_ID``
+(empty when none). Hooks run in the service's directory (the compose file's) when it exists.
+Of each hook stream only the last HOOK_OUTPUT_KEEP bytes are kept (memory, result, artifacts).
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -58,6 +64,7 @@ from homeops.services import restic as r
 from homeops.services import units
 
 if TYPE_CHECKING:
+    from homeops.core.process import ProcessResult
     from homeops.services.repo import Repo
     from homeops.services.settings import Backup, SvcSettings
 
@@ -67,6 +74,10 @@ T = TypeVar("T")
 # stdout, so a night-long backup would hold ~100 MB of them. A few a second is plenty.
 PROGRESS_FPS: Final = "4"
 UNLOCK_TIMEOUT_S: Final = 120.0
+# How much of each hook stream is kept (in memory, the job's artifacts and the result): the
+# tail, where a failing hook says why. The process seam has no output cap, so a hook writes
+# to files and only their tails are read back.
+HOOK_OUTPUT_KEEP: Final = 1 << 20
 _OUTPUT_TAIL: Final = 3
 _SUMMARY_FIELDS: Final = (
     "files_new",
@@ -161,6 +172,8 @@ class HookRun:
     stdout: str = ""
     stderr: str = ""
     error: str | None = None
+    stdout_dropped: int = 0  # bytes cut from the start of the output (HOOK_OUTPUT_KEEP)
+    stderr_dropped: int = 0
 
     def as_json(self) -> dict[str, Any]:
         """The hook in the job result (output goes to the artifacts)."""
@@ -168,6 +181,8 @@ class HookRun:
             "exit_code": self.exit_code,
             "duration_ms": round(self.duration_ms, 1),
             "error": self.error,
+            "stdout_dropped": self.stdout_dropped,
+            "stderr_dropped": self.stderr_dropped,
         }
 
 
@@ -349,18 +364,49 @@ async def _hook(
     extra_env: dict[str, str] | None = None,
 ) -> None:
     """Run one hook; :class:`OperationalError` (or a timeout, exit 4) when it fails."""
-    from homeops.core import process
-
     run = record.hooks[phase] = HookRun(phase)
     directory = Path(settings.compose_file(record.service)).parent
     started = time.monotonic()
     _log.info("hook", f"running the {phase} hook", service=record.service)
+    with tempfile.TemporaryDirectory(prefix="svc-hook-") as tmp:
+        out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+        try:
+            cwd = str(directory) if directory.is_dir() else None
+            done = await _run_hook(settings, record, phase, script, extra_env, cwd, out, err)
+        finally:
+            run.duration_ms = (time.monotonic() - started) * 1000
+            run.stdout, run.stdout_dropped = _hook_tail(out, phase, "stdout", record.service)
+            run.stderr, run.stderr_dropped = _hook_tail(err, phase, "stderr", record.service)
+    run.exit_code = done.returncode
+    if not done.ok:
+        said = _tail(_last_lines(run.stderr)) or _tail(_last_lines(run.stdout))
+        run.error = f"{phase} hook failed (exit {done.returncode})" + (f": {said}" if said else "")
+        raise OperationalError(run.error)
+
+
+async def _run_hook(
+    settings: SvcSettings,
+    record: BackupRecord,
+    phase: str,
+    script: str,
+    extra_env: dict[str, str] | None,
+    cwd: str | None,
+    out: Path,
+    err: Path,
+) -> ProcessResult:
+    from homeops.core import process
+
+    run = record.hooks[phase]
+    # The hook's stdout/stderr go to files (only their tails are read back); fd 9 keeps the
+    # seam's pipe open, so what the hook leaves running in the background is still ended
+    # with it, as before.
+    redirect = f"exec 9>&2 >{shlex.quote(str(out))} 2>{shlex.quote(str(err))}\n"
     try:
-        done = await process.run(
-            [settings.tools.bash, "-c", script],
+        return await process.run(
+            [settings.tools.bash, "-c", redirect + script],
             timeout=settings.hook_timeout,
             env=_hook_env(record.service, record.repo, phase, extra_env or {}),
-            cwd=str(directory) if directory.is_dir() else None,
+            cwd=cwd,
         )
     except HomeopsTimeout as exc:
         run.error = f"{phase} hook timed out after {settings.hook_timeout:g}s (killed)"
@@ -374,13 +420,39 @@ async def _hook(
     except HomeopsError as exc:
         run.error = f"{phase} hook could not run: {exc}"
         raise OperationalError(run.error) from exc
-    finally:
-        run.duration_ms = (time.monotonic() - started) * 1000
-    run.exit_code, run.stdout, run.stderr = done.returncode, done.stdout, done.stderr
-    if not done.ok:
-        said = _tail(done.stderr) or _tail(done.stdout)
-        run.error = f"{phase} hook failed (exit {done.returncode})" + (f": {said}" if said else "")
-        raise OperationalError(run.error)
+
+
+def _hook_tail(path: Path, phase: str, stream: str, service: str) -> tuple[str, int]:
+    """The last HOOK_OUTPUT_KEEP bytes a hook wrote to ``stream`` (with a first line saying
+    how much was cut, when something was) and how many bytes were dropped."""
+    try:
+        with path.open("rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            dropped = max(size - HOOK_OUTPUT_KEEP, 0)
+            fh.seek(dropped)
+            data = fh.read(HOOK_OUTPUT_KEEP)
+    except OSError:  # the hook never started (bash missing) or removed the file
+        return "", 0
+    if not dropped:
+        return data.decode("utf-8", "replace"), 0
+    # Start at a character boundary, not in the middle of a multi-byte one.
+    start = next((i for i, b in enumerate(data[:4]) if b & 0xC0 != 0x80), 0)
+    _log.warn(
+        "hook",
+        f"the {phase} hook's {stream} was cut to its last {HOOK_OUTPUT_KEEP} bytes",
+        service=service,
+        dropped_bytes=dropped,
+    )
+    note = (
+        f"[svc: output cut: the first {dropped} bytes were dropped, "
+        f"the last {HOOK_OUTPUT_KEEP} bytes follow]\n"
+    )
+    return note + data[start:].decode("utf-8", "replace"), dropped
+
+
+def _last_lines(text: str) -> str:
+    # Only the end matters for the message: do not split a whole MiB into lines.
+    return text[-4096:]
 
 
 @dataclass
@@ -568,9 +640,14 @@ async def _run_steps(
             except HomeopsError as exc:
                 failures.add("post", exc)
     if record.state in (BackupState.OK, BackupState.PARTIAL):
-        record.forget = await _forget(settings, repo, restic, record, stop)
+        record.forget = await _forget(settings, repo, restic, record, stop, cleanup)
         if record.forget.error is not None:
-            record.warnings.append(f"forget: {record.forget.error}")
+            # The snapshot is good, but retention did not run: partial, so that `svc list`
+            # shows it (a warning alone would let retention stop silently for good).
+            record.state = BackupState.PARTIAL
+            record.warnings.append(
+                f"forget failed, old snapshots were not removed: {record.forget.error}"
+            )
 
 
 def _post_state(record: BackupRecord, failures: _Failures, stop: StopRequest | None) -> str:
@@ -632,6 +709,11 @@ async def _snapshot(
         except Interrupted:
             killed = True
             raise
+        except HomeopsTimeout as exc:
+            # Killed by us after restic_timeout: 0.14 leaves its lock behind on SIGTERM.
+            killed = True
+            failures.add("restic", HomeopsTimeout(f"restic backup: {exc}"))
+            return
         except asyncio.CancelledError:
             killed = True
             record.interrupted = record.interrupted or "cancellation"
@@ -684,8 +766,9 @@ def _read_backup(
 
 
 async def _unlock(repo: Repo, restic: r.Restic) -> None:
-    """Remove the stale lock an interrupted restic left (only stale ones: never a live
-    run's); a failure is logged, the user is told how in the restic error anyway."""
+    """Remove the stale lock a restic we killed left (interrupted, cancelled or timed out;
+    plain ``restic unlock``: only stale locks, never a live run's); a failure is logged,
+    the user is told how in the restic error anyway."""
     try:
         _done, verdict = await repo.run(r.unlock_argv(restic), timeout=UNLOCK_TIMEOUT_S)
     except HomeopsError as exc:
@@ -703,6 +786,7 @@ async def _forget(
     restic: r.Restic,
     record: BackupRecord,
     stop: StopRequest | None,
+    cleanup: _Cleanup,
 ) -> ForgetRun:
     service = record.service
     policy = settings.services[service].backup.policy
@@ -725,8 +809,26 @@ async def _forget(
         return run
     argv = r.forget_argv(restic, tag=service, policy=keep, dry_run=record.dry_run)
     run.ran = True
+    started: list[bool] = []
+
+    async def forget() -> tuple[ProcessResult, r.ResticVerdict]:
+        started.append(True)
+        return await repo.run(argv)
+
     try:
-        done, verdict = await _guard(repo.run(argv), stop, "restic forget")
+        done, verdict = await _guard(forget(), stop, "restic forget")
+    except (Interrupted, HomeopsTimeout) as exc:
+        # forget --prune holds an exclusive lock; killed (0.14 has no SIGTERM handler) it
+        # stays, and every later backup would fail "exclusively locked".
+        run.error = str(exc)
+        if started:
+            await cleanup.run(_unlock(repo, restic))
+        return run
+    except asyncio.CancelledError:
+        record.interrupted = record.interrupted or "cancellation"
+        if started:
+            await cleanup.run(_unlock(repo, restic))
+        raise
     except HomeopsError as exc:
         run.error = str(exc)
         return run

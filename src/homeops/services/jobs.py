@@ -21,8 +21,9 @@ repository, without calling restic)::
       "repo": "local",                  # the repository name, as in the payload
       "service": "app",
       "dry_run": false,                 # true: nothing was saved (snapshot_id is null)
-      "state": "ok" | "partial",        # partial: saved, but some sources were unreadable
-                                        #   or missing (see warnings, unreadable, ...)
+      "state": "ok" | "partial",        # partial: saved, but something to look at: some
+                                        #   sources were unreadable or missing, or forget
+                                        #   failed (see warnings, unreadable, forget.error)
       "started_at": "2025-01-02T03:00:00.123Z",   # RFC 3339 UTC, of the backup run
       "finished_at": "2025-01-02T03:01:10.456Z",
       "duration_s": 70.333,
@@ -41,10 +42,11 @@ repository, without calling restic)::
       "missing_sources": [],
       "stopped": false,                 # its containers were stopped for the snapshot
       "restic_version": "0.14.0",
-      "hooks": {"pre": {"exit_code": 0, "duration_ms": 12.3, "error": null},
+      "hooks": {"pre": {"exit_code": 0, "duration_ms": 12.3, "error": null,
+                        "stdout_dropped": 0, "stderr_dropped": 0},  # bytes cut (1 MiB kept)
                 "post": {...}},         # only the hooks that ran
       "forget": {"ran": true, "dry_run": false, "kept": 10, "removed": 1,
-                 "error": null,         # a failed forget is a warning, not a failure
+                 "error": null,         # a failed forget: state partial, and a warning
                  "skipped": null}       # why it did not run (empty policy ...)
     }
 
@@ -57,7 +59,8 @@ state), else the result's ``state``.
 Artifacts: ``restic/summary.json`` (restic's own summary line), ``restic/forget.json``
 (restic's forget groups) and ``restic/prune.txt`` when forget ran, ``restic/stderr.txt`` when
 restic wrote to stderr (its errors, unreadable files), ``hooks/<pre|post>.stdout.txt`` and
-``.stderr.txt`` when a hook printed anything. Kept for failed runs too.
+``.stderr.txt`` when a hook printed anything (the last 1 MiB of each; when cut, a first line
+says how many bytes were dropped). Kept for failed runs too.
 """
 
 from __future__ import annotations

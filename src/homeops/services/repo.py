@@ -10,7 +10,9 @@ locked repository is retried for ``retry_lock_s`` on a restic too old to do it i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import stat
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
     from homeops.services.settings import Repository, SvcSettings
 
 RepoName = Literal["local", "remote"]
+# A repository location is one short line; restic reads no more either.
+_LOCATION_MAX: Final = 4096
 # A locked repository is asked again this often while --retry-lock lasts (restic < 0.16).
 LOCK_RETRY_PAUSE_S: Final = 5.0
 
@@ -54,6 +58,7 @@ class Repo:
     retry_lock_s: float | None = None
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    source: str = "services.json"
     _restic: r.Restic | None = None
 
     @classmethod
@@ -79,12 +84,51 @@ class Repo:
             settings.tools.restic,
             settings.restic_timeout,
             retry_lock_s=retry_lock_s,
+            source=source,
         )
 
     @property
     def location(self) -> str:
         """Where the repository is, as the user wrote it (for messages)."""
-        return self.config.repository or f"file {self.config.repository_file}"
+        if self.config.repository:
+            return self.config.repository
+        return f"repository_file {self.config.repository_file}"
+
+    def _given_location(self) -> str | None:
+        """The repository restic is given: the configured one, or the repository_file's
+        text (what restic reads from it); None when that cannot be read."""
+        if self.config.repository:
+            return self.config.repository
+        if self.config.repository_file is None:
+            return None
+        try:
+            fd = os.open(self.config.repository_file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            return os.read(fd, _LOCATION_MAX).decode("utf-8", "replace").strip() or None
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+    def check_files(self) -> None:
+        """Refuse a password file or repository_file that is not a regular file (a FIFO
+        would block restic until restic_timeout, a device or directory is a mistake): a
+        ConfigError (exit 2) naming the setting. A missing or unreadable file is left to
+        restic, which names it. The file is never read here."""
+        where = f"repositories.{self.name}"
+        for key, path in (
+            ("password_file", self.config.password_file),
+            ("repository_file", self.config.repository_file),
+        ):
+            if path is None:
+                continue
+            problem = _not_regular(os.fspath(path))
+            if problem is not None:
+                raise ConfigError(self.source, f"{where}.{key}", problem)
 
     def env(self) -> dict[str, str]:
         """The environment restic runs with: this repository and its password file."""
@@ -98,7 +142,9 @@ class Repo:
         )
 
     async def restic(self) -> r.Restic:
-        """restic with its version known (asked once)."""
+        """restic with its version known (asked once); the repository's files checked
+        (:meth:`check_files`) every time, before anything runs."""
+        self.check_files()
         if self._restic is None:
             from homeops.core import process
 
@@ -145,7 +191,12 @@ class Repo:
             except ToolMissing as exc:
                 raise ToolMissing(f"restic: {exc}") from exc
             verdict = r.classify_run(
-                done.returncode, done.stderr, version=restic.version, repo=self.name
+                done.returncode,
+                done.stderr,
+                version=restic.version,
+                repo=self.name,
+                location=self._given_location(),
+                named=self.location,
             )
             locked = verdict.outcome is r.ResticOutcome.LOCKED
             if not locked or restic.native_retry_lock or time.monotonic() >= deadline:
@@ -160,3 +211,40 @@ class Repo:
         if error is not None:
             raise error
         return done
+
+
+def _not_regular(path: str) -> str | None:
+    """Why ``path`` is no regular file restic can read its one line from, or None (also
+    when it does not exist: restic says so itself)."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(found.st_mode):
+        return f"not a regular file ({_kind(found.st_mode)}): {path}"
+    # Opened without blocking and closed unread: a FIFO swapped in after the stat would
+    # otherwise block here, and fstat tells what was really opened.
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        opened = os.fstat(fd)
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    if not stat.S_ISREG(opened.st_mode):
+        return f"not a regular file ({_kind(opened.st_mode)}): {path}"
+    return None
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a file"

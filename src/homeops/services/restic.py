@@ -1127,16 +1127,57 @@ class _Explained:
     location: str | None = None
 
 
+# Backends that reach another host; anything else (a path, ``local:``) is this machine's disk.
+_REMOTE_SCHEMES: Final = ("sftp:", "rest:", "s3:", "b2:", "azure:", "gs:", "swift:", "rclone:")
+# restic's words when the host behind the repository could not be reached (0.14 and 0.17+,
+# sftp and rest); a local repository never says them.
+_UNREACHABLE_TEXTS: Final = (
+    "unable to start the sftp session",
+    "dial tcp",
+    "connection refused",
+    "no such host",
+    "no route to host",
+    "network is unreachable",
+    "i/o timeout",
+)
+# Where restic names the repository it could not open or create (0.14 and 0.17).
+_OPENED_AT = re.compile(
+    r"(?:unable to open repository at|create repository at) (?P<loc>\S+?)(?::\s| failed)"
+)
+
+
+def is_local_location(location: str) -> bool:
+    """Whether a repository location is on this machine (a path or ``local:``): such a
+    repository can be missing or broken, never unreachable."""
+    return not location.strip().lower().startswith(_REMOTE_SCHEMES)
+
+
+def _local(said: str, location: str | None) -> bool | None:
+    if location is not None and location.strip():
+        return is_local_location(location)
+    found = _OPENED_AT.search(said)
+    return is_local_location(found.group("loc")) if found else None
+
+
 def classify_run(
     exit_code: int,
     stderr: str,
     *,
     version: ResticVersion | None = None,
     repo: str | None = None,
+    location: str | None = None,
+    named: str | None = None,
 ) -> ResticVerdict:
     """Classify a finished restic run from its exit code and stderr (where restic writes
     every error, warning and, with ``--json``, its error lines). ``version`` decides whether
-    codes 10/11/12 can be restic's own; ``repo`` (``local``/``remote``) goes into the fixes."""
+    codes 10/11/12 can be restic's own; ``repo`` (``local``/``remote``) goes into the fixes.
+
+    ``location`` is the repository restic was given, when known (also when it came from a
+    repository_file): a local one is never ``unreachable``. ``named`` is how to name it
+    where restic leaves it out (0.14's ``create repository at  failed`` for a
+    repository_file)."""
+    if named:
+        stderr = stderr.replace("repository at  failed", f"repository at {named} failed")
     report = parse_backup_output("", stderr)
     lines = [
         line
@@ -1147,7 +1188,14 @@ def classify_run(
         lines += [_clean(part) for part in report.exit_error.message.splitlines() if part.strip()]
     detail = _detail(lines)
     shown = detail.removeprefix("Fatal: ") if detail else None
-    explained = _explain_code(exit_code, "\n".join(lines), shown, version, repo, report)
+    said = "\n".join(lines)
+    explained = _explain_code(exit_code, said, shown, version, repo, report)
+    if explained.outcome is ResticOutcome.UNREACHABLE and _local(said, location):
+        explained = _Explained(
+            ResticOutcome.FAILED,
+            f"cannot open the repository: {shown or 'no detail'}",
+            "a local repository: check that its path is a directory restic can read and write",
+        )
     return ResticVerdict(
         outcome=explained.outcome,
         exit_code=exit_code,
@@ -1225,6 +1273,9 @@ def _outcome_from_text(said: str) -> ResticOutcome:
     lowered = said.lower()
     if "wrong password or no key found" in lowered:
         return ResticOutcome.WRONG_PASSWORD
+    if any(text in lowered for text in _UNREACHABLE_TEXTS):
+        # Before "is there a repository ...?", which 0.14 also asks when the host is down.
+        return ResticOutcome.UNREACHABLE
     if "repository is already locked" in lowered or "unable to create lock" in lowered:
         return ResticOutcome.LOCKED
     if "repository does not exist" in lowered or (
@@ -1341,7 +1392,8 @@ def _explain(outcome: ResticOutcome, said: str, detail: str | None, repo: str | 
             return _Explained(
                 outcome,
                 f"cannot open the repository: {detail or 'no detail'}",
-                "check that the repository host is reachable (ssh/sftp) and its location",
+                "check that the repository host is reachable (ssh/sftp, rest server) and "
+                "the repository location",
             )
         case ResticOutcome.OK | ResticOutcome.PARTIAL | ResticOutcome.INTERRUPTED:
             # Decided by the exit code alone, before any text is read.

@@ -73,8 +73,9 @@ def backup_command(
         chosen = repo_name(repo)
         names = _chosen_services(settings, service)
         wait = None if retry_lock is None else duration_flag("--retry-lock", retry_lock)
-        # Refuse an unconfigured repository here (exit 2), not once per job.
-        Repo.of(settings, chosen, source=config_source(ctx), retry_lock_s=wait)
+        # Refuse an unconfigured repository (or a password file that is a FIFO ...) here
+        # (exit 2), not once per job.
+        Repo.of(settings, chosen, source=config_source(ctx), retry_lock_s=wait).check_files()
         core = load_core(ctx).settings
         try:
             rows, interrupted = run_async(
