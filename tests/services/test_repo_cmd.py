@@ -74,6 +74,8 @@ def test_list_backups_shows_only_the_services_snapshots(
     assert code == 0, err
     assert out.splitlines()[0].split() == ["ID", "TIME", "TAGS", "PATHS"]
     assert snapshot["short_id"] in out
+    [row] = out.splitlines()[1:]
+    assert row.split()[-1] == str(tmp_path / "data")  # the path itself, not a count
 
 
 def test_check_passes_on_a_sound_repository(

@@ -133,12 +133,19 @@ def list_backups_command(
         if not snapshots:
             return f"no backups of {service} in {repo}"
         rows = [
-            (s.short_id, s.time.strftime("%Y-%m-%d %H:%M:%S"), ",".join(s.tags), len(s.paths))
+            (s.short_id, s.time.strftime("%Y-%m-%d %H:%M:%S"), ",".join(s.tags), _paths(s.paths))
             for s in snapshots
         ]
         return text_table(("id", "time", "tags", "paths"), rows)
 
     out.result(data, text)
+
+
+def _paths(paths: tuple[str, ...]) -> str:
+    """The first path, and how many more (a volume's mountpoint is long)."""
+    if not paths:
+        return "-"
+    return paths[0] + (f" (+{len(paths) - 1})" if len(paths) > 1 else "")
 
 
 def _snapshot_json(snapshot: Snapshot) -> dict[str, Any]:
