@@ -46,7 +46,7 @@ import os
 import shlex
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -62,6 +62,8 @@ from homeops.core.errors import (
 from homeops.core.logging import format_ts, get_logger
 from homeops.services import restic as r
 from homeops.services import units
+from homeops.services.stop import StopRequest as StopRequest  # re-exported
+from homeops.services.stop import guard
 
 if TYPE_CHECKING:
     from homeops.core.process import ProcessResult
@@ -136,30 +138,6 @@ class Interrupted(OperationalError):
         super().__init__(f"{step} interrupted by {reason}" + (f" ({note})" if note else ""))
         self.step = step
         self.reason = reason
-
-
-class StopRequest:
-    """Ask running backups to stop (the CLI sets it on SIGINT/SIGTERM, with the signal's
-    name): the running step is killed, the clean-up steps still run."""
-
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
-        self.reason: str | None = None
-
-    def request(self, reason: str) -> None:
-        """Stop, because of ``reason`` (``SIGINT``); only the first reason is kept."""
-        if self.reason is None:
-            self.reason = reason
-        self._event.set()
-
-    @property
-    def requested(self) -> bool:
-        """Whether a stop was asked for."""
-        return self._event.is_set()
-
-    async def wait(self) -> None:
-        """Return once a stop is asked for."""
-        await self._event.wait()
 
 
 @dataclass
@@ -308,27 +286,8 @@ def _tail(text: str) -> str:
 
 
 async def _guard(awaitable: Awaitable[T], stop: StopRequest | None, step: str) -> T:
-    """Await ``awaitable``; a stop request cancels it (killing its process group) and
-    raises :class:`Interrupted`."""
-    if stop is None:
-        return await awaitable
-    if stop.requested:
-        if isinstance(awaitable, Coroutine):
-            awaitable.close()
-        raise Interrupted(step, stop.reason or "a stop request")
-    task = asyncio.ensure_future(awaitable)
-    waiter = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiter.cancel()
-        if not task.done():
-            task.cancel()
-            # The process seam kills the group before the cancellation ends.
-            await asyncio.gather(task, return_exceptions=True)
-    if task.cancelled():
-        raise Interrupted(step, stop.reason or "a stop request")
-    return task.result()
+    """Await ``awaitable``; a stop request cancels it and raises :class:`Interrupted`."""
+    return await guard(awaitable, stop, lambda reason: Interrupted(step, reason))
 
 
 class _Cleanup:

@@ -59,7 +59,7 @@ import re
 import shutil
 import stat
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -72,6 +72,8 @@ from homeops.core.errors import ExitCode, HomeopsError, OperationalError, UsageE
 from homeops.core.logging import format_ts, get_logger
 from homeops.services import restic as r
 from homeops.services.settings import AbsolutePath, check_service_name
+from homeops.services.stop import StopRequest as StopRequest  # re-exported
+from homeops.services.stop import guard
 
 if TYPE_CHECKING:
     from homeops.core.jobs.types import JobType
@@ -121,30 +123,6 @@ class RestoreInterrupted(RestoreFailed):
     def __init__(self, reason: str, where: str) -> None:
         super().__init__(f"restore interrupted by {reason}; {where}")
         self.reason = reason
-
-
-class StopRequest:
-    """Ask a running restore to stop (the CLI sets it on SIGINT/SIGTERM): restic is killed
-    if it still runs; once the service was stopped, the restore finishes first."""
-
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
-        self.reason: str | None = None
-
-    def request(self, reason: str) -> None:
-        """Stop, because of ``reason`` (``SIGINT``); only the first reason is kept."""
-        if self.reason is None:
-            self.reason = reason
-        self._event.set()
-
-    @property
-    def requested(self) -> bool:
-        """Whether a stop was asked for."""
-        return self._event.is_set()
-
-    async def wait(self) -> None:
-        """Return once a stop is asked for."""
-        await self._event.wait()
 
 
 # -- pure: choosing the snapshot, the paths ---------------------------------------------------
@@ -506,26 +484,9 @@ class RestoreRecord:
 
 
 async def _guard(awaitable: Awaitable[T], stop: StopRequest | None, where: str) -> T:
-    """Await ``awaitable``; a stop request cancels it (the process seam kills restic's
-    group) and raises :class:`RestoreInterrupted` saying ``where`` things are."""
-    if stop is None:
-        return await awaitable
-    if stop.requested:
-        if isinstance(awaitable, Coroutine):
-            awaitable.close()
-        raise RestoreInterrupted(stop.reason or "a stop request", where)
-    task = asyncio.ensure_future(awaitable)
-    waiter = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiter.cancel()
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-    if task.cancelled():
-        raise RestoreInterrupted(stop.reason or "a stop request", where)
-    return task.result()
+    """Await ``awaitable``; a stop request cancels it and raises
+    :class:`RestoreInterrupted` saying ``where`` things are."""
+    return await guard(awaitable, stop, lambda reason: RestoreInterrupted(reason, where))
 
 
 async def _labels(
