@@ -12,7 +12,6 @@ it failed once) each caller fsyncs its own paths, as before.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import threading
 from collections.abc import Callable, Iterable
@@ -30,7 +29,9 @@ def _load_syncfs() -> SyncFs | None:
     if not hasattr(os, "O_DIRECTORY"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        # The running program's own symbols include libc's; find_library("c") would spawn
+        # `ldconfig -p` (a fork and exec on every command that stores a file).
+        libc = ctypes.CDLL(None, use_errno=True)
         func = libc.syncfs
     except (OSError, AttributeError):
         return None

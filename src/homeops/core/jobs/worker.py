@@ -575,7 +575,13 @@ class Worker:
             if drain and not claimed and not self._running and await self._queue_idle():
                 await self._log_drained()
                 return
-            if not self._wake.is_set():
+            if not self._wake.is_set() and len(self._running) >= self.slots:
+                # Every slot busy: nothing can be claimed until a job ends, a stop is asked
+                # for or the store fails, and each of those sets _wake. Polling here woke the
+                # loop 100 times a second for the whole of a long job (a CPU-bound restic
+                # backup beside it lost the time).
+                await self._wake.wait()
+            elif not self._wake.is_set():
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.poll_interval):
                         await self._wake.wait()
