@@ -383,12 +383,18 @@ def test_backup_saves_paths_tagged_with_excludes_and_keeps_the_job(world, capsys
     assert result["finished_at"] >= result["started_at"]
     assert result["tags"] == ["app", "media"]
     assert result["hooks"]["pre"]["exit_code"] == 0 and result["hooks"]["post"]["exit_code"] == 0
-    assert result["forget"]["ran"] and result["forget"]["kept"] == 1
-    files_kept = world.manifest(job)
-    assert {"restic/summary.json", "restic/forget.json"} <= set(files_kept)
+    # The repository's only snapshot: forget could remove nothing and is skipped (below).
+    assert result["forget"]["ran"] is False
+    assert "restic/summary.json" in world.manifest(job)
     summary = json.loads(world.artifact(job, "restic/summary.json").read_text())
     assert summary["message_type"] == "summary"
     assert summary["snapshot_id"] == row["snapshot_id"]
+
+    code, out, err = world.svc(capsys, "backup", "local", "app", "--json")
+    assert code == 0, err
+    [row] = json.loads(out)["services"]
+    assert (row["forget"]["ran"], row["forget"]["kept"], row["forget"]["removed"]) == (True, 1, 1)
+    job = world.jobs()[-1]
     forget = json.loads(world.artifact(job, "restic/forget.json").read_text())
     assert [g["tags"] for g in forget] == [["app", "media"]]
 
@@ -423,6 +429,33 @@ def test_forget_keeps_what_each_services_policy_says(world, capsys):
     assert [s["short_id"] for s in world.snapshots("app")] == [row["snapshot_id"]]
     assert row["snapshot_id"] != first
     assert len(world.snapshots("keepall")) == 1
+
+
+@pytest.mark.integration
+@needs_restic
+def test_forget_is_skipped_only_when_the_ledger_proves_it_needless(world, capsys):
+    """A forget is a restic process of its own (~0.6 s of key derivation) holding the
+    exclusive lock: it is skipped when every snapshot file is one a recorded job made and the
+    policy keeps them all; a snapshot no job recorded (restic run by hand) makes it run."""
+    src = tree(world.root / "src")
+    world.service("app", paths=[str(src)], policy={"daily": 7, "weekly": 0, "monthly": 0})
+    code, out, err = world.svc(capsys, "backup", "local", "app", "--json")
+    assert code == 0, err
+    [row] = json.loads(out)["services"]
+    assert row["forget"]["ran"] is False
+    assert row["forget"]["skipped"] == "nothing to remove: app has one snapshot in the repository"
+    [job] = world.jobs()
+    assert "restic/forget.json" not in world.manifest(job)
+
+    # A snapshot of the service that no job recorded: forget must run and see it.
+    made = world.restic("backup", "--tag=app", str(src))
+    assert made.returncode == 0, made.stderr
+    code, out, err = world.svc(capsys, "backup", "local", "app", "--json")
+    assert code == 0, err
+    [row] = json.loads(out)["services"]
+    # All three are from today: keep-daily keeps the newest of the day.
+    assert (row["forget"]["ran"], row["forget"]["removed"]) == (True, 2)
+    assert [s["short_id"] for s in world.snapshots("app")] == [row["snapshot_id"]]
 
 
 @pytest.mark.integration

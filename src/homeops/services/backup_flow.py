@@ -46,7 +46,7 @@ import os
 import shlex
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -71,6 +71,8 @@ if TYPE_CHECKING:
     from homeops.services.settings import Backup, SvcSettings
 
 T = TypeVar("T")
+# The results of the succeeded services.backup jobs (read in a thread).
+Ledger = Callable[[], Sequence[Mapping[str, Any]]]
 
 # restic prints a status line 60 times a second with --json; the process seam keeps all of
 # stdout, so a night-long backup would hold ~100 MB of them. A few a second is plenty.
@@ -463,6 +465,7 @@ async def run_backup(
     on_progress: ProgressCallback | None = None,
     on_restic_start: Callable[[], None] | None = None,
     systemd: bool | None = None,
+    ledger: Ledger | None = None,
     clock: Callable[[], float] = time.time,
 ) -> BackupRecord:
     """Back ``service`` up into ``repo`` (the steps in the module docstring).
@@ -470,7 +473,8 @@ async def run_backup(
     ``record`` (filled in as the run goes) is returned; :class:`BackupFailed` when a step
     failed. ``on_restic_start`` is called just before restic starts (the job marks itself
     unrepeatable there). ``systemd`` (default: ``settings.systemd``) decides how
-    ``backup.stop`` stops the service.
+    ``backup.stop`` stops the service. ``ledger`` returns the results of the succeeded backup
+    jobs; with it, a forget that provably removes nothing is skipped (services/retention.py).
     """
     from homeops.core.errors import UsageError
 
@@ -505,6 +509,7 @@ async def run_backup(
                 on_progress=on_progress,
                 on_restic_start=on_restic_start,
                 systemd=use_systemd,
+                ledger=ledger,
             )
     finally:
         record.finished_at = clock()
@@ -567,6 +572,7 @@ async def _run_steps(
     on_progress: ProgressCallback | None,
     on_restic_start: Callable[[], None] | None,
     systemd: bool,
+    ledger: Ledger | None,
 ) -> None:
     backup = settings.services[record.service].backup
     hooks = not record.dry_run
@@ -599,7 +605,7 @@ async def _run_steps(
             except HomeopsError as exc:
                 failures.add("post", exc)
     if record.state in (BackupState.OK, BackupState.PARTIAL):
-        record.forget = await _forget(settings, repo, restic, record, stop, cleanup)
+        record.forget = await _forget(settings, repo, restic, record, stop, cleanup, ledger)
         if record.forget.error is not None:
             # The snapshot is good, but retention did not run: partial, so that `svc list`
             # shows it (a warning alone would let retention stop silently for good).
@@ -746,6 +752,7 @@ async def _forget(
     record: BackupRecord,
     stop: StopRequest | None,
     cleanup: _Cleanup,
+    ledger: Ledger | None,
 ) -> ForgetRun:
     service = record.service
     policy = settings.services[service].backup.policy
@@ -766,6 +773,12 @@ async def _forget(
         )
         record.warnings.append(f"forget skipped: {run.skipped}")
         return run
+    if ledger is not None and not record.dry_run:
+        needless = await _needless_forget(repo, record, keep, ledger)
+        if needless is not None:
+            run.skipped = needless
+            _log.debug("forget", "forget skipped", service=service, repo=repo.name, why=needless)
+            return run
     argv = r.forget_argv(restic, tag=service, policy=keep, dry_run=record.dry_run)
     run.ran = True
     started: list[bool] = []
@@ -805,3 +818,27 @@ async def _forget(
     run.prune_output = parsed.prune_output
     run.kept, run.removed = len(parsed.kept), len(parsed.removed)
     return run
+
+
+async def _needless_forget(
+    repo: Repo, record: BackupRecord, keep: r.KeepPolicy, ledger: Ledger
+) -> str | None:
+    """Why forget would remove nothing (services/retention.py), or None: run it. Whatever
+    cannot be read (the repository's directory, the ledger) means: run it."""
+    from homeops.services import retention
+
+    if record.snapshot_id is None or record.started_at is None:
+        return None
+    files = await asyncio.to_thread(repo.snapshot_files)
+    if files is None:
+        return None
+    try:
+        results = await asyncio.to_thread(ledger)
+    except (HomeopsError, OSError) as exc:
+        _log.debug("forget", "job ledger unreadable; forget runs", err=exc)
+        return None
+    known = retention.known_from_results(results, repo.name)
+    known.append(
+        retention.KnownSnapshot(record.snapshot_id, record.tags, record.started_at, time.time())
+    )
+    return retention.nothing_to_forget(keep, record.service, files, known)

@@ -68,6 +68,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -83,6 +84,8 @@ if TYPE_CHECKING:
     from homeops.services.settings import SvcSettings
 
 BACKUP: Final = "services.backup"
+# How many recorded backups (newest first) are read to account for a repository's snapshots.
+LEDGER_WINDOW: Final = 5000
 
 
 class BackupPayload(BaseModel):
@@ -150,8 +153,26 @@ def _json_bytes(data: Any) -> bytes:  # noqa: ANN401 - restic's own JSON
     return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
 
 
+def ledger_reader(db: Path) -> Callable[[], list[dict[str, Any]]]:
+    """The results of the succeeded backups in the job store at ``db`` (newest first, the
+    last LEDGER_WINDOW): what tells the backup flow whether a forget would remove anything."""
+
+    def read() -> list[dict[str, Any]]:
+        from homeops.core.jobs.model import JobState
+        from homeops.core.jobs.store import open_store_at
+
+        queue = open_store_at(db, readonly=True)
+        try:
+            jobs = queue.list(state=JobState.SUCCEEDED, type=BACKUP, limit=LEDGER_WINDOW)
+        finally:
+            queue.close()
+        return [job.result for job in jobs if isinstance(job.result, dict)]
+
+    return read
+
+
 def _backup_handler(
-    settings: SvcSettings, watch: BackupWatch
+    settings: SvcSettings, watch: BackupWatch, ledger_db: Path | None
 ) -> Callable[[JobContext, BackupPayload], Awaitable[dict[str, Any]]]:
     async def run_backup_job(ctx: JobContext, payload: BackupPayload) -> dict[str, Any]:
         from homeops.services.backup_flow import BackupRecord, run_backup
@@ -181,6 +202,7 @@ def _backup_handler(
                 on_progress=progress,
                 on_restic_start=restic_starts,
                 systemd=watch.systemd,
+                ledger=None if ledger_db is None else ledger_reader(ledger_db),
             )
         except HomeopsError as exc:
             watch.errors[ctx.job.id] = exc
@@ -192,14 +214,17 @@ def _backup_handler(
     return run_backup_job
 
 
-def backup_job_type(settings: SvcSettings, watch: BackupWatch | None = None) -> JobType[Any]:
-    """``services.backup`` on ``settings`` (``watch``: see :class:`BackupWatch`)."""
+def backup_job_type(
+    settings: SvcSettings, watch: BackupWatch | None = None, *, ledger_db: Path | None = None
+) -> JobType[Any]:
+    """``services.backup`` on ``settings`` (``watch``: see :class:`BackupWatch`; ``ledger_db``:
+    the job store whose recorded backups let a needless forget be skipped)."""
     from homeops.core.jobs.types import JobType
 
     return JobType(
         BACKUP,
         BackupPayload,
-        _backup_handler(settings, watch or BackupWatch()),
+        _backup_handler(settings, watch or BackupWatch(), ledger_db),
         retryable=False,
         description="Back one service up into one repository (svc backup)",
     )
@@ -210,4 +235,4 @@ def services_job_types(dctx: DomainContext) -> list[JobType[Any]]:
     from homeops.services.restore_flow import restore_job_type
 
     settings: SvcSettings = dctx.settings("services")
-    return [backup_job_type(settings), restore_job_type(settings)]
+    return [backup_job_type(settings, ledger_db=dctx.core.jobs_db), restore_job_type(settings)]

@@ -114,6 +114,22 @@ class Repo:
         finally:
             os.close(fd)
 
+    def snapshot_files(self) -> list[str] | None:
+        """The names of a local repository's snapshot files (restic keeps one file per
+        snapshot, named by its id, in ``snapshots/``); None for a remote repository or one
+        whose directory cannot be read. No key is needed: the names are not encrypted."""
+        from homeops.services.retention import local_repository
+
+        path = local_repository(self._given_location())
+        if path is None:
+            return None
+        try:
+            # Every entry, whatever its kind: anything that is not a recorded snapshot (a
+            # FIFO, a stray file) must make forget run and meet it, never be skipped past.
+            return os.listdir(os.path.join(path, "snapshots"))
+        except OSError:
+            return None
+
     def check_files(self) -> None:
         """Refuse a password file or repository_file that is not a regular file (a FIFO
         would block restic until restic_timeout, a device or directory is a mistake): a

@@ -145,7 +145,7 @@ async def _run(
     stop = backup_flow.StopRequest()
     stopping = asyncio.Event()
     watch = BackupWatch(stop=stop, on_progress=out.progress)
-    job_types = {BACKUP: backup_job_type(settings, watch)}
+    job_types = {BACKUP: backup_job_type(settings, watch, ledger_db=core.jobs_db)}
     # The handler ends the run itself on a stop request; the worker's grace period only has
     # to outlast the clean-up steps (containers, post hook, unlock).
     grace = settings.hook_timeout + units.ACTION_TIMEOUT_S + backup_flow.UNLOCK_TIMEOUT_S + 60

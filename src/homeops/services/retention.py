@@ -1,0 +1,146 @@
+"""Whether a ``restic forget`` could remove anything, decided without restic.
+
+Every restic process spends its first ~0.6 s here (more on a slow CPU) deriving the
+repository key (scrypt, calibrated at ``init``), so a ``forget --prune`` after each backup costs
+about as much as a small backup, and takes the repository's exclusive lock while it runs.
+When the snapshots in a local repository are all ones this tool made and recorded in the job
+ledger, their tags and times are known, and restic's policy can be checked here: if one rule
+alone (keep-daily N, keep-weekly N, keep-monthly N) keeps every snapshot of the service, forget
+would remove nothing and is skipped. Anything not known for sure (a snapshot file no job
+recorded, a snapshot taken across a midnight, a remote repository whose files cannot be
+listed cheaply) means: run forget. A wrong "skip" could only keep a snapshot until the next
+backup's forget; it never removes one.
+
+restic's rules (internal/restic/snapshot_policy.go): snapshots newest first; a rule with a
+count left keeps a snapshot whose bucket (daily: year-month-day; weekly: ISO year and week;
+monthly: year-month, all in local time) differs from the last one it kept; a snapshot is kept
+when any rule keeps it. So n snapshots in n different buckets of a rule whose count is at
+least n are all kept.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from homeops.services.restic import KeepPolicy, is_local_location
+
+_HEX: Final = re.compile(r"^[0-9a-f]{8,64}$")
+
+Bucket = Callable[[datetime], tuple[int, ...]]
+
+_RULES: Final[tuple[tuple[str, Bucket], ...]] = (
+    ("daily", lambda t: (t.year, t.month, t.day)),
+    ("weekly", lambda t: t.isocalendar()[:2]),
+    ("monthly", lambda t: (t.year, t.month)),
+)
+
+
+_UNITS: Final = {"daily": "days", "weekly": "weeks", "monthly": "months"}
+
+
+@dataclass(frozen=True)
+class KnownSnapshot:
+    """A snapshot this tool saved: its id as restic printed it (0.14: the first 8 hex
+    digits), its tags, and bounds of its time (the backup job's start and end: restic takes
+    the snapshot's time in between)."""
+
+    snapshot_id: str
+    tags: tuple[str, ...]
+    earliest: float
+    latest: float
+
+
+def local_repository(location: str | None) -> str | None:
+    """The directory of a local repository location (``/srv/restic``, ``local:/srv/restic``),
+    or None for a remote backend or anything not an absolute path."""
+    if location is None or not is_local_location(location):
+        return None
+    path = location.strip().removeprefix("local:")
+    return path if path.startswith("/") else None
+
+
+def parse_ts(text: str) -> float:
+    """An RFC 3339 time with its offset (``...Z``, as job results hold) as epoch seconds."""
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise ValueError(f"time without a zone: {text!r}")
+    return moment.timestamp()
+
+
+def known_from_results(results: Iterable[Mapping[str, Any]], repo: str) -> list[KnownSnapshot]:
+    """The snapshots in ``repo`` that succeeded ``services.backup`` jobs recorded (their
+    results, schema in services/jobs.py); entries without an id, tags or times are left out
+    (their snapshot files then count as unknown)."""
+    out: list[KnownSnapshot] = []
+    for result in results:
+        if result.get("repo") != repo or result.get("dry_run") is True:
+            continue
+        snapshot, tags = result.get("snapshot_id"), result.get("tags")
+        started, finished = result.get("started_at"), result.get("finished_at")
+        if not (isinstance(snapshot, str) and _HEX.match(snapshot)):
+            continue
+        if not (isinstance(tags, list) and tags and all(isinstance(t, str) for t in tags)):
+            continue
+        if not (isinstance(started, str) and isinstance(finished, str)):
+            continue
+        try:
+            earliest, latest = parse_ts(started), parse_ts(finished)
+        except ValueError:
+            continue
+        if earliest <= latest:
+            out.append(KnownSnapshot(snapshot, tuple(tags), earliest, latest))
+    return out
+
+
+def nothing_to_forget(
+    policy: KeepPolicy,
+    service: str,
+    files: Iterable[str],
+    known: Sequence[KnownSnapshot],
+    *,
+    local: Callable[[float], datetime] | None = None,
+) -> str | None:
+    """Why ``forget --tag=SERVICE`` under ``policy`` would remove nothing, given the names of
+    the repository's snapshot files; None when it might remove something (run it).
+
+    ``local`` turns a time into the local time restic buckets by (tests pin a zone).
+    """
+    to_local = local or _local
+    members: list[KnownSnapshot] = []
+    claimed: set[str] = set()
+    for name in files:
+        match = [k for k in known if name.startswith(k.snapshot_id)]
+        if len(match) != 1 or match[0].snapshot_id in claimed:
+            return None  # a snapshot no job recorded (or ids that do not tell them apart)
+        claimed.add(match[0].snapshot_id)
+        if service in match[0].tags:
+            members.append(match[0])
+    if not members:
+        return f"nothing to remove: no snapshot of {service} is in the repository"
+    counts = {"daily": policy.daily, "weekly": policy.weekly, "monthly": policy.monthly}
+    for rule, bucket in _RULES:
+        count = counts[rule]
+        if count < len(members):
+            continue
+        buckets: set[tuple[int, ...]] = set()
+        for snap in members:
+            first, last = bucket(to_local(snap.earliest)), bucket(to_local(snap.latest))
+            if first != last or first in buckets:
+                break  # across a boundary, or two in one bucket: the rule may drop one
+            buckets.add(first)
+        else:
+            if len(members) == 1:
+                return f"nothing to remove: {service} has one snapshot in the repository"
+            return (
+                f"nothing to remove: the {len(members)} snapshots of {service}, all recorded "
+                f"by this tool, are on different {_UNITS[rule]} and keep-{rule} is {count}"
+            )
+    return None
+
+
+def _local(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC).astimezone()
