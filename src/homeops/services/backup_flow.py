@@ -15,9 +15,10 @@
 6. ``post`` hook: always, once the run got past step 1 (also when ``pre`` failed, so that
    it can undo what ``pre`` did); ``$SVC_BACKUP_STATE`` tells it how things went.
 7. ``forget --prune`` per ``backup.policy``, grouped by tags, of this service's tag only,
-   when the snapshot was saved. Skipped when the policy keeps nothing (restic would refuse)
-   or when another service carries this service's name as a tag (its snapshots would be
-   pruned by this policy). A failed forget makes the run ``partial`` with a warning: the
+   when the snapshot was saved. Skipped when the policy keeps nothing (restic would refuse),
+   when another service carries this service's name as a tag (its snapshots would be
+   pruned by this policy), or when the job ledger proves it would remove nothing
+   (services/retention.py: a restic process costs its key derivation and the lock). A failed forget makes the run ``partial`` with a warning: the
    snapshot is good, but retention did not run. A forget we killed (stop request,
    cancellation, ``restic_timeout``) has its exclusive lock removed (``restic unlock``).
 
