@@ -441,6 +441,8 @@ let
       script = backupScript name;
       serviceConfig = hardening // {
         Type = "oneshot";
+        # systemd's default (90 s) would kill the clean-up that follows a SIGTERM.
+        TimeoutStopSec = cfg.backupStopTimeout;
         LoadCredential = map (c: "${c.name}:${c.source}") credentials;
         StateDirectory = "svc";
         StateDirectoryMode = "0700";
@@ -538,6 +540,19 @@ in
       default = "daily";
       example = "*-*-* 03:00:00";
       description = "When the backup-<svc> timers fire (systemd OnCalendar); the backups then run one at a time.";
+    };
+
+    backupStopTimeout = mkOption {
+      type = types.str;
+      default = "35min";
+      example = "1h";
+      description = ''
+        How long systemd lets a stopped backup-<svc> (shutdown, `systemctl stop`) clean up
+        before killing it (its TimeoutStopSec): on SIGTERM `svc backup` starts the service's
+        containers again (up to 10 min), runs the post hook (up to hook_timeout, default
+        10 min) and removes restic's lock (up to 2 min). Killed before that, the service stays
+        stopped. Keep it above hook_timeout + 25 min.
+      '';
     };
 
     servicesRoot = mkOption {

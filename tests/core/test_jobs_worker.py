@@ -310,6 +310,46 @@ async def test_an_unrepeatable_run_is_failed_not_handed_back_at_stop(
     assert "not run again (sent the one-shot request)" in final.error
 
 
+@pytest.mark.parametrize("unwind_s", [None, 3.0])
+async def test_a_job_type_gets_the_unwind_time_it_asks_for(
+    queue: SqliteJobQueue, monkeypatch: pytest.MonkeyPatch, unwind_s: float | None
+) -> None:
+    """A cancelled handler whose clean-up outlasts the worker's own unwind time is given up
+    on (its lease expires later); one whose job type asks for longer is waited for, and its
+    outcome is recorded before the worker returns."""
+    import dataclasses
+
+    import homeops.core.jobs.worker as worker_module
+
+    monkeypatch.setattr(worker_module, "_UNWIND_S", 0.2)
+    started = asyncio.Event()
+    cleaned: list[str] = []
+
+    async def handler(ctx: JobContext) -> None:
+        ctx.mark_unrepeatable("containers stopped")
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        finally:
+            await asyncio.sleep(0.8)  # start the containers again, run the post hook
+            cleaned.append(ctx.job.id)
+
+    [job_type] = types({"t.x": handler})
+    job_type = dataclasses.replace(job_type, unwind_s=unwind_s)
+    job = queue.enqueue("t.x", {})
+    worker = Worker(queue, [job_type], grace_s=0.05)
+    run = asyncio.create_task(worker.run())
+    await asyncio.wait_for(started.wait(), 5)
+    worker.request_stop()
+    await asyncio.wait_for(run, 10)
+    final = queue.get(job.id)
+    if unwind_s is None:
+        assert cleaned == [] and final.state is JobState.RUNNING  # left to its lease
+    else:
+        assert cleaned == [job.id]
+        assert (final.state, final.attempts) == (JobState.FAILED, 1)
+
+
 @pytest.mark.parametrize("taken_back", [False, True])
 async def test_an_unrepeatable_failure_is_final_unless_taken_back(
     queue: SqliteJobQueue, taken_back: bool

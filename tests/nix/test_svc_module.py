@@ -471,6 +471,12 @@ CASES = [
         "*-*-* 03:00:00",
     ),
     Case(
+        "backupStopTimeout",
+        '{ backupStopTimeout = "1h"; }',
+        "unit:backup-web:serviceConfig.TimeoutStopSec",
+        "1h",
+    ),
+    Case(
         "servicesRoot",
         '{ servicesRoot = "/srv/services"; }',
         "json:services_root",

@@ -18,9 +18,10 @@
    when the snapshot was saved. Skipped when the policy keeps nothing (restic would refuse),
    when another service carries this service's name as a tag (its snapshots would be
    pruned by this policy), or when the job ledger proves it would remove nothing
-   (services/retention.py: a restic process costs its key derivation and the lock). A failed forget makes the run ``partial`` with a warning: the
-   snapshot is good, but retention did not run. A forget we killed (stop request,
-   cancellation, ``restic_timeout``) has its exclusive lock removed (``restic unlock``).
+   (services/retention.py: a restic process costs its key derivation and the lock). A
+   failed forget makes the run ``partial`` with a warning: the snapshot is good, but
+   retention did not run. A forget we killed (stop request, cancellation,
+   ``restic_timeout``) has its exclusive lock removed (``restic unlock``).
 
 ``--dry-run``: no hooks, nothing stopped, ``backup --dry-run`` and ``forget --dry-run``.
 
@@ -79,6 +80,14 @@ Ledger = Callable[[], Sequence[Mapping[str, Any]]]
 # stdout, so a night-long backup would hold ~100 MB of them. A few a second is plenty.
 PROGRESS_FPS: Final = "4"
 UNLOCK_TIMEOUT_S: Final = 120.0
+
+
+def cleanup_s(settings: SvcSettings) -> float:
+    """How long a stopped backup may take to clean up: its containers started again, the
+    post hook, a stale lock removed (a worker's grace period and unwind time)."""
+    return settings.hook_timeout + units.ACTION_TIMEOUT_S + UNLOCK_TIMEOUT_S + 60
+
+
 # How much of each hook stream is kept (in memory, the job's artifacts and the result): the
 # tail, where a failing hook says why. The process seam has no output cap, so a hook writes
 # to files and only their tails are read back.

@@ -222,6 +222,7 @@ def backup_job_type(
     """``services.backup`` on ``settings`` (``watch``: see :class:`BackupWatch`; ``ledger_db``:
     the job store whose recorded backups let a needless forget be skipped)."""
     from homeops.core.jobs.types import JobType
+    from homeops.services.backup_flow import cleanup_s
 
     return JobType(
         BACKUP,
@@ -229,6 +230,7 @@ def backup_job_type(
         _backup_handler(settings, watch or BackupWatch(), ledger_db),
         retryable=False,
         description="Back one service up into one repository (svc backup)",
+        unwind_s=cleanup_s(settings),
     )
 
 

@@ -1190,6 +1190,14 @@ def _restore_handler(
     return run_restore_job
 
 
+def cleanup_s() -> float:
+    """How long a stopped restore may take to finish: while the data is being swapped it
+    goes on, and stopping and starting the service each take up to ACTION_TIMEOUT_S."""
+    from homeops.services.units import ACTION_TIMEOUT_S
+
+    return 3 * ACTION_TIMEOUT_S + 600
+
+
 def restore_job_type(settings: SvcSettings, watch: RestoreWatch | None = None) -> JobType[Any]:
     """``services.restore`` on ``settings`` (``watch``: see :class:`RestoreWatch`)."""
     from homeops.core.jobs.types import JobType
@@ -1200,4 +1208,5 @@ def restore_job_type(settings: SvcSettings, watch: RestoreWatch | None = None) -
         _restore_handler(settings, watch or RestoreWatch()),
         retryable=False,
         description="Restore one service from one repository (svc restore)",
+        unwind_s=cleanup_s(),
     )

@@ -52,6 +52,10 @@ class JobType(Generic[P]):
     # no handler runs any more. Types sharing one resource may share one callable: it is
     # awaited once.
     close: Callable[[], Awaitable[None]] | None = None
+    # How long a stopped handler may take to clean up once cancelled (a backup starts its
+    # containers again and runs its post hook); a stopping worker waits the longest of its
+    # running jobs' (never less than its own few seconds) before giving up on them.
+    unwind_s: float | None = None
 
 
 class PayloadError(UsageError):

@@ -928,10 +928,14 @@ class Worker:
         for entry in left:
             self._stop_run(entry, "shutdown")
         if left:
+            unwind = self._unwind_s(left)
             self._log.info(
-                "stop", "grace period over; handing running jobs back", running=len(left)
+                "stop",
+                "grace period over; handing running jobs back",
+                running=len(left),
+                unwind_s=unwind,
             )
-            await asyncio.wait({everything}, timeout=_UNWIND_S)
+            await asyncio.wait({everything}, timeout=unwind)
         if not everything.done():
             everything.cancel()
             self._log.warn(
@@ -940,8 +944,18 @@ class Worker:
                 running=len(self._running),
             )
 
+    def _unwind_s(self, entries: list[_Running]) -> float:
+        """How long cancelled ``entries`` may take to unwind: the longest their job types
+        ask for (``JobType.unwind_s``), never less than ``_UNWIND_S``."""
+        asked = [_UNWIND_S]
+        for entry in entries:
+            job_type = self.job_types.get(entry.ctx.job.type)
+            if job_type is not None and job_type.unwind_s is not None:
+                asked.append(job_type.unwind_s)
+        return max(asked)
+
     async def _hand_back_all(self) -> None:
-        """Stop every local run and wait, bounded by ``_UNWIND_S``, for it to be recorded.
+        """Stop every local run and wait, bounded by :meth:`_unwind_s`, for it to be recorded.
 
         For when run() itself is cancelled (or fails) instead of shutting down: each stopped
         run hands its job back with ``requeue`` (a run stopping for a cancel request records
@@ -963,7 +977,7 @@ class Worker:
         self._log.info("stop", "worker interrupted; handing running jobs back", running=len(left))
         everything = asyncio.gather(*waits, return_exceptions=True)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + _UNWIND_S
+        deadline = loop.time() + self._unwind_s(left)
         cancelled_again = False
         while not everything.done() and (remaining := deadline - loop.time()) > 0:
             try:

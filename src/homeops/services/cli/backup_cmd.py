@@ -139,7 +139,7 @@ async def _run(
     from homeops.core.cli.signals import install, log_signal
     from homeops.core.jobs.here import run_here
     from homeops.core.jobs.store import open_worker_queue
-    from homeops.services import backup_flow, units
+    from homeops.services import backup_flow
     from homeops.services.jobs import BACKUP, BackupWatch, backup_job_type
 
     stop = backup_flow.StopRequest()
@@ -148,7 +148,7 @@ async def _run(
     job_types = {BACKUP: backup_job_type(settings, watch, ledger_db=core.jobs_db)}
     # The handler ends the run itself on a stop request; the worker's grace period only has
     # to outlast the clean-up steps (containers, post hook, unlock).
-    grace = settings.hook_timeout + units.ACTION_TIMEOUT_S + backup_flow.UNLOCK_TIMEOUT_S + 60
+    grace = backup_flow.cleanup_s(settings)
 
     def on_signal(signum: int) -> None:
         if stop.requested:

@@ -140,7 +140,7 @@ async def _run(
     from homeops.core.jobs.here import run_here
     from homeops.core.jobs.model import JobState
     from homeops.core.jobs.store import open_worker_queue
-    from homeops.services import units
+    from homeops.services import restore_flow
     from homeops.services.restore_flow import (
         RESTORE,
         RestoreWatch,
@@ -154,7 +154,7 @@ async def _run(
     job_types = {RESTORE: restore_job_type(settings, watch)}
     # The handler ends the run itself on a stop request, except while the data is being
     # swapped: the worker's grace period has to outlast stopping and starting the service.
-    grace = 3 * units.ACTION_TIMEOUT_S + 600
+    grace = restore_flow.cleanup_s()
 
     def on_signal(signum: int) -> None:
         if stop.requested:
