@@ -90,12 +90,14 @@ class RichRenderer:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         self._out = Console()
+        # markup=False: a message carries paths (``restoring ... into /srv/[x]``) that Rich
+        # would read as markup, and a stray "[/]" would end the command with MarkupError.
         self._bars = Progress(
-            TextColumn("[bold]{task.fields[key]}"),
+            TextColumn("{task.fields[key]}", style="bold", markup=False),
             BarColumn(),
-            TextColumn("{task.percentage:>3.0f}%"),
+            TextColumn("{task.percentage:>3.0f}%", markup=False),
             TimeElapsedColumn(),
-            TextColumn("{task.description}"),
+            TextColumn("{task.description}", markup=False),
             console=Console(stderr=True),
             transient=False,
         )
