@@ -188,3 +188,33 @@ async def test_pipes_held_outside_the_group_do_not_turn_success_into_timeout(tmp
                 break
             await asyncio.sleep(0.02)
         os.kill(int(pidfile.read_text()), 9)
+
+
+async def test_keep_bounds_each_stream_to_its_tail():
+    """``keep``: a process that writes 20 MB keeps only the last bytes of each stream (and
+    says how many were cut), while the line callback still sees every line."""
+    lines: list[str] = []
+    script = (
+        "import sys\n"
+        "for n in range(200_000): sys.stdout.write(f'line {n:06d} ' + 'x' * 90 + '\\n')\n"
+        "sys.stderr.write('é' * 10)\n"  # 20 bytes: the cut lands inside a character
+    )
+    result = await process.run(
+        [sys.executable, "-c", script], timeout=60, keep=15, on_stdout_line=lines.append
+    )
+    assert len(lines) == 200_000
+    total = 200_000 * 103
+    assert result.stdout_dropped == total - 15
+    assert result.stdout == "x" * 14 + "\n"
+    # 20 bytes of 'é', the first 5 cut: the tail starts at the next whole character.
+    assert result.stderr_dropped == 5 and result.stderr == "é" * 7
+    whole = await process.run([sys.executable, "-c", script], timeout=60)
+    assert (whole.stdout_dropped, len(whole.stdout)) == (0, total)
+
+
+async def test_a_timeout_keeps_what_was_written():
+    script = "import sys, time; print('working on it', flush=True); time.sleep(30)"
+    with pytest.raises(process.ProcessTimedOut) as caught:
+        await process.run([sys.executable, "-c", script], timeout=1.0)
+    assert caught.value.exit_code == ExitCode.TIMEOUT
+    assert process.decoded(caught.value.partial).stdout == "working on it\n"

@@ -929,3 +929,19 @@ def test_hook_output_keeps_only_a_bounded_tail(world, capsys):
     assert len(kept) < backup_flow.HOOK_OUTPUT_KEEP + 200
     assert kept.endswith(b"xxxEND\n")
     assert world.artifact(job, "hooks/pre.stderr.txt").read_text() == "oops\n"
+
+
+@pytest.mark.integration
+@needs_restic
+def test_a_hung_hook_is_killed_at_hook_timeout_and_its_output_kept(world, capsys):
+    src = tree(world.root / "src")
+    world.service("app", paths=[str(src)], policy=NO_FORGET, pre="echo waiting for db; sleep 60")
+    world.settings["hook_timeout"] = "1s"
+    code, out, err = world.svc(capsys, "backup", "local", "app", "--json")
+    assert code == 4, err
+    [row] = json.loads(out)["services"]
+    assert row["state"] == "failed" and "pre hook timed out after 1s (killed)" in row["error"]
+    assert row["snapshot_id"] is None and world.snapshots() == []
+    [job] = world.jobs()
+    # Why it hung is still there to read.
+    assert world.artifact(job, "hooks/pre.stdout.txt").read_text() == "waiting for db\n"

@@ -32,13 +32,17 @@ _CHUNK = 65536
 
 @dataclass(frozen=True)
 class RawProcessResult:
-    """A finished process's output as the bytes it wrote (what the Runner seam hands on)."""
+    """A finished process's output as the bytes it wrote (what the Runner seam hands on).
+
+    ``*_dropped``: bytes cut from the front of a stream kept to its tail (``keep=``)."""
 
     argv: tuple[str, ...]
     returncode: int
     stdout: bytes
     stderr: bytes
     duration_ms: float
+    stdout_dropped: int = 0
+    stderr_dropped: int = 0
 
 
 @dataclass(frozen=True)
@@ -50,11 +54,22 @@ class ProcessResult:
     stdout: str
     stderr: str
     duration_ms: float
+    stdout_dropped: int = 0
+    stderr_dropped: int = 0
 
     @property
     def ok(self) -> bool:
         """Exit status 0."""
         return self.returncode == 0
+
+
+class ProcessTimedOut(HomeopsTimeout):
+    """A process killed at its timeout (exit 4); what it had written by then is kept
+    (``partial``), so a caller can still show why it hung."""
+
+    def __init__(self, message: str, partial: RawProcessResult) -> None:
+        super().__init__(message)
+        self.partial = partial
 
 
 def display_argv(argv: Sequence[str]) -> str:
@@ -78,8 +93,38 @@ def which(name: str) -> str:
     return found
 
 
+class _Sink:
+    """One stream's output: all of it, or (``keep``) only its last ``keep`` bytes, so a
+    process that writes without end (a hook in a loop) costs bounded memory."""
+
+    def __init__(self, keep: int | None) -> None:
+        self.keep = keep
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.dropped = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+        self.size += len(chunk)
+        # Trimmed once it holds twice what is kept: each byte is copied at most twice.
+        if self.keep is not None and self.size > 2 * self.keep:
+            self._trim(self.keep)
+
+    def _trim(self, keep: int) -> None:
+        data = b"".join(self.chunks)
+        cut = max(len(data) - keep, 0)
+        self.dropped += cut
+        self.chunks = [data[cut:]]
+        self.size = len(data) - cut
+
+    def value(self) -> bytes:
+        if self.keep is not None and self.size > self.keep:
+            self._trim(self.keep)
+        return b"".join(self.chunks)
+
+
 async def _pump(
-    stream: asyncio.StreamReader | None, sink: list[bytes], on_line: LineCallback | None
+    stream: asyncio.StreamReader | None, sink: _Sink, on_line: LineCallback | None
 ) -> None:
     # Bytes are kept whole and decoded once at the end so a multi-byte character split
     # across two reads is not mangled; lines are decoded only for the callback.
@@ -87,7 +132,7 @@ async def _pump(
         return
     pending = b""
     while chunk := await stream.read(_CHUNK):
-        sink.append(chunk)
+        sink.add(chunk)
         if on_line is not None:
             pending += chunk
             *lines, pending = pending.split(b"\n")
@@ -131,10 +176,13 @@ async def run(
     on_stdout_line: LineCallback | None = None,
     on_stderr_line: LineCallback | None = None,
     check: bool = False,
+    keep: int | None = None,
 ) -> ProcessResult:
     """Run ``argv`` to completion within ``timeout`` seconds; output decoded as UTF-8.
 
     ``env`` replaces the environment when given (pass ``{**os.environ, ...}`` to extend).
+    ``keep``: of each stream only its last ``keep`` bytes are kept (how many were cut is in
+    the result); the line callbacks still see every line.
     Raises :class:`ToolMissing` (3) if the program is absent, :class:`HomeopsTimeout` (4)
     after killing the process group, and with ``check`` :class:`OperationalError` (1) on
     a non-zero exit.
@@ -147,18 +195,34 @@ async def run(
         stdin=stdin,
         on_stdout_line=on_stdout_line,
         on_stderr_line=on_stderr_line,
+        keep=keep,
     )
-    result = ProcessResult(
-        raw.argv,
-        raw.returncode,
-        raw.stdout.decode("utf-8", "replace"),
-        raw.stderr.decode("utf-8", "replace"),
-        raw.duration_ms,
-    )
+    result = decoded(raw)
     if check and result.returncode != 0:
         tail = result.stderr.strip().splitlines()[-1:] or ["no stderr"]
         raise OperationalError(f"{display_argv(argv)}: exit {result.returncode}: {mask(tail[0])}")
     return result
+
+
+def decoded(raw: RawProcessResult) -> ProcessResult:
+    """``raw`` with its output decoded as UTF-8 (a stream cut at its front starts at the
+    next whole character)."""
+    return ProcessResult(
+        raw.argv,
+        raw.returncode,
+        _decode_tail(raw.stdout, raw.stdout_dropped),
+        _decode_tail(raw.stderr, raw.stderr_dropped),
+        raw.duration_ms,
+        raw.stdout_dropped,
+        raw.stderr_dropped,
+    )
+
+
+def _decode_tail(data: bytes, dropped: int) -> str:
+    """UTF-8 text of a stream; one cut at its front starts at the next whole character."""
+    if dropped:
+        data = data[next((i for i, b in enumerate(data[:4]) if b & 0xC0 != 0x80), 0) :]
+    return data.decode("utf-8", "replace")
 
 
 async def run_bytes(
@@ -170,6 +234,7 @@ async def run_bytes(
     stdin: bytes | str | None = None,
     on_stdout_line: LineCallback | None = None,
     on_stderr_line: LineCallback | None = None,
+    keep: int | None = None,
 ) -> RawProcessResult:
     """Like :func:`run`, but the output stays bytes and a non-zero exit is only reported.
 
@@ -178,6 +243,8 @@ async def run_bytes(
     """
     if not argv:
         raise ValueError("argv must not be empty")
+    if keep is not None and keep < 0:
+        raise ValueError("keep must be >= 0")
     exe = which(argv[0])
     shown = display_argv(argv)
     _log.debug("spawn", "starting process", argv=shown, timeout_s=timeout)
@@ -197,8 +264,7 @@ async def run_bytes(
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename else ""
         raise OperationalError(f"{shown}: cannot start: {exc.strerror or exc}{where}") from exc
-    out: list[bytes] = []
-    err: list[bytes] = []
+    out, err = _Sink(keep), _Sink(keep)
 
     async def communicate() -> int:
         if data is not None and proc.stdin is not None:
@@ -252,11 +318,15 @@ async def run_bytes(
         await _terminate(proc)
         elapsed = (time.monotonic() - start) * 1000
         _log.warn("spawn", "process timed out, killed", argv=shown, duration_ms=elapsed)
-        raise HomeopsTimeout(f"{shown}: timed out after {timeout:g}s (killed)") from None
+        partial = RawProcessResult(
+            tuple(argv), -1, out.value(), err.value(), elapsed, out.dropped, err.dropped
+        )
+        raise ProcessTimedOut(f"{shown}: timed out after {timeout:g}s (killed)", partial) from None
     except BaseException:
         # Cancellation (or anything else) must not leave the group running.
         await asyncio.shield(_terminate(proc))
         raise
     elapsed = (time.monotonic() - start) * 1000
     _log.debug("spawn", "process exited", argv=shown, rc=rc, duration_ms=elapsed)
-    return RawProcessResult(tuple(argv), rc, b"".join(out), b"".join(err), elapsed)
+    stdout, stderr = out.value(), err.value()
+    return RawProcessResult(tuple(argv), rc, stdout, stderr, elapsed, out.dropped, err.dropped)

@@ -45,8 +45,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shlex
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -339,15 +337,12 @@ async def _hook(
     directory = Path(settings.compose_file(record.service)).parent
     started = time.monotonic()
     _log.info("hook", f"running the {phase} hook", service=record.service)
-    with tempfile.TemporaryDirectory(prefix="svc-hook-") as tmp:
-        out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
-        try:
-            cwd = str(directory) if directory.is_dir() else None
-            done = await _run_hook(settings, record, phase, script, extra_env, cwd, out, err)
-        finally:
-            run.duration_ms = (time.monotonic() - started) * 1000
-            run.stdout, run.stdout_dropped = _hook_tail(out, phase, "stdout", record.service)
-            run.stderr, run.stderr_dropped = _hook_tail(err, phase, "stderr", record.service)
+    try:
+        cwd = str(directory) if directory.is_dir() else None
+        done = await _run_hook(settings, record, phase, script, extra_env, cwd)
+    finally:
+        run.duration_ms = (time.monotonic() - started) * 1000
+    _keep_output(run, done, record.service)
     run.exit_code = done.returncode
     if not done.ok:
         said = _tail(_last_lines(run.stderr)) or _tail(_last_lines(run.stdout))
@@ -362,25 +357,24 @@ async def _run_hook(
     script: str,
     extra_env: dict[str, str] | None,
     cwd: str | None,
-    out: Path,
-    err: Path,
 ) -> ProcessResult:
     from homeops.core import process
 
     run = record.hooks[phase]
-    # The hook's stdout/stderr go to files (only their tails are read back); fd 9 keeps the
-    # seam's pipe open, so what the hook leaves running in the background is still ended
-    # with it, as before.
-    redirect = f"exec 9>&2 >{shlex.quote(str(out))} 2>{shlex.quote(str(err))}\n"
     try:
+        # Of each stream only the tail is kept: a hook that prints without end costs
+        # bounded memory and no disk.
         return await process.run(
-            [settings.tools.bash, "-c", redirect + script],
+            [settings.tools.bash, "-c", script],
             timeout=settings.hook_timeout,
             env=_hook_env(record.service, record.repo, phase, extra_env or {}),
             cwd=cwd,
+            keep=HOOK_OUTPUT_KEEP,
         )
     except HomeopsTimeout as exc:
         run.error = f"{phase} hook timed out after {settings.hook_timeout:g}s (killed)"
+        if isinstance(exc, process.ProcessTimedOut):
+            _keep_output(run, process.decoded(exc.partial), record.service)
         raise HomeopsTimeout(run.error) from exc
     except asyncio.CancelledError:
         run.error = "interrupted"
@@ -393,21 +387,18 @@ async def _run_hook(
         raise OperationalError(run.error) from exc
 
 
-def _hook_tail(path: Path, phase: str, stream: str, service: str) -> tuple[str, int]:
-    """The last HOOK_OUTPUT_KEEP bytes a hook wrote to ``stream`` (with a first line saying
-    how much was cut, when something was) and how many bytes were dropped."""
-    try:
-        with path.open("rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            dropped = max(size - HOOK_OUTPUT_KEEP, 0)
-            fh.seek(dropped)
-            data = fh.read(HOOK_OUTPUT_KEEP)
-    except OSError:  # the hook never started (bash missing) or removed the file
-        return "", 0
+def _keep_output(run: HookRun, done: ProcessResult, service: str) -> None:
+    """A hook's output (the tail of each stream) into its record."""
+    run.stdout_dropped, run.stderr_dropped = done.stdout_dropped, done.stderr_dropped
+    run.stdout = _hook_text(done.stdout, done.stdout_dropped, run.phase, "stdout", service)
+    run.stderr = _hook_text(done.stderr, done.stderr_dropped, run.phase, "stderr", service)
+
+
+def _hook_text(text: str, dropped: int, phase: str, stream: str, service: str) -> str:
+    """What a hook wrote to ``stream`` (its last HOOK_OUTPUT_KEEP bytes), with a first line
+    saying how much was cut when something was."""
     if not dropped:
-        return data.decode("utf-8", "replace"), 0
-    # Start at a character boundary, not in the middle of a multi-byte one.
-    start = next((i for i, b in enumerate(data[:4]) if b & 0xC0 != 0x80), 0)
+        return text
     _log.warn(
         "hook",
         f"the {phase} hook's {stream} was cut to its last {HOOK_OUTPUT_KEEP} bytes",
@@ -418,7 +409,7 @@ def _hook_tail(path: Path, phase: str, stream: str, service: str) -> tuple[str, 
         f"[svc: output cut: the first {dropped} bytes were dropped, "
         f"the last {HOOK_OUTPUT_KEEP} bytes follow]\n"
     )
-    return note + data[start:].decode("utf-8", "replace"), dropped
+    return note + text
 
 
 def _last_lines(text: str) -> str:
