@@ -12,7 +12,7 @@ State: a JSON file named by ``$FAKE_SYSTEMD_STATE`` (:class:`FakeSystemd` writes
 
     {"systemd_version": 252,                 # the systemctl whose exit codes are imitated
      "docker": ["docker"], "compose": ["docker-compose"],
-     "exec_start": ["up", "-d", "--remove-orphans"], "exec_stop": ["down", "--remove-orphans"],
+     "exec_start": ["up", "-d", "--remove-orphans"], "exec_stop": ["stop"],
      "units": {"docker-compose-web.service":  # compose, exec_start, exec_stop: per unit too
                {"compose_file": "/abs/docker-compose.yml", "project": "web"}},
      "runtime": {...}}                       # kept by the fake: stopped, failed, since, pid
@@ -22,14 +22,18 @@ entries named DOCKER_*, COMPOSE_*, SYSTEMD_*, HOMEOPS_*, PATH, PAGER, TERM, NO_C
 ``start`` time, ``seconds``, ``exit`` and the commands it ``ran`` with their exit codes), and
 ``<stem>.lock`` (flock: state updates and one job per unit at a time, as systemd queues jobs).
 
-The unit model is nix/modules/svc.nix's ``docker-compose-<svc>``: ``Type=simple``, ExecStart
-``<compose> -p <svc> -f <file> up --remove-orphans`` in the foreground, ExecStop ``… down
---remove-orphans``. The unit is active while a container of the project runs, and ``failed``
-when its start job failed or its containers exited non-zero without a stop. Here ExecStart is
-``up -d --remove-orphans`` (the project runs detached; ``exec_start`` changes it), ExecStop
-``down --remove-orphans`` (``exec_stop``, e.g. ``["stop"]`` to keep the containers), and the
-state is read from the engine (``docker ps --all`` with the project's compose labels, one-off
-containers left out). ``Restart=on-failure`` is not imitated.
+The contract imitated is nix/modules/svc.nix's ``docker-compose-<svc>`` unit (its
+``composeUnit``): ``Type=simple``, ExecStart ``<compose> -p <svc> -f <file> up
+--remove-orphans`` in the foreground, ExecStop ``<compose> -p <svc> -f <file> stop``. ``stop``
+keeps the containers (exited, with their anonymous volumes) and the next start's ``up`` starts
+the same containers again; nothing is removed. The unit is active while a container of the
+project runs, and ``failed`` when its start job failed or its containers exited non-zero
+without a stop. Here ExecStop is exactly the module's (``<compose> -p P -f F stop``; the
+``exec_stop`` switch, e.g. ``["down", "--remove-orphans"]``, is for a test that wants the
+containers removed, which the real unit never does), ExecStart is ``up -d --remove-orphans``
+(the project runs detached; ``exec_start`` changes it), and the state is read from the engine
+(``docker ps --all`` with the project's compose labels, one-off containers left out).
+``Restart=on-failure`` is not imitated.
 
 What it imitates (systemd 252 as on Debian 12 unless said; ``systemd_version`` >= 253 gives the
 newer exit codes where noted). A unit name without a suffix gets ``.service``, as systemctl
@@ -77,15 +81,18 @@ alone is 10; ``-f`` without ``-n`` shows the last 10), ``-e`` (``-n 1000``), ``-
   prints the message only.
 * No entries (unknown unit, no containers): ``-- No entries --`` (not with ``-q`` or ``-f``),
   exit 0.
-* ``-f``: prints new lines as they come and keeps following, also across stop/start and
-  down/up (it polls the engine and skips lines it already printed, by timestamp), until it is
+* ``-f``: prints new lines as they come and keeps following, also across stop/start (and
+  down/up with an ``exec_stop`` of ``down``): it polls the engine and skips lines it already
+  printed, by timestamp (compose replays a restarted container's whole log), until it is
   signalled. Exit on SIGTERM/SIGINT is 0 (the fake's choice; the call is still recorded).
 
 Not imitated: systemd's own journal lines (``Started …``), the journal outliving containers
-(``down`` removes a unit's past output here), ``--since``/``--until``, other output modes,
-units of other kinds, ``list-units``, enable/disable, masking. Anything not imitated fails with
-a message starting ``fake systemctl:``/``fake journalctl:`` and exit 1, so a test that strays
-outside the fake's contract fails loudly.
+(a stopped container keeps its output, but one that ``up`` recreates for a changed compose
+file, or that an ``exec_stop`` of ``down`` removes, takes its past output with it here),
+``--since``/``--until``, other output modes, units of other kinds, ``list-units``,
+enable/disable, masking. Anything not imitated fails with a message starting ``fake
+systemctl:``/``fake journalctl:`` and exit 1, so a test that strays outside the fake's
+contract fails loudly.
 """
 
 from __future__ import annotations
@@ -111,9 +118,11 @@ STATE_ENV: Final = "FAKE_SYSTEMD_STATE"
 BIN_DIR: Final = Path(__file__).resolve().parent / "bin"
 DEFAULT_SYSTEMD_VERSION: Final = 252
 UNIT_PREFIX: Final = "docker-compose-"
-# What nix/modules/svc.nix's unit runs (ExecStart in the foreground there, detached here).
+# What nix/modules/svc.nix's docker-compose-<svc> unit runs after ``<compose> -p P -f F``:
+# ExecStart ``up --remove-orphans`` in the foreground there, detached here; ExecStop ``stop``,
+# the module's exactly (containers kept, not removed).
 EXEC_START: Final = ("up", "-d", "--remove-orphans")
-EXEC_STOP: Final = ("down", "--remove-orphans")
+EXEC_STOP: Final = ("stop",)
 PROJECT_LABEL: Final = "com.docker.compose.project"
 ONEOFF_LABEL: Final = "com.docker.compose.oneoff"
 _ENV_PREFIXES: Final = ("DOCKER_", "COMPOSE_", "SYSTEMD_", "HOMEOPS_")

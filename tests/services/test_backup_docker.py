@@ -170,6 +170,7 @@ def test_through_systemd_the_unit_is_stopped_and_started(
 ):
     unit = fake_systemd.add_unit(compose_project.name, compose_project.file)
     fake_systemd.run("systemctl", "start", unit).check_returncode()
+    [before] = compose_project.containers()
     fake_systemd.clear_calls()
     world.settings["systemd"] = "always"
     states = watch_restic(world, compose_project)
@@ -177,7 +178,9 @@ def test_through_systemd_the_unit_is_stopped_and_started(
     code, out, err = world.svc(capsys, "backup", "local", name, "--json")
     assert code == 0, err
     assert json.loads(out)["services"][0]["stopped"] is True
-    # The unit's ExecStop is `down`: no container while restic ran; `start` made it again.
-    assert states.read_text().split() == []
-    assert compose_project.states() == ["running"]
+    # The unit's ExecStop is `stop`: its container exited (kept) while restic ran; `start`
+    # ran the same container again.
+    assert states.read_text().split() == ["exited"]
+    [after] = compose_project.containers()
+    assert (after["ID"], after["State"]) == (before["ID"], "running")
     assert [c.args[0] for c in fake_systemd.calls("systemctl")] == ["stop", "start"]

@@ -90,6 +90,7 @@ def test_in_place_through_systemd_restores_the_volume_with_the_service_stopped(
     world.settings["systemd"] = "always"
     unit = fake_systemd.add_unit(name, compose_project.file)
     assert fake_systemd.run("systemctl", "start", unit).returncode == 0
+    [before] = compose_project.containers()
     mountpoint = dockerd.volume_mountpoint(compose_project.volume())
     original = fill(mountpoint)
     backup(world, mountpoint, name)
@@ -110,13 +111,15 @@ def test_in_place_through_systemd_restores_the_volume_with_the_service_stopped(
     # dockerd bind-mounts its data root onto itself: a volume is copied aside, never renamed.
     assert [m["how"] for m in result["moved"]] == ["copy"]
     assert [p.name for p in mountpoint.parent.iterdir()] == ["_data"]  # nothing left beside
-    # Stopped through the unit (its ExecStop is `down`: no container at all), then started.
-    assert seen == [[]]
+    # Stopped through the unit (its ExecStop is `stop`: the container kept, not running while
+    # the data moved), then started again.
+    assert seen == [["exited"]]
     assert [c.args for c in fake_systemd.calls("systemctl")] == [
         ("stop", "--no-ask-password", unit_for(name)),
         ("start", "--no-ask-password", unit_for(name)),
     ]
-    assert compose_project.states() == ["running"]
+    [after] = compose_project.containers()
+    assert (after["ID"], after["State"]) == (before["ID"], "running")
     assert in_container(dockerd, compose_project, "/data/db.txt") == "rows 1-100\n"
 
 

@@ -4,6 +4,7 @@ exit codes and messages, and record every call."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import select
@@ -15,8 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.systemd import BIN_DIR, STATE_ENV, FakeSystemd, parse_log_line
+from tests.fakes.systemd import (
+    BIN_DIR,
+    STATE_ENV,
+    Context,
+    FakeSystemd,
+    parse_log_line,
+    read_state,
+)
 from tests.fixtures.dockerd import ComposeProject, DockerdHandle
+from tests.nix.harness import make_mock_dir, needs_nix
+from tests.nix.test_svc_module import evaluate
 
 pytestmark = pytest.mark.integration
 
@@ -87,10 +97,18 @@ def test_start_stop_restart_drive_the_real_containers(
     assert compose_project.states() == ["running"]
     assert _started_at(dockerd, compose_project) != first_start
 
+    (before_stop,) = compose_project.containers()
+    fake_systemd.clear_calls()
     stopped = fake_systemd.run("systemctl", "stop", "docker-compose-web")
     assert (stopped.returncode, stopped.stdout, stopped.stderr) == (0, "", "")
-    # ExecStop is `down --remove-orphans` (nix/modules/svc.nix): containers go, volumes stay.
-    assert compose_project.containers() == []
+    # ExecStop is the module's `<compose> -p P -f F stop` (nix/modules/svc.nix): the container
+    # is kept, exited, with its volume; nothing is removed.
+    (stop_call,) = fake_systemd.calls()
+    compose = ["docker-compose", "-p", compose_project.name, "-f", str(compose_project.file)]
+    assert [*compose, "stop"] in [list(argv) for argv in stop_call.ran]
+    assert not [argv for argv in stop_call.ran if "down" in argv or "rm" in argv]
+    (after_stop,) = compose_project.containers()
+    assert (after_stop["ID"], after_stop["State"]) == (before_stop["ID"], "exited")
     assert dockerd.volume_mountpoint(compose_project.volume("data")).is_dir()
     after = fake_systemd.run("systemctl", "is-active", "docker-compose-web")
     assert (after.returncode, after.stdout) == (3, "inactive\n")
@@ -101,21 +119,60 @@ def test_start_stop_restart_drive_the_real_containers(
     status = fake_systemd.run("systemctl", "status", "docker-compose-web")
     assert status.returncode == 3
     assert status.stdout.startswith("○ docker-compose-web.service")
+    assert "Active: inactive (dead)" in status.stdout
+    assert f"Containers: {after_stop['Names']} (exited)" in status.stdout
+
+    # Started again: `up` starts the same (stopped) container, not a new one.
+    again = fake_systemd.run("systemctl", "start", "docker-compose-web")
+    assert (again.returncode, again.stderr) == (0, "")
+    (running,) = compose_project.containers()
+    assert (running["ID"], running["State"]) == (before_stop["ID"], "running")
+    active = fake_systemd.run("systemctl", "is-active", "docker-compose-web")
+    assert (active.returncode, active.stdout) == (0, "active\n")
 
 
-def test_exec_stop_stop_keeps_the_containers(
-    fake_systemd: FakeSystemd, compose_project: ComposeProject
+def test_exec_stop_down_removes_the_containers(
+    dockerd: DockerdHandle, fake_systemd: FakeSystemd, compose_project: ComposeProject
 ):
+    # The switch for a test that wants `down` (the module's unit never runs it).
     unit = fake_systemd.add_unit(
-        compose_project.name, compose_project.file, exec_stop=["stop", "--timeout", "5"]
+        compose_project.name, compose_project.file, exec_stop=["down", "--remove-orphans"]
     )
     assert fake_systemd.run("systemctl", "start", unit).returncode == 0
+    assert compose_project.states() == ["running"]
     assert fake_systemd.run("systemctl", "stop", unit).returncode == 0
-    assert compose_project.states() == ["exited"]
+    assert compose_project.containers() == []
+    assert dockerd.volume_mountpoint(compose_project.volume("data")).is_dir()  # volumes stay
     done = fake_systemd.run("systemctl", "is-active", unit)
     assert (done.returncode, done.stdout) == (3, "inactive\n")
     (_, stop, _) = fake_systemd.calls()
-    assert stop.ran[-1][-3:] == ("stop", "--timeout", "5")
+    assert stop.ran[-1][-2:] == ("down", "--remove-orphans")
+
+
+@needs_nix
+def test_the_default_unit_runs_the_modules_exec_start_and_exec_stop(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+):
+    """The fake's default commands are nix/modules/svc.nix's (as the module evaluates), the
+    only difference being ``up -d``: the project runs detached here."""
+    root = tmp_path / "root"
+    config = (
+        f'{{ enable = true; servicesRoot = "{root}"; '
+        'services.web.files."docker-compose.yml".source = "/unused"; }'
+    )
+    unit = evaluate(make_mock_dir(tmp_path_factory), config).unit("docker-compose-web")
+    exec_start = unit["serviceConfig"]["ExecStart"].split()
+    exec_stop = unit["serviceConfig"]["ExecStop"].split()
+
+    fake = FakeSystemd.create(tmp_path / "systemd", compose=exec_stop[:1])
+    fake.add_unit("web", root / "web" / "docker-compose.yml")
+    state = read_state(fake.state_path)
+    ctx = Context(fake.state_path, state, io.StringIO(), io.StringIO())
+    config_unit = ctx.units()["docker-compose-web.service"]
+    base = ctx.compose_argv(config_unit)
+    assert [*base, *config_unit.exec_stop] == exec_stop
+    assert [*base, *(a for a in config_unit.exec_start if a != "-d")] == exec_start
+    assert "-d" in config_unit.exec_start
 
 
 def test_start_of_an_active_unit_runs_nothing(

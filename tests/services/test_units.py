@@ -174,16 +174,19 @@ def test_start_stop_restart_through_the_systemd_unit(
         ],
     }
     assert compose_project.states() == ["running"]
+    [started] = compose_project.containers()
 
     code, out, err = run_svc(capsys, config, "stop", name)
     assert code == 0, err
-    # The unit's ExecStop is `down` (nix/modules/svc.nix): no containers are left.
-    assert out.splitlines()[1].split() == [name, "ok", "systemd", "absent"]
-    assert compose_project.states() == []
+    # The unit's ExecStop is `stop` (nix/modules/svc.nix): the container is kept, not running.
+    assert out.splitlines()[1].split() == [name, "ok", "systemd", "stopped"]
+    [stopped] = compose_project.containers()
+    assert (stopped["ID"], stopped["State"]) == (started["ID"], "exited")
 
     code, _out, err = run_svc(capsys, config, "restart", name)
     assert code == 0, err
-    assert compose_project.states() == ["running"]
+    [restarted] = compose_project.containers()
+    assert (restarted["ID"], restarted["State"]) == (started["ID"], "running")
     assert [c.args for c in fake_systemd.calls("systemctl")] == [
         (verb, "--no-ask-password", unit) for verb in ("start", "stop", "restart")
     ]
