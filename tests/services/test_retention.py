@@ -210,3 +210,18 @@ def test_known_from_results_keeps_only_complete_records() -> None:
 )
 def test_local_repository(location: str | None, path: str | None) -> None:
     assert local_repository(location) == path
+
+
+def test_a_large_repository_is_decided_quickly_and_strictly() -> None:
+    """20,000 recorded snapshots of other services, one file each: indexed, not scanned
+    per file; one file more than the records is decided at once."""
+    base = at("2025-03-10 12:00")
+    known = [
+        KnownSnapshot(f"{n:08x}", (f"svc{n}",), base - n * 3600.0, base - n * 3600.0)
+        for n in range(1, 20_001)
+    ]
+    known.append(KnownSnapshot("ffffffff", ("app",), base, base))
+    files = [full(k.snapshot_id) for k in known]
+    reason = nothing_to_forget(DAILY7, "app", files, known, local=local)
+    assert reason == "nothing to remove: app has one snapshot in the repository"
+    assert nothing_to_forget(DAILY7, "app", [*files, full("eeeeeeee")], known, local=local) is None

@@ -110,10 +110,17 @@ def nothing_to_forget(
     ``local`` turns a time into the local time restic buckets by (tests pin a zone).
     """
     to_local = local or _local
+    names = list(files)
+    if len(names) > len(known):
+        return None  # more snapshots than records: at least one no job recorded
+    # Ids are at least 8 hex digits (0.14 prints 8): index by those, not a scan per file.
+    by_prefix: dict[str, list[KnownSnapshot]] = {}
+    for snap in known:
+        by_prefix.setdefault(snap.snapshot_id[:8], []).append(snap)
     members: list[KnownSnapshot] = []
     claimed: set[str] = set()
-    for name in files:
-        match = [k for k in known if name.startswith(k.snapshot_id)]
+    for name in names:
+        match = [k for k in by_prefix.get(name[:8], ()) if name.startswith(k.snapshot_id)]
         if len(match) != 1 or match[0].snapshot_id in claimed:
             return None  # a snapshot no job recorded (or ids that do not tell them apart)
         claimed.add(match[0].snapshot_id)
