@@ -338,7 +338,8 @@ def test_usage_errors_exit_2_and_queue_nothing(world, capsys, args, says):
 
 @pytest.mark.integration
 @needs_restic
-def test_backup_saves_paths_tagged_with_excludes_and_keeps_the_job(world, capsys):
+def test_backup_saves_paths_tagged_with_excludes_and_keeps_the_job(world, capsys, monkeypatch):
+    monkeypatch.delenv("TZ", raising=False)  # restic's zone known: forget may be skipped
     src = tree(world.root / "src")
     world.service(
         "app", paths=[str(src)], tags=["media"], exclude=["*.log"], **world.logging_hooks()
@@ -433,10 +434,11 @@ def test_forget_keeps_what_each_services_policy_says(world, capsys):
 
 @pytest.mark.integration
 @needs_restic
-def test_forget_is_skipped_only_when_the_ledger_proves_it_needless(world, capsys):
+def test_forget_is_skipped_only_when_the_ledger_proves_it_needless(world, capsys, monkeypatch):
     """A forget is a restic process of its own (~0.6 s of key derivation) holding the
     exclusive lock: it is skipped when every snapshot file is one a recorded job made and the
     policy keeps them all; a snapshot no job recorded (restic run by hand) makes it run."""
+    monkeypatch.delenv("TZ", raising=False)
     src = tree(world.root / "src")
     world.service("app", paths=[str(src)], policy={"daily": 7, "weekly": 0, "monthly": 0})
     code, out, err = world.svc(capsys, "backup", "local", "app", "--json")
@@ -446,6 +448,17 @@ def test_forget_is_skipped_only_when_the_ledger_proves_it_needless(world, capsys
     assert row["forget"]["skipped"] == "nothing to remove: app has one snapshot in the repository"
     [job] = world.jobs()
     assert "restic/forget.json" not in world.manifest(job)
+    assert len(job.result["utc_offsets_s"]) == 2
+
+    # With TZ set, restic (Go) may read the zone otherwise (a POSIX rule is UTC to Go): the
+    # snapshot's day is not known, so forget runs, and finds nothing to remove today.
+    monkeypatch.setenv("TZ", "<-0110>1:10")
+    code, out, err = world.svc(capsys, "backup", "local", "app", "--json")
+    assert code == 0, err
+    [row] = json.loads(out)["services"]
+    assert (row["forget"]["ran"], row["forget"]["removed"]) == (True, 1)
+    assert world.jobs()[-1].result["utc_offsets_s"] is None
+    monkeypatch.delenv("TZ")
 
     # A snapshot of the service that no job recorded: forget must run and see it.
     made = world.restic("backup", "--tag=app", str(src))
@@ -453,7 +466,7 @@ def test_forget_is_skipped_only_when_the_ledger_proves_it_needless(world, capsys
     code, out, err = world.svc(capsys, "backup", "local", "app", "--json")
     assert code == 0, err
     [row] = json.loads(out)["services"]
-    # All three are from today: keep-daily keeps the newest of the day.
+    # All three left are from today: keep-daily keeps the newest of the day.
     assert (row["forget"]["ran"], row["forget"]["removed"]) == (True, 2)
     assert [s["short_id"] for s in world.snapshots("app")] == [row["snapshot_id"]]
 

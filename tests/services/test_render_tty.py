@@ -85,6 +85,10 @@ def test_backup_and_restore_draw_live_bars_on_a_terminal(world: SvcWorld) -> Non
     src.mkdir()
     for n in range(8):
         (src / f"f{n}.bin").write_bytes(os.urandom(4 << 20))
+    # A file name from the backed-up data that is a terminal command (clear the screen, set
+    # the window title): it must be shown escaped, never sent to the terminal.
+    hostile = src / "evil\x1b[2J\x1b]0;PWNED\x07.txt"
+    hostile.write_text("1")
     world.service("app", paths=[str(src)])
     world.write()
     env = env_for(world)
@@ -102,6 +106,7 @@ def test_backup_and_restore_draw_live_bars_on_a_terminal(world: SvcWorld) -> Non
     # A target whose name is Rich markup is printed as it is, not parsed (a "[/]" there
     # ended the command with MarkupError).
     target = world.root / "restored [/]x[bold]"
+    hostile.write_text("22")  # now it differs from the snapshot: listed as changed
     code, drawn = on_pty(
         [SVC, "--config", str(world.config), "restore", "local", "app", "--target", str(target)],
         env,
@@ -110,5 +115,8 @@ def test_backup_and_restore_draw_live_bars_on_a_terminal(world: SvcWorld) -> Non
     assert code == 0, drawn
     assert "MarkupError" not in text
     assert "[/]x[bold]" in text
+    assert "\x1b]0;PWNED" not in drawn and "\x1b[2J" not in drawn
+    assert "changed: " in text and "evil\\x1b[2J\\x1b]0;PWNED\\x07.txt" in text
     restored = sorted(p.name for p in target.rglob("*.bin"))
     assert restored == [f"f{n}.bin" for n in range(8)]
+    assert (target / hostile.relative_to("/")).read_text() == "1"

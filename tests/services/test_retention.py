@@ -13,6 +13,7 @@ from homeops.services.retention import (
     local_repository,
     nothing_to_forget,
     parse_ts,
+    utc_offsets,
 )
 
 # A zone east of UTC, so that a UTC-day and a local day differ (as restic's buckets do).
@@ -24,14 +25,17 @@ def at(text: str) -> float:
     return datetime.fromisoformat(text).replace(tzinfo=ZONE).timestamp()
 
 
-def local(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, UTC).astimezone(ZONE)
+OFFSETS = (7200, 7200)
 
 
 def snap(
-    short: str, begin: str, end: str | None = None, tags: tuple[str, ...] = ("app",)
+    short: str,
+    begin: str,
+    end: str | None = None,
+    tags: tuple[str, ...] = ("app",),
+    offsets: tuple[int, int] | None = OFFSETS,
 ) -> KnownSnapshot:
-    return KnownSnapshot(short, tags, at(begin), at(end or begin))
+    return KnownSnapshot(short, tags, at(begin), at(end or begin), offsets)
 
 
 def full(short: str) -> str:
@@ -148,25 +152,58 @@ DAILY7 = KeepPolicy(daily=7, weekly=4, monthly=6)
 def test_nothing_to_forget(
     policy: KeepPolicy, known: list[KnownSnapshot], files: list[str], skip: bool
 ) -> None:
-    reason = nothing_to_forget(policy, "app", [full(f) for f in files], known, local=local)
+    reason = nothing_to_forget(policy, "app", [full(f) for f in files], known)
     assert (reason is not None) is skip, reason
     if skip:
         assert reason is not None and reason.startswith("nothing to remove")
 
 
-def test_days_are_local_days() -> None:
-    """21:30 and 23:30 UTC are one UTC day but two days at UTC+2: restic buckets by the local
-    day, so both are kept by keep-daily and forget is not needed."""
+def test_days_are_each_snapshots_own_zone() -> None:
+    """restic buckets a snapshot by the offset stored with it. 21:30 and 23:30 UTC are one
+    UTC day but two days at UTC+2; and a zone that changed between two backups (00:10 UTC
+    stored at UTC, 01:14 UTC stored at -01:13, i.e. 00:01 local) puts both on one day."""
     first = datetime(2025, 3, 10, 21, 30, tzinfo=UTC).timestamp()
     second = datetime(2025, 3, 10, 23, 30, tzinfo=UTC).timestamp()
-    known = [
-        KnownSnapshot("aaaaaaaa", ("app",), first, first),
-        KnownSnapshot("bbbbbbbb", ("app",), second, second),
-    ]
     files = [full("aaaaaaaa"), full("bbbbbbbb")]
-    assert nothing_to_forget(KeepPolicy(daily=7), "app", files, known, local=local) is not None
-    in_utc = lambda t: datetime.fromtimestamp(t, UTC)  # noqa: E731
-    assert nothing_to_forget(KeepPolicy(daily=7), "app", files, known, local=in_utc) is None
+
+    def two(
+        offsets_a: tuple[int, int], offsets_b: tuple[int, int], a: float, b: float
+    ) -> str | None:
+        known = [
+            KnownSnapshot("aaaaaaaa", ("app",), a, a, offsets_a),
+            KnownSnapshot("bbbbbbbb", ("app",), b, b, offsets_b),
+        ]
+        return nothing_to_forget(KeepPolicy(daily=7), "app", files, known)
+
+    assert two(OFFSETS, OFFSETS, first, second) is not None
+    assert two((0, 0), (0, 0), first, second) is None
+    early = datetime(2026, 12, 7, 0, 10, tzinfo=UTC).timestamp()
+    late = datetime(2026, 12, 7, 1, 14, tzinfo=UTC).timestamp()
+    assert two((0, 0), (0, 0), early, late) is None
+    assert two((0, 0), (-4380, -4380), early, late) is None  # both Dec 7 in their zones
+    assert two((-4380, -4380), (0, 0), early, late) is not None  # Dec 6 22:57, Dec 7 01:14
+
+
+def test_an_unknown_zone_means_forget_runs() -> None:
+    """A snapshot of the service recorded without offsets (TZ was set: Go may read it
+    otherwise, or an older record) cannot be bucketed: forget runs. Another service's
+    snapshot without offsets does not matter."""
+    files = [full("aaaaaaaa"), full("bbbbbbbb")]
+    mine = snap("aaaaaaaa", "2025-03-10 12:00", offsets=None)
+    other = snap("bbbbbbbb", "2025-03-10 13:00", tags=("db",), offsets=None)
+    assert nothing_to_forget(DAILY7, "app", files, [mine, other]) is None
+    mine = snap("aaaaaaaa", "2025-03-10 12:00")
+    assert nothing_to_forget(DAILY7, "app", files, [mine, other]) is not None
+
+
+def test_utc_offsets_only_without_tz() -> None:
+    moment = datetime(2025, 7, 1, 12, tzinfo=UTC).timestamp()
+    assert utc_offsets({"TZ": "Europe/Berlin"}, moment) is None
+    assert utc_offsets({"TZ": ""}, moment) is None
+    offsets = utc_offsets({}, moment, moment + 60)
+    expected = datetime.fromtimestamp(moment, UTC).astimezone().utcoffset()
+    assert expected is not None
+    assert offsets == [int(expected.total_seconds())] * 2
 
 
 def test_known_from_results_keeps_only_complete_records() -> None:
@@ -176,6 +213,7 @@ def test_known_from_results_keeps_only_complete_records() -> None:
         "tags": ["app"],
         "started_at": "2025-03-10T12:00:00.000Z",
         "finished_at": "2025-03-10T12:01:00.000Z",
+        "utc_offsets_s": [3600, 7200],
     }
     results = [
         good,
@@ -191,8 +229,15 @@ def test_known_from_results_keeps_only_complete_records() -> None:
     ]
     [only] = known_from_results(results, "local")
     assert only == KnownSnapshot(
-        "1a2b3c4d", ("app",), parse_ts(good["started_at"]), parse_ts(good["finished_at"])
+        "1a2b3c4d",
+        ("app",),
+        parse_ts(str(good["started_at"])),
+        parse_ts(str(good["finished_at"])),
+        (3600, 7200),
     )
+    for odd in (None, [3600], [3600, "x"], [True, 0], [0, 100 * 3600], "3600"):
+        [entry] = known_from_results([{**good, "utc_offsets_s": odd}], "local")
+        assert entry.offsets is None, odd
 
 
 @pytest.mark.parametrize(
@@ -200,7 +245,8 @@ def test_known_from_results_keeps_only_complete_records() -> None:
     [
         ("/srv/restic", "/srv/restic"),
         ("local:/srv/restic", "/srv/restic"),
-        (" /srv/restic ", "/srv/restic"),
+        (" /srv/restic", None),  # restic takes it as it is: a relative path
+        ("/srv/restic\n", "/srv/restic\n"),
         ("relative/repo", None),
         ("sftp:backup@nas:/srv/restic", None),
         ("rest:http://127.0.0.1:8000/", None),
@@ -217,11 +263,11 @@ def test_a_large_repository_is_decided_quickly_and_strictly() -> None:
     per file; one file more than the records is decided at once."""
     base = at("2025-03-10 12:00")
     known = [
-        KnownSnapshot(f"{n:08x}", (f"svc{n}",), base - n * 3600.0, base - n * 3600.0)
+        KnownSnapshot(f"{n:08x}", (f"svc{n}",), base - n * 3600.0, base - n * 3600.0, OFFSETS)
         for n in range(1, 20_001)
     ]
-    known.append(KnownSnapshot("ffffffff", ("app",), base, base))
+    known.append(KnownSnapshot("ffffffff", ("app",), base, base, OFFSETS))
     files = [full(k.snapshot_id) for k in known]
-    reason = nothing_to_forget(DAILY7, "app", files, known, local=local)
+    reason = nothing_to_forget(DAILY7, "app", files, known)
     assert reason == "nothing to remove: app has one snapshot in the repository"
-    assert nothing_to_forget(DAILY7, "app", [*files, full("eeeeeeee")], known, local=local) is None
+    assert nothing_to_forget(DAILY7, "app", [*files, full("eeeeeeee")], known) is None

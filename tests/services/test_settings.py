@@ -161,6 +161,26 @@ def test_repository_needs_one_location(
     assert "repositories.local" in err and "not both" in err
 
 
+@pytest.mark.parametrize(
+    ("location", "says"),
+    [
+        ("/srv/restic\n", "trailing whitespace"),
+        (" /srv/restic", "leading or trailing whitespace"),
+        ("/srv/re\nstic", "one line"),
+    ],
+)
+def test_a_repository_location_restic_would_misread_is_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, state_dir: Path, location: str, says: str
+) -> None:
+    """restic keeps whitespace around a location: "/srv/restic\n" would be a second
+    repository next to the one meant, so it is refused at load, naming the field."""
+    config = write(tmp_path, {"repositories": {"local": {"repository": location}}})
+    code, out, err = run_svc(capsys, "--config", str(config), "config", "show")
+    assert (code, out) == (2, ""), err
+    assert err.startswith(f"config error: {config}: repositories.local.repository: "), err
+    assert says in err
+
+
 def test_environment_overrides_a_scalar(
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,

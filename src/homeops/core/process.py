@@ -207,22 +207,20 @@ async def run(
 def decoded(raw: RawProcessResult) -> ProcessResult:
     """``raw`` with its output decoded as UTF-8 (a stream cut at its front starts at the
     next whole character)."""
+    stdout, stdout_dropped = _decode_tail(raw.stdout, raw.stdout_dropped)
+    stderr, stderr_dropped = _decode_tail(raw.stderr, raw.stderr_dropped)
     return ProcessResult(
-        raw.argv,
-        raw.returncode,
-        _decode_tail(raw.stdout, raw.stdout_dropped),
-        _decode_tail(raw.stderr, raw.stderr_dropped),
-        raw.duration_ms,
-        raw.stdout_dropped,
-        raw.stderr_dropped,
+        raw.argv, raw.returncode, stdout, stderr, raw.duration_ms, stdout_dropped, stderr_dropped
     )
 
 
-def _decode_tail(data: bytes, dropped: int) -> str:
-    """UTF-8 text of a stream; one cut at its front starts at the next whole character."""
+def _decode_tail(data: bytes, dropped: int) -> tuple[str, int]:
+    """UTF-8 text of a stream and how many bytes were cut: one cut at its front starts at
+    the next whole character (the bytes of the split one count as cut)."""
     if dropped:
-        data = data[next((i for i, b in enumerate(data[:4]) if b & 0xC0 != 0x80), 0) :]
-    return data.decode("utf-8", "replace")
+        skip = next((i for i, b in enumerate(data[:4]) if b & 0xC0 != 0x80), 0)
+        data, dropped = data[skip:], dropped + skip
+    return data.decode("utf-8", "replace"), dropped
 
 
 async def run_bytes(

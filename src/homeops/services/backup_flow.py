@@ -61,7 +61,7 @@ from homeops.core.errors import (
 )
 from homeops.core.logging import format_ts, get_logger
 from homeops.services import restic as r
-from homeops.services import units
+from homeops.services import retention, units
 from homeops.services.stop import StopRequest as StopRequest  # re-exported
 from homeops.services.stop import guard
 
@@ -212,6 +212,8 @@ class BackupRecord:
     volumes: dict[str, str] = field(default_factory=dict)
     started_at: float | None = None
     finished_at: float | None = None
+    # restic's UTC offsets at started_at and finished_at (None: its zone is not known here).
+    utc_offsets: list[int] | None = None
     restic_version: str | None = None
     state: BackupState | None = None
     snapshot_id: str | None = None
@@ -241,6 +243,7 @@ class BackupRecord:
             "state": str(self.state) if self.state is not None else None,
             "started_at": format_ts(started) if started is not None else None,
             "finished_at": format_ts(finished) if finished is not None else None,
+            "utc_offsets_s": self.utc_offsets,
             "duration_s": (
                 round(finished - started, 3) if started is not None and finished else None
             ),
@@ -514,6 +517,9 @@ async def run_backup(
             )
     finally:
         record.finished_at = clock()
+        record.utc_offsets = retention.utc_offsets(
+            repo.environ, record.started_at, record.finished_at
+        )
         if stop is not None and stop.requested and record.interrupted is None:
             record.interrupted = stop.reason
     error = failures.error(record.interrupted)
@@ -826,8 +832,6 @@ async def _needless_forget(
 ) -> str | None:
     """Why forget would remove nothing (services/retention.py), or None: run it. Whatever
     cannot be read (the repository's directory, the ledger) means: run it."""
-    from homeops.services import retention
-
     if record.snapshot_id is None or record.started_at is None:
         return None
     files = await asyncio.to_thread(repo.snapshot_files)
@@ -839,7 +843,15 @@ async def _needless_forget(
         _log.debug("forget", "job ledger unreadable; forget runs", err=exc)
         return None
     known = retention.known_from_results(results, repo.name)
+    now = time.time()
+    offsets = retention.utc_offsets(repo.environ, record.started_at, now)
     known.append(
-        retention.KnownSnapshot(record.snapshot_id, record.tags, record.started_at, time.time())
+        retention.KnownSnapshot(
+            record.snapshot_id,
+            record.tags,
+            record.started_at,
+            now,
+            None if offsets is None else (offsets[0], offsets[1]),
+        )
     )
     return retention.nothing_to_forget(keep, record.service, files, known)

@@ -26,6 +26,8 @@ repository, without calling restic)::
                                         #   failed (see warnings, unreadable, forget.error)
       "started_at": "2025-01-02T03:00:00.123Z",   # RFC 3339 UTC, of the backup run
       "finished_at": "2025-01-02T03:01:10.456Z",
+      "utc_offsets_s": [3600, 3600],    # restic's zone at start and end (it buckets
+                                        #   forget by it); null when TZ is set (unknown)
       "duration_s": 70.333,
       "snapshot_id": "1a2b3c4d",        # as restic printed it (0.14: the short id)
       "files": 1234,                    # restic's total_files_processed

@@ -15,6 +15,14 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 
+def _lines(text: str) -> str:
+    """A result for a terminal: each line's control characters escaped (file names from a
+    backup, a --target path, restic's words), the line breaks kept."""
+    from homeops.core.cli.common import printable
+
+    return "\n".join(printable(line) for line in text.split("\n"))
+
+
 class Renderer(Protocol):
     """What the services commands need from their output."""
 
@@ -63,7 +71,7 @@ class PlainRenderer:
         from homeops.core.cli.common import print_text
 
         del data
-        print_text(text())
+        print_text(_lines(text()))
 
     def progress(self, key: str, fraction: float | None, message: str) -> None:
         now = self._clock()
@@ -72,11 +80,11 @@ class PlainRenderer:
             return
         self._last[key] = now
         done = "" if fraction is None else f" {fraction * 100:.0f}%"
-        sys.stderr.write(f"{key}:{done} {message}\n")
+        sys.stderr.write(f"{key}:{done} {_lines(message)}\n")
 
     def finish(self, key: str, message: str) -> None:
         self._last.pop(key, None)
-        sys.stderr.write(f"{key}: {message}\n")
+        sys.stderr.write(f"{key}: {_lines(message)}\n")
 
     def close(self) -> None:
         pass
@@ -106,7 +114,7 @@ class RichRenderer:
 
     def result(self, data: Any, text: Callable[[], str]) -> None:  # noqa: ANN401
         del data
-        self._out.print(text(), highlight=False, markup=False)
+        self._out.print(_lines(text()), highlight=False, markup=False)
 
     def progress(self, key: str, fraction: float | None, message: str) -> None:
         if not self._started:
@@ -115,12 +123,12 @@ class RichRenderer:
         task = self._tasks.get(key)
         if task is None:
             task = self._tasks[key] = self._bars.add_task(message, total=1.0, key=key)
-        self._bars.update(task, completed=fraction or 0.0, description=message)
+        self._bars.update(task, completed=fraction or 0.0, description=_lines(message))
 
     def finish(self, key: str, message: str) -> None:
         task = self._tasks.get(key)
         if task is not None:
-            self._bars.update(task, completed=1.0, description=message)
+            self._bars.update(task, completed=1.0, description=_lines(message))
 
     def close(self) -> None:
         if self._started:

@@ -13,9 +13,13 @@ backup's forget; it never removes one.
 
 restic's rules (internal/restic/snapshot_policy.go): snapshots newest first; a rule with a
 count left keeps a snapshot whose bucket (daily: year-month-day; weekly: ISO year and week;
-monthly: year-month, all in local time) differs from the last one it kept; a snapshot is kept
-when any rule keeps it. So n snapshots in n different buckets of a rule whose count is at
-least n are all kept.
+monthly: year-month) differs from the last one it kept; a snapshot is kept when any rule
+keeps it. So n snapshots in n different buckets of a rule whose count is at least n are all
+kept. The buckets are in each snapshot's own zone: the UTC offset restic stored with it, that
+of Go's local time when it ran, whatever the zone at forget time. So each backup records the
+offset of its start and end (:func:`utc_offsets`), and only where restic's zone is known to
+be this process's: with ``TZ`` unset both read /etc/localtime; a ``TZ`` value (a POSIX rule
+Go cannot load falls back to UTC) leaves it unknown, and forget runs.
 """
 
 from __future__ import annotations
@@ -45,13 +49,30 @@ _UNITS: Final = {"daily": "days", "weekly": "weeks", "monthly": "months"}
 @dataclass(frozen=True)
 class KnownSnapshot:
     """A snapshot this tool saved: its id as restic printed it (0.14: the first 8 hex
-    digits), its tags, and bounds of its time (the backup job's start and end: restic takes
-    the snapshot's time in between)."""
+    digits), its tags, bounds of its time (the backup job's start and end: restic takes the
+    snapshot's time in between), and the UTC offsets of restic's zone at those two times
+    (None: not known)."""
 
     snapshot_id: str
     tags: tuple[str, ...]
     earliest: float
     latest: float
+    offsets: tuple[int, int] | None = None
+
+
+def utc_offsets(environ: Mapping[str, str], *times: float) -> list[int] | None:
+    """The UTC offsets (seconds) restic's local time has at ``times``, or None when that
+    cannot be known from here: restic (Go) and this process agree on the zone only when
+    ``TZ`` is unset (both read /etc/localtime)."""
+    if "TZ" in environ:
+        return None
+    out: list[int] = []
+    for moment in times:
+        offset = datetime.fromtimestamp(moment, UTC).astimezone().utcoffset()
+        if offset is None:
+            return None
+        out.append(int(offset.total_seconds()))
+    return out
 
 
 def local_repository(location: str | None) -> str | None:
@@ -59,7 +80,8 @@ def local_repository(location: str | None) -> str | None:
     or None for a remote backend or anything not an absolute path."""
     if location is None or not is_local_location(location):
         return None
-    path = location.strip().removeprefix("local:")
+    # Exactly what restic is given: it does not trim the location either.
+    path = location.removeprefix("local:")
     return path if path.startswith("/") else None
 
 
@@ -92,8 +114,20 @@ def known_from_results(results: Iterable[Mapping[str, Any]], repo: str) -> list[
         except ValueError:
             continue
         if earliest <= latest:
-            out.append(KnownSnapshot(snapshot, tuple(tags), earliest, latest))
+            offsets = _offsets(result.get("utc_offsets_s"))
+            out.append(KnownSnapshot(snapshot, tuple(tags), earliest, latest, offsets))
     return out
+
+
+def _offsets(value: object) -> tuple[int, int] | None:
+    """A recorded ``utc_offsets_s`` pair; None for anything else (not recorded, or odd)."""
+    if not (isinstance(value, list) and len(value) == 2):
+        return None
+    first, last = value
+    for item in (first, last):
+        if isinstance(item, bool) or not isinstance(item, int) or abs(item) > 26 * 3600:
+            return None
+    return first, last
 
 
 def nothing_to_forget(
@@ -101,15 +135,9 @@ def nothing_to_forget(
     service: str,
     files: Iterable[str],
     known: Sequence[KnownSnapshot],
-    *,
-    local: Callable[[float], datetime] | None = None,
 ) -> str | None:
     """Why ``forget --tag=SERVICE`` under ``policy`` would remove nothing, given the names of
-    the repository's snapshot files; None when it might remove something (run it).
-
-    ``local`` turns a time into the local time restic buckets by (tests pin a zone).
-    """
-    to_local = local or _local
+    the repository's snapshot files; None when it might remove something (run it)."""
     names = list(files)
     if len(names) > len(known):
         return None  # more snapshots than records: at least one no job recorded
@@ -128,6 +156,8 @@ def nothing_to_forget(
             members.append(match[0])
     if not members:
         return f"nothing to remove: no snapshot of {service} is in the repository"
+    if any(snap.offsets is None for snap in members):
+        return None  # a snapshot's zone is not known: its buckets are not either
     counts = {"daily": policy.daily, "weekly": policy.weekly, "monthly": policy.monthly}
     for rule, bucket in _RULES:
         count = counts[rule]
@@ -135,7 +165,9 @@ def nothing_to_forget(
             continue
         buckets: set[tuple[int, ...]] = set()
         for snap in members:
-            first, last = bucket(to_local(snap.earliest)), bucket(to_local(snap.latest))
+            assert snap.offsets is not None
+            start, end = snap.offsets
+            first, last = bucket(_wall(snap.earliest, start)), bucket(_wall(snap.latest, end))
             if first != last or first in buckets:
                 break  # across a boundary, or two in one bucket: the rule may drop one
             buckets.add(first)
@@ -149,5 +181,6 @@ def nothing_to_forget(
     return None
 
 
-def _local(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, UTC).astimezone()
+def _wall(epoch: float, offset: int) -> datetime:
+    """The wall-clock time at ``epoch`` in a zone ``offset`` seconds east of UTC."""
+    return datetime.fromtimestamp(epoch + offset, UTC)

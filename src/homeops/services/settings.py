@@ -94,7 +94,18 @@ def _restic_option(value: str) -> str:
     return value
 
 
+def _location(value: str) -> str:
+    if value != value.strip():
+        # restic takes the location as it is: "/srv/restic\n" would be a second repository
+        # next to the one meant (a Nix '' '' string ends with a newline).
+        raise ValueError("has leading or trailing whitespace, which restic would keep")
+    if "\x00" in value or "\n" in value:
+        raise ValueError("a repository location is one line without NUL")
+    return value
+
+
 ServiceName = Annotated[str, AfterValidator(check_service_name)]
+Location = Annotated[str, AfterValidator(_location)]
 ResticOption = Annotated[str, AfterValidator(_restic_option)]
 DockerName = Annotated[str, AfterValidator(_docker_name)]
 Tag = Annotated[str, AfterValidator(_tag)]
@@ -181,7 +192,7 @@ class Service(Section):
 class Repository(Section):
     """One restic repository (``local`` or ``remote``)."""
 
-    repository: str | None = Field(
+    repository: Location | None = Field(
         default=None,
         min_length=1,
         description="restic repository (a path, or sftp:user@host:/path …)",

@@ -302,9 +302,12 @@ def os_error_message(exc: OSError) -> str:
     return f"{where}{exc.strerror or exc}"
 
 
-def _printable(cell: str) -> str:
-    # Table cells come from job errors, tool version lines, remote output: a newline or a
-    # terminal escape in one must not break the table or recolour the user's terminal.
+def printable(cell: str) -> str:
+    """``cell`` with every character that is not printable as its Python escape (``\x1b``).
+
+    Table cells and result lines carry job errors, tool version lines, remote output, file
+    names from backed-up data: a newline or a terminal escape in one must not break the
+    layout or recolour (retitle, clear) the user's terminal."""
     if cell.isprintable():
         return cell
     return "".join(
@@ -315,7 +318,7 @@ def _printable(cell: str) -> str:
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """Plain aligned columns (no colour codes: stdout is often piped)."""
     cells = [[str(h).upper() for h in headers]] + [
-        ["-" if c is None else _printable(str(c)) for c in row] for row in rows
+        ["-" if c is None else printable(str(c)) for c in row] for row in rows
     ]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
