@@ -344,7 +344,10 @@ async def test_a_job_type_gets_the_unwind_time_it_asks_for(
     await asyncio.wait_for(run, 10)
     final = queue.get(job.id)
     if unwind_s is None:
-        assert cleaned == [] and final.state is JobState.RUNNING  # left to its lease
+        # Given up on: its clean-up was cut short (cancelled again), whether or not that
+        # second cancellation got recorded before the worker returned.
+        assert cleaned == []
+        assert final.state in (JobState.RUNNING, JobState.FAILED)
     else:
         assert cleaned == [job.id]
         assert (final.state, final.attempts) == (JobState.FAILED, 1)
