@@ -219,3 +219,15 @@ async def test_a_timeout_keeps_what_was_written():
         await process.run([sys.executable, "-c", script], timeout=1.0)
     assert caught.value.exit_code == ExitCode.TIMEOUT
     assert process.decoded(caught.value.partial).stdout == "working on it\n"
+
+
+async def test_a_chatty_process_killed_at_its_timeout_is_not_waited_for_the_grace(monkeypatch):
+    """Killed while it writes (``yes``), a process dies on SIGTERM; its pipes are read to
+    the end, so its exit is seen at once instead of after the whole kill grace period (a
+    full, unread pipe kept proc.wait() waiting)."""
+    monkeypatch.setattr(process, "KILL_GRACE_S", 10.0)
+    started = time.monotonic()
+    with pytest.raises(process.ProcessTimedOut) as caught:
+        await process.run(["bash", "-c", "yes"], timeout=1.0, keep=100)
+    assert time.monotonic() - started < 6.0  # not 1 s + the 10 s grace
+    assert caught.value.partial.stdout == b"y\n" * 50

@@ -142,6 +142,16 @@ async def _pump(
         on_line(pending.decode("utf-8", "replace"))
 
 
+async def _stop_reading(pumps: asyncio.Future[tuple[None, None]]) -> None:
+    """End the pipe readers (done already unless the pipes outlived the call)."""
+    if not pumps.done():
+        pumps.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait({pumps})
+    if not pumps.cancelled():
+        pumps.exception()  # retrieved: a reader's error is not logged as never retrieved
+
+
 def _signal_group(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
@@ -162,6 +172,12 @@ async def _terminate(proc: asyncio.subprocess.Process) -> None:
         await asyncio.wait_for(proc.wait(), KILL_GRACE_S)
     # Children may ignore SIGTERM even after the leader is gone: always finish with SIGKILL.
     _signal_group(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(TimeoutError, ProcessLookupError):
+        await asyncio.wait_for(proc.wait(), PIPE_DRAIN_S)
+        return
+    # proc.wait() also waits for the pipes, which a process that left the group (setsid)
+    # may hold for ever: drop them and wait for the exit status alone.
+    _close_pipes(proc)
     with contextlib.suppress(ProcessLookupError):
         await proc.wait()
 
@@ -263,6 +279,15 @@ async def run_bytes(
         where = f" ({exc.filename})" if exc.filename else ""
         raise OperationalError(f"{shown}: cannot start: {exc.strerror or exc}{where}") from exc
     out, err = _Sink(keep), _Sink(keep)
+    # The pipes are read until the call is over, through a kill too: a process killed while
+    # it writes (and what it writes as it dies) is read to its end, so the pipes close and
+    # its exit is seen at once; left unread, a full pipe kept proc.wait() waiting for the
+    # whole kill grace period.
+    pumps = asyncio.ensure_future(
+        asyncio.gather(
+            _pump(proc.stdout, out, on_stdout_line), _pump(proc.stderr, err, on_stderr_line)
+        )
+    )
 
     async def communicate() -> int:
         if data is not None and proc.stdin is not None:
@@ -270,50 +295,40 @@ async def run_bytes(
                 proc.stdin.write(data)
                 await proc.stdin.drain()
             proc.stdin.close()
-        pumps = asyncio.ensure_future(
-            asyncio.gather(
-                _pump(proc.stdout, out, on_stdout_line), _pump(proc.stderr, err, on_stderr_line)
-            )
-        )
-        try:
-            # Python 3.11's proc.wait() also waits for the pipes to close, so watch the exit
-            # status directly while reading: a normal exit closes the pipes at once.
-            while not pumps.done() and proc.returncode is None:
-                await asyncio.wait({pumps}, timeout=0.05)
-            if not pumps.done():
+        # Python 3.11's proc.wait() also waits for the pipes to close, so watch the exit
+        # status directly while reading: a normal exit closes the pipes at once.
+        while not pumps.done() and proc.returncode is None:
+            await asyncio.wait({pumps}, timeout=0.05)
+        if not pumps.done():
+            done, _ = await asyncio.wait({pumps}, timeout=PIPE_DRAIN_S)
+            if not done:
+                # A background grandchild inherited the pipes; like on timeout, nothing
+                # the call started may outlive it.
+                _signal_group(proc.pid, signal.SIGKILL)
                 done, _ = await asyncio.wait({pumps}, timeout=PIPE_DRAIN_S)
-                if not done:
-                    # A background grandchild inherited the pipes; like on timeout, nothing
-                    # the call started may outlive it.
-                    _signal_group(proc.pid, signal.SIGKILL)
-                    done, _ = await asyncio.wait({pumps}, timeout=PIPE_DRAIN_S)
-                    if done:
-                        _log.warn(
-                            "spawn", "exited; killed its group that held the pipes", argv=shown
-                        )
-                    else:
-                        # Only a process that left the group (setsid, a daemon) can still
-                        # hold them: stop reading and report the real exit status.
-                        _log.warn(
-                            "spawn",
-                            "exited; a process outside its group holds the pipes, not waiting",
-                            argv=shown,
-                        )
-                        _close_pipes(proc)
-                        return proc.returncode if proc.returncode is not None else -1
-            await pumps
-            return await proc.wait()
-        finally:
-            if not pumps.done():
-                pumps.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await pumps
+                if done:
+                    _log.warn("spawn", "exited; killed its group that held the pipes", argv=shown)
+                else:
+                    # Only a process that left the group (setsid, a daemon) can still
+                    # hold them: stop reading and report the real exit status.
+                    _log.warn(
+                        "spawn",
+                        "exited; a process outside its group holds the pipes, not waiting",
+                        argv=shown,
+                    )
+                    _close_pipes(proc)
+                    return proc.returncode if proc.returncode is not None else -1
+        # asyncio.wait: a cancellation here must not cancel the reading (see above).
+        await asyncio.wait({pumps})
+        pumps.result()
+        return await proc.wait()
 
     try:
         async with asyncio.timeout(timeout):
             rc = await communicate()
     except TimeoutError:
         await _terminate(proc)
+        await _stop_reading(pumps)
         elapsed = (time.monotonic() - start) * 1000
         _log.warn("spawn", "process timed out, killed", argv=shown, duration_ms=elapsed)
         partial = RawProcessResult(
@@ -323,7 +338,10 @@ async def run_bytes(
     except BaseException:
         # Cancellation (or anything else) must not leave the group running.
         await asyncio.shield(_terminate(proc))
+        await asyncio.shield(_stop_reading(pumps))
         raise
+    finally:
+        await _stop_reading(pumps)
     elapsed = (time.monotonic() - start) * 1000
     _log.debug("spawn", "process exited", argv=shown, rc=rc, duration_ms=elapsed)
     stdout, stderr = out.value(), err.value()
