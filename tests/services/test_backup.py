@@ -172,7 +172,12 @@ class SvcWorld:
         return sorted(json.loads(done.stdout or "[]"), key=lambda s: s["time"])
 
     def locks(self) -> list[str]:
-        return sorted(p.name for p in (self.repo / "locks").iterdir())
+        """The repository's locks. A ``<id>-tmp-<n>`` file is one being written (restic
+        writes a temp file, then renames it): it locks nothing, and restic, listing locks by
+        id, skips one left by a restic killed mid-write."""
+        return sorted(
+            p.name for p in (self.repo / "locks").iterdir() if re.fullmatch("[0-9a-f]{64}", p.name)
+        )
 
     def jobs(self) -> list[Job]:
         store = open_store_at(self.state / "jobs.sqlite3")

@@ -197,13 +197,23 @@ def test_keep_policy_refuses(kwargs):
         pytest.param("2.5%", ["restic", "check", "--read-data-subset=2.5%"], id="fraction"),
         pytest.param("1/5", ["restic", "check", "--read-data-subset=1/5"], id="n-of-t"),
         pytest.param("500M", ["restic", "check", "--read-data-subset=500M"], id="size"),
+        pytest.param("5/5", ["restic", "check", "--read-data-subset=5/5"], id="n-equals-t"),
+        pytest.param("1/256", ["restic", "check", "--read-data-subset=1/256"], id="t-max"),
+        pytest.param("1t", ["restic", "check", "--read-data-subset=1t"], id="size-lower"),
     ],
 )
 def test_check_argv(subset, expected):
     assert r.check_argv(r.Restic(), read_data_subset=subset) == expected
 
 
-@pytest.mark.parametrize("subset", ["0%", "101%", "ten%", "--read-data", ""])
+@pytest.mark.parametrize(
+    "subset",
+    [
+        "0%", "101%", "ten%", "--read-data", "",
+        # restic refuses these itself, but only after opening the repository (exit 1):
+        "1/0", "0/5", "6/5", "2/1", "1/257", "0", "5", "0M", "99999999999999999999G",
+    ],
+)  # fmt: skip
 def test_check_argv_refuses_bad_subsets(subset):
     with pytest.raises(UsageError, match="--read-data-subset"):
         r.check_argv(r.Restic(), read_data_subset=subset)

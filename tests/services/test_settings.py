@@ -151,6 +151,24 @@ def test_a_name_that_differs_from_its_key_is_refused(
     assert "services.web.name is 'other', not its key" in err
 
 
+def test_a_tag_that_is_another_services_name_is_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, state_dir: Path
+) -> None:
+    """Snapshots are found by the service's name as a tag: a tag naming another service
+    would make that one's restore and forget take these snapshots for its own."""
+    services = {"multi": {"backup": {"tags": ["other"]}}, "other": {}}
+    config = write(tmp_path, {"services": services})
+    code, out, err = run_svc(capsys, "--config", str(config), "config", "show")
+    assert (code, out) == (2, ""), err
+    assert err.count("\n") == 1, err
+    assert "services.multi.backup.tags: 'other' is the name of another service" in err
+    # Its own name as a tag is only said twice, and a tag naming no service is fine.
+    services = {"multi": {"backup": {"tags": ["multi", "media"]}}, "other": {}}
+    config = write(tmp_path, {"services": services})
+    code, _, err = run_svc(capsys, "--config", str(config), "config", "show")
+    assert code == 0, err
+
+
 def test_repository_needs_one_location(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, state_dir: Path
 ) -> None:

@@ -241,4 +241,7 @@ def services_job_types(dctx: DomainContext) -> list[JobType[Any]]:
     from homeops.services.restore_flow import restore_job_type
 
     settings: SvcSettings = dctx.settings("services")
-    return [backup_job_type(settings, ledger_db=dctx.core.jobs_db), restore_job_type(settings)]
+    return [
+        backup_job_type(settings, ledger_db=dctx.core.jobs_db),
+        restore_job_type(settings, lock_dir=dctx.core.state_dir),
+    ]

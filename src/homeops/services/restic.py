@@ -80,7 +80,10 @@ _OPTION = re.compile(r"^[A-Za-z0-9_.-]+=")
 _SNAPSHOT_ID = re.compile(r"^(?:latest|[0-9a-f]{4,64})$")
 _HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _TIME = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
-_SUBSET = re.compile(r"^(?:\d+(?:\.\d+)?%|\d+/\d+|\d+[kKmMgGtT]?)$")
+_SUBSET = re.compile(r"^(?:\d+(?:\.\d+)?%|\d+/\d+|\d+[kKmMgGtT])$")
+# restic check's own limits (cmd_check.go): t of n/t at most 256; a size fits an int64.
+_SUBSET_BUCKETS_MAX: Final = 256
+_SIZE_UNITS: Final = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _SFTP_UNSAFE = re.compile(r"[\"'\\]")
 
 
@@ -301,14 +304,26 @@ def check_argv(restic: Restic, *, read_data_subset: str | None = None) -> list[s
     args = []
     if read_data_subset is not None:
         subset = read_data_subset.strip()
-        if not _SUBSET.match(subset) or (
-            subset.endswith("%") and not 0 < float(subset[:-1]) <= 100
-        ):
+        if not _SUBSET.match(subset) or not _subset_in_range(subset):
             raise UsageError(
-                f"--read-data-subset: expected 'N%', 'n/t' or a size, got {read_data_subset!r}"
+                "--read-data-subset: expected a percentage in (0, 100] ('2.5%'), n/t with "
+                f"1 <= n <= t <= {_SUBSET_BUCKETS_MAX} ('1/5') or a size with its unit "
+                f"('500M'), got {read_data_subset!r}"
             )
         args.append(f"--read-data-subset={subset}")
     return restic.argv("check", *args)
+
+
+def _subset_in_range(subset: str) -> bool:
+    """What restic itself would accept of a well-formed subset (it refuses the rest only
+    after opening the repository, as an operational failure)."""
+    if subset.endswith("%"):
+        return 0 < float(subset[:-1]) <= 100
+    if "/" in subset:
+        n, t = (int(part) for part in subset.split("/"))
+        return 1 <= n <= t <= _SUBSET_BUCKETS_MAX
+    size = int(subset[:-1]) * _SIZE_UNITS[subset[-1].lower()]
+    return 0 < size < 1 << 63
 
 
 def restore_argv(

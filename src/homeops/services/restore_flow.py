@@ -53,13 +53,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import re
 import shutil
 import stat
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -186,9 +187,10 @@ def under(base: Path, path: str) -> Path:
 
 
 def overlapping(a: str, b: str) -> bool:
-    """Whether one of two absolute paths is inside the other."""
-    a, b = normal(a), normal(b)
-    return _inside(a, b) or _inside(b, a)
+    """Whether one of two absolute paths is inside the other, as written or once their
+    symlinks are resolved (a --target reached through a link into the live data)."""
+    pairs = {(normal(a), normal(b)), (os.path.realpath(a), os.path.realpath(b))}
+    return any(_inside(x, y) or _inside(y, x) for x, y in pairs)
 
 
 def aside_stamp(when: float) -> str:
@@ -236,15 +238,28 @@ def _entry(path: Path, info: os.stat_result) -> Entry:
     return Entry("other")
 
 
-def _digest(path: Path) -> bytes:
+_HASH_CHUNK: Final = 8 << 20
+
+
+def _digest(path: Path, stopped: Callable[[], str | None] | None = None) -> bytes:
+    """SHA-256 of a file, asking ``stopped`` between chunks: a many-GiB image must not
+    hold a Ctrl-C until it is read to its end."""
+    digest = hashlib.sha256()
     with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").digest()
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+            reason = stopped() if stopped is not None else None
+            if reason is not None:
+                raise RestoreInterrupted(reason, "the comparison with the live data was cut short")
+    return digest.digest()
 
 
-def _same(a: Path, b: Path, ea: Entry, eb: Entry) -> bool:
+def _same(
+    a: Path, b: Path, ea: Entry, eb: Entry, stopped: Callable[[], str | None] | None = None
+) -> bool:
     if ea.kind != eb.kind or ea.size != eb.size or ea.link != eb.link:
         return False
-    return ea.kind != "file" or _digest(a) == _digest(b)
+    return ea.kind != "file" or _digest(a, stopped) == _digest(b, stopped)
 
 
 @dataclass(frozen=True)
@@ -311,7 +326,11 @@ def diff_path(
         if reason is not None:
             raise RestoreInterrupted(reason, "the comparison with the live data was cut short")
         if _same(
-            restored / rel if rel else restored, live / rel if rel else live, snap[rel], now[rel]
+            restored / rel if rel else restored,
+            live / rel if rel else live,
+            snap[rel],
+            now[rel],
+            stopped,
         ):
             same += 1
         else:
@@ -534,10 +553,12 @@ async def run_restore(
     stop: StopRequest | None = None,
     on_progress: ProgressCallback | None = None,
     on_swap_start: Callable[[], None] | None = None,
+    lock_dir: Path | None = None,
     clock: Callable[[], float] = time.time,
 ) -> RestoreRecord:
     """Restore ``service`` from ``repo`` (the steps in the module docstring); the record,
-    or :class:`RestoreFailed` (the record still says what happened)."""
+    or :class:`RestoreFailed` (the record still says what happened). With ``lock_dir``,
+    a second restore of the same service while one runs is refused (:func:`one_restore`)."""
     mode = RestoreMode.IN_PLACE if in_place else RestoreMode.STAGING
     if record is None:
         record = RestoreRecord(repo.name, service, mode)
@@ -557,24 +578,12 @@ async def run_restore(
     record.started_at = clock()
     _log.info("start", "restore started", service=service, repo=repo.name, mode=str(mode))
     try:
-        progress(None, "finding the snapshot")
-        restic = await _guard(repo.restic(), stop, "nothing was changed")
-        record.restic_version = str(restic.version) if restic.version is not None else None
-        done = await _guard(repo.checked(r.snapshots_argv(restic)), stop, "nothing was changed")
-        chosen = choose_snapshot(r.parse_snapshots(done.stdout), service, snapshot, repo.name)
-        record.snapshot = chosen
-        roots = snapshot_roots(chosen.paths)
-        if not roots:
-            raise RestoreFailed(f"snapshot {chosen.short_id} names no absolute path to restore")
-        record.paths = await _labels(settings, service, roots, required=in_place)
-        if in_place:
-            await _in_place(
-                settings, repo, restic, record, roots,
+        with one_restore(lock_dir, service):
+            await _restore(
+                settings, repo, service, record, snapshot, target, in_place,
                 systemd=systemd, stop=stop, progress=progress,
                 on_swap_start=on_swap_start, clock=clock,
             )  # fmt: skip
-        else:
-            await _staging(settings, repo, restic, record, roots, target, stop, progress)
     except HomeopsError as exc:
         record.error = str(exc)
         _log.error("done", "restore failed", service=service, repo=repo.name, err=exc)
@@ -586,6 +595,78 @@ async def run_restore(
         snapshot=record.snapshot.short_id if record.snapshot else None,
     )  # fmt: skip
     return record
+
+
+@contextlib.contextmanager
+def one_restore(lock_dir: Path | None, service: str) -> Iterator[None]:
+    """Hold ``<lock_dir>/restore-<service>.lock`` (flock) for one restore; a second one
+    of the service is refused at once. Two at a time mixed snapshots in one staging target,
+    and in place the second found the live data already moved aside by the first."""
+    if lock_dir is None:
+        yield
+        return
+    path = lock_dir / f"restore-{service}.lock"
+    try:
+        lock_dir.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise OperationalError(
+            f"cannot take the restore lock {path}: {exc.strerror or exc}"
+        ) from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OperationalError(
+                f"another restore of {service} is running (it holds {path}): svc restores a "
+                "service one run at a time; wait for it to end"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+async def _restore(
+    settings: SvcSettings,
+    repo: Repo,
+    service: str,
+    record: RestoreRecord,
+    snapshot: str,
+    target: Path | None,
+    in_place: bool,
+    *,
+    systemd: bool | None,
+    stop: StopRequest | None,
+    progress: ProgressCallback,
+    on_swap_start: Callable[[], None] | None,
+    clock: Callable[[], float],
+) -> None:
+    progress(None, "finding the snapshot")
+    restic = await _guard(repo.restic(), stop, "nothing was changed")
+    record.restic_version = str(restic.version) if restic.version is not None else None
+    done = await _guard(repo.checked(r.snapshots_argv(restic)), stop, "nothing was changed")
+    chosen = choose_snapshot(r.parse_snapshots(done.stdout), service, snapshot, repo.name)
+    record.snapshot = chosen
+    roots = snapshot_roots(chosen.paths)
+    if not roots:
+        raise RestoreFailed(f"snapshot {chosen.short_id} names no absolute path to restore")
+    record.paths = await _labels(settings, service, roots, required=in_place)
+    for path in settings.services[service].backup.paths:
+        wanted = normal(str(path))
+        if not any(_inside(wanted, root) for root in roots):
+            # restic 0.14 leaves a source path that did not exist out of the snapshot.
+            record.warnings.append(
+                f"{wanted} is in backup.paths but not in snapshot {chosen.short_id}: "
+                + ("left as it is" if in_place else "nothing of it was restored")
+            )
+    if in_place:
+        await _in_place(
+            settings, repo, restic, record, roots,
+            systemd=systemd, stop=stop, progress=progress,
+            on_swap_start=on_swap_start, clock=clock,
+        )  # fmt: skip
+    else:
+        await _staging(settings, repo, restic, record, roots, target, stop, progress)
 
 
 async def _listing(repo: Repo, restic: r.Restic, snapshot_id: str) -> r.LsListing:
@@ -652,7 +733,13 @@ def _prepare_target(target: Path, roots: Sequence[str]) -> None:
                 f"the restore target {target} is not empty: svc does not mix restores; "
                 "remove it or pass another --target"
             )
-    target.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+    try:
+        target.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot make the restore target {target}: {exc.strerror or exc} (--target, or "
+            "restore.staging_dir)"
+        ) from exc
 
 
 async def _staging(
@@ -796,6 +883,26 @@ class _Step:
     remove_on_undo: bool = False
 
 
+def _make_parents(directory: Path, *, like: Path) -> None:
+    """Make ``directory`` and its missing parents, each with the mode of its counterpart
+    under ``like`` (the same place counted from the end: restic restored those with the
+    snapshot's modes), else 0700. A data directory's parents made 0700 locked its service
+    out of them."""
+    missing: list[tuple[Path, Path]] = []
+    here, there = directory, like
+    while not os.path.lexists(here) and here.parent != here:
+        missing.append((here, there))
+        here, there = here.parent, there.parent
+    for path, model in reversed(missing):
+        try:
+            info = model.lstat()
+            mode = stat.S_IMODE(info.st_mode) if stat.S_ISDIR(info.st_mode) else _DIR_MODE
+        except OSError:
+            mode = _DIR_MODE
+        path.mkdir(mode=mode)
+        os.chmod(path, mode)  # mkdir's mode is cut by the umask; the snapshot's is meant
+
+
 class _Journal:
     """What the swap did so far, so that a failure can undo it all, last first."""
 
@@ -803,7 +910,7 @@ class _Journal:
         self.steps: list[_Step] = []
 
     def _free(self, src: Path, dst: Path) -> None:
-        dst.parent.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+        _make_parents(dst.parent, like=src.parent)
         if os.path.lexists(dst):
             raise OperationalError(f"cannot move {src} to {dst}: it exists")
 
@@ -944,8 +1051,21 @@ async def _in_place(
     assert record.snapshot is not None
     chosen = record.snapshot
     aside_root = settings.restore.aside_dir / record.service
-    aside_root.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+    # Checked before anything is made: a refusal changes nothing.
     _check_in_place(aside_root, roots)
+    others = [root for root in roots if record.paths[root][0] == "other"]
+    if others:
+        raise UsageError(
+            f"snapshot {chosen.short_id} holds {', '.join(others)}, which is not one of "
+            f"{record.service}'s backup.paths or volumes now: svc will not put it in place; "
+            "restore into staging (without --in-place) and copy by hand"
+        )
+    try:
+        aside_root.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot make {aside_root} (restore.aside_dir): {exc.strerror or exc}"
+        ) from exc
     if settings.services[record.service].compose.enable:
         # Docker must answer before restic spends its time: the service is stopped later.
         await units.containers(settings, record.service)
@@ -1145,7 +1265,7 @@ async def _keep_artifacts(ctx: JobContext, record: RestoreRecord) -> None:
 
 
 def _restore_handler(
-    settings: SvcSettings, watch: RestoreWatch
+    settings: SvcSettings, watch: RestoreWatch, lock_dir: Path | None
 ) -> Callable[[JobContext, RestorePayload], Awaitable[dict[str, Any]]]:
     async def run_restore_job(ctx: JobContext, payload: RestorePayload) -> dict[str, Any]:
         from homeops.services import units
@@ -1179,6 +1299,7 @@ def _restore_handler(
                 stop=watch.stop,
                 on_progress=progress,
                 on_swap_start=swap_starts,
+                lock_dir=lock_dir,
             )
         except HomeopsError as exc:
             watch.errors[ctx.job.id] = exc
@@ -1198,14 +1319,17 @@ def cleanup_s() -> float:
     return 3 * ACTION_TIMEOUT_S + 600
 
 
-def restore_job_type(settings: SvcSettings, watch: RestoreWatch | None = None) -> JobType[Any]:
-    """``services.restore`` on ``settings`` (``watch``: see :class:`RestoreWatch`)."""
+def restore_job_type(
+    settings: SvcSettings, watch: RestoreWatch | None = None, *, lock_dir: Path | None = None
+) -> JobType[Any]:
+    """``services.restore`` on ``settings`` (``watch``: see :class:`RestoreWatch`;
+    ``lock_dir``: where the one-restore-per-service locks live, the state dir)."""
     from homeops.core.jobs.types import JobType
 
     return JobType(
         RESTORE,
         RestorePayload,
-        _restore_handler(settings, watch or RestoreWatch()),
+        _restore_handler(settings, watch or RestoreWatch(), lock_dir),
         retryable=False,
         description="Restore one service from one repository (svc restore)",
         unwind_s=cleanup_s(),

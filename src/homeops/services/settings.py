@@ -287,6 +287,15 @@ class SvcSettings(Section):
         for key, service in self.services.items():
             if service.name is not None and service.name != key:
                 raise ValueError(f"services.{key}.name is {service.name!r}, not its key")
+            for tag in service.backup.tags:
+                if tag != key and tag in self.services:
+                    # Snapshots are found by the service's name as a tag: this one's would
+                    # be taken for the other's (its restore, its forget).
+                    raise ValueError(
+                        f"services.{key}.backup.tags: {tag!r} is the name of another "
+                        "service, whose restores and forget would take this one's snapshots "
+                        "for its own; choose another tag"
+                    )
         return self
 
     def compose_file(self, name: str) -> Path:

@@ -97,6 +97,8 @@ def restore_command(
             raise UsageError(NOT_CONFIRMED)
         if in_place and target is not None:
             raise UsageError("--target is for a restore into staging; --in-place restores in place")
+        if target is not None and not target.strip():
+            raise UsageError("--target: empty; give the directory to restore into")
         wait = None if retry_lock is None else duration_flag("--retry-lock", retry_lock)
         # Refuse an unconfigured repository here (exit 2), before a job is stored.
         Repo.of(settings, chosen, source=config_source(ctx), retry_lock_s=wait)
@@ -151,7 +153,7 @@ async def _run(
     stop = StopRequest()
     stopping = asyncio.Event()
     watch = RestoreWatch(stop=stop, on_progress=out.progress)
-    job_types = {RESTORE: restore_job_type(settings, watch)}
+    job_types = {RESTORE: restore_job_type(settings, watch, lock_dir=core.state_dir)}
     # The handler ends the run itself on a stop request, except while the data is being
     # swapped: the worker's grace period has to outlast stopping and starting the service.
     grace = restore_flow.cleanup_s()
@@ -223,6 +225,7 @@ def _utc(iso: str | None) -> str:
 
 
 def _text(data: dict[str, Any]) -> str:
+    from homeops.core.cli.common import printable
     from homeops.services.backup_flow import human_bytes
     from homeops.services.render import text_table
 
@@ -245,12 +248,12 @@ def _text(data: dict[str, Any]) -> str:
         else:
             lines.append("service: not stopped (it was not running, or compose.enable is false)")
         if data.get("aside"):
-            lines.append(f"old data kept at {data['aside']}")
+            lines.append(f"old data kept at {printable(str(data['aside']))}")
         else:
             lines.append("no live data was there to move aside")
         lines.append(f"job: {data['job_id']}")
         return "\n".join(lines)
-    lines.append(f"{head} restored into {data['target']}")
+    lines.append(f"{head} restored into {printable(str(data['target']))}")
     lines.append(checked)
     rows = [
         (
@@ -278,7 +281,9 @@ def _text(data: dict[str, Any]) -> str:
                 continue
             differs = True
             more = part["count"] - len(part["first"])
-            shown = ", ".join(part["first"]) + (f" and {more} more" if more > 0 else "")
+            # Names from the backed-up data: a newline in one must not make a line of its own.
+            names = (printable(name) for name in part["first"])
+            shown = ", ".join(names) + (f" and {more} more" if more > 0 else "")
             lines.append(f"{label}: {shown}")
     if not differs:
         lines.append("no difference from the live data")
