@@ -15,9 +15,9 @@
 6. ``post`` hook: always, once the run got past step 1 (also when ``pre`` failed, so that
    it can undo what ``pre`` did); ``$SVC_BACKUP_STATE`` tells it how things went.
 7. ``forget --prune`` per ``backup.policy``, grouped by tags, of this service's tag only,
-   when the snapshot was saved. Skipped when the policy keeps nothing (restic would refuse),
-   when another service carries this service's name as a tag (its snapshots would be
-   pruned by this policy), or when the job ledger proves it would remove nothing
+   when the snapshot was saved (no other service carries this one's name as a tag: the
+   settings refuse that). Skipped when the policy keeps nothing (restic would refuse), or
+   when the job ledger proves it would remove nothing
    (services/retention.py: a restic process costs its key derivation and the lock). A
    failed forget makes the run ``partial`` with a warning: the snapshot is good, but
    retention did not run. A forget we killed (stop request, cancellation,
@@ -767,18 +767,6 @@ async def _forget(
     run = ForgetRun(dry_run=record.dry_run)
     if keep.empty:
         run.skipped = "the policy keeps nothing (restic refuses an empty policy)"
-        return run
-    clashing = sorted(
-        other
-        for other, config in settings.services.items()
-        if other != service and service in config.backup.tags
-    )
-    if clashing:
-        run.skipped = (
-            f"service(s) {', '.join(clashing)} carry the tag {service!r}: their snapshots "
-            "would be pruned by this policy; rename the tag"
-        )
-        record.warnings.append(f"forget skipped: {run.skipped}")
         return run
     if ledger is not None and not record.dry_run:
         needless = await _needless_forget(repo, record, keep, ledger)
