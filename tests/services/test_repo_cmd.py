@@ -102,6 +102,17 @@ def test_a_missing_repository_suggests_svc_init(
     assert (failure["repo"], failure["service"]) == ("local", "web")
 
 
+def test_init_of_an_existing_repository_checks_the_password(
+    capsys: pytest.CaptureFixture[str], svc_config: Path, tmp_path: Path
+) -> None:
+    assert run_svc(capsys, "--config", str(svc_config), "init", "local")[0] == 0
+    (tmp_path / "pw").write_text("wrong guess\n")
+    code, out, err = run_svc(capsys, "--config", str(svc_config), "init", "local")
+    assert (code, out) == (1, ""), err
+    assert "the repository exists, but: " in err and "password" in err
+    assert "wrong guess" not in err and err.count("\n") == 1
+
+
 def test_a_wrong_password_is_named_and_never_shown(
     capsys: pytest.CaptureFixture[str], svc_config: Path, tmp_path: Path
 ) -> None:

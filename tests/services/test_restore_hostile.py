@@ -7,6 +7,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -182,3 +183,29 @@ def test_a_restore_dir_that_cannot_be_made_is_one_line_exit_2(world, capsys, set
     assert last.startswith("error: cannot make ") and "Not a directory" in last, err
     assert "OSError" not in err and "Traceback" not in err
     assert setting in last
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a 1 MB tmpfs (needs root)")
+def test_a_restore_that_runs_out_of_room_says_why_and_where_it_left_things(world, capsys):
+    """restic's own words are only "There were N errors": the first error says why, and
+    the partial copy left on the aside filesystem is named."""
+    import subprocess
+
+    data = world.root / "data"
+    (data / "big").write_bytes(os.urandom(3 << 20))
+    backup(world, data, SVC)
+    aside = world.root / "small"
+    aside.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(aside)], check=True)
+    try:
+        world.settings["restore"]["aside_dir"] = str(aside)
+        code, out, err = svc(world, capsys, "--in-place", "--yes", "--json")
+        assert code == 1, err
+        error = json.loads(out)["error"]
+        assert re.search(r"There were \d+ errors; the first: no space left on device \(", error)
+        assert "the live data was not touched" in error
+        incoming = json.loads(out)["incoming"]
+        assert incoming and f"what was restored before it stopped is in {incoming}" in error
+        assert (data / "big").stat().st_size == 3 << 20  # live data as it was
+    finally:
+        subprocess.run(["umount", str(aside)], check=True)

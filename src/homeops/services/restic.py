@@ -1123,8 +1123,20 @@ def _supports(version: ResticVersion | None, needed: ResticVersion) -> bool:
     return version is None or version >= needed
 
 
+_ERRORS_TOTAL: Final = re.compile(r"^Fatal: There were \d+ errors$")
+_IGNORED_ERROR: Final = re.compile(r"^ignoring error for (?P<what>.+?): (?P<err>.+)$")
+
+
 def _detail(lines: Sequence[str]) -> str | None:
     fatal = [line for line in lines if line.startswith("Fatal:")]
+    if fatal and _ERRORS_TOTAL.match(fatal[0]):
+        # restore's total says nothing of why: the first error does (no space left ...).
+        for line in lines:
+            found = _IGNORED_ERROR.match(line)
+            if found:
+                # Why first (paths are long and a detail is cut at its end), then where.
+                why = found.group("err").rsplit(": ", 1)[-1]
+                return _one_line(f"{fatal[0]}; the first: {why} ({found.group('what')})")
     chosen = fatal or [line for line in lines if line != _WARNING_UNREADABLE]
     return _one_line(chosen[0]) if chosen else None
 

@@ -1079,9 +1079,15 @@ async def _in_place(
         listed = await _restore_and_list(repo, restic, record, incoming, stop, unchanged)
         progress(0.5, "checking the restored files against the snapshot")
         record.check = await asyncio.to_thread(check_tree, listed, incoming, roots)
-    except BaseException:
+    except BaseException as exc:
         _remove_if_empty(record, aside, incoming)
-        raise
+        if record.incoming is None or not isinstance(exc, HomeopsError):
+            raise
+        # What restic wrote before it failed takes room on the aside filesystem: say where.
+        note = f"what was restored before it stopped is in {incoming} (remove it)"
+        if isinstance(exc, RestoreInterrupted):
+            raise RestoreInterrupted(exc.reason, f"{unchanged}; {note}") from exc
+        raise RestoreFailed(f"{exc}; {note}", exit_code=exc.exit_code) from exc
     if not record.check.ok:
         _remove_if_empty(record, aside, incoming)
         raise RestoreFailed(

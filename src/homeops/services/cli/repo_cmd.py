@@ -50,6 +50,12 @@ def init_command(
             restic = await target.restic()
             done, verdict = await target.run(r.init_argv(restic))
             if verdict.outcome is r.ResticOutcome.REPO_EXISTS:
+                # There already: "exists" must also mean this password opens it, or the
+                # next backup is the first to say otherwise.
+                _probe, opened = await target.run(r.cat_config_argv(restic))
+                problem = opened.error()
+                if problem is not None:
+                    raise type(problem)(f"the repository exists, but: {problem}")
                 return {"ok": True, "repo": target.name, "state": "exists"}
             error = verdict.error()
             if error is not None:
