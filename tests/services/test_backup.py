@@ -928,6 +928,25 @@ def test_a_password_file_that_is_no_regular_file_is_a_config_error(world, capsys
 
 @pytest.mark.integration
 @needs_restic
+def test_a_fifo_password_file_from_a_variable_names_the_variable(world, capsys, monkeypatch):
+    src = tree(world.root / "src")
+    world.service("app", paths=[str(src)], policy=NO_FORGET)
+    fifo = world.root / "pw.fifo"
+    os.mkfifo(fifo)
+    monkeypatch.setenv("SVC_REPOSITORIES_LOCAL_PASSWORD_FILE", str(fifo))
+    for args in (("backup", "local", "app"), ("restore", "local", "app"), ("init", "local")):
+        code, out, err = world.svc(capsys, *args)
+        assert (code, out) == (2, ""), (args, err)
+        expected = (
+            "config error: SVC_REPOSITORIES_LOCAL_PASSWORD_FILE: "
+            "repositories.local.password_file: not a regular file"
+        )
+        assert err.startswith(expected), (args, err)
+    assert world.jobs() == []
+
+
+@pytest.mark.integration
+@needs_restic
 def test_hook_output_keeps_only_a_bounded_tail(world, capsys):
     src = tree(world.root / "src")
     total = 3 * backup_flow.HOOK_OUTPUT_KEEP

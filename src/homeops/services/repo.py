@@ -59,6 +59,8 @@ class Repo:
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     source: str = "services.json"
+    # Settings set by a variable: dotted key -> its name (errors name it, not the file).
+    sources: Mapping[str, str] = field(default_factory=dict)
     _restic: r.Restic | None = None
 
     @classmethod
@@ -68,6 +70,7 @@ class Repo:
         name: RepoName,
         *,
         source: str = "services.json",
+        sources: Mapping[str, str] | None = None,
         retry_lock_s: float | None = None,
     ) -> Repo:
         """Repository ``name`` of ``settings``; a ConfigError naming ``source`` (the config
@@ -85,6 +88,7 @@ class Repo:
             settings.restic_timeout,
             retry_lock_s=retry_lock_s,
             source=source,
+            sources=dict(sources or {}),
         )
 
     @property
@@ -144,7 +148,8 @@ class Repo:
                 continue
             problem = _not_regular(os.fspath(path))
             if problem is not None:
-                raise ConfigError(self.source, f"{where}.{key}", problem)
+                dotted = f"{where}.{key}"
+                raise ConfigError(self.sources.get(dotted, self.source), dotted, problem)
 
     def env(self) -> dict[str, str]:
         """The environment restic runs with: this repository and its password file."""

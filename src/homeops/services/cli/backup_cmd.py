@@ -62,7 +62,7 @@ def backup_command(
     one failed (with one service: that failure's own code), 130/143 after SIGINT/SIGTERM.
     """
     from homeops.core.cli.common import duration_flag, json_errors, load_core
-    from homeops.services.cli.common import config_source, run_async, svc_settings
+    from homeops.services.cli.common import config_source, env_sources, run_async, svc_settings
     from homeops.services.render import renderer_for
     from homeops.services.repo import Repo, repo_name
 
@@ -75,7 +75,13 @@ def backup_command(
         wait = None if retry_lock is None else duration_flag("--retry-lock", retry_lock)
         # Refuse an unconfigured repository (or a password file that is a FIFO ...) here
         # (exit 2), not once per job.
-        Repo.of(settings, chosen, source=config_source(ctx), retry_lock_s=wait).check_files()
+        Repo.of(
+            settings,
+            chosen,
+            source=config_source(ctx),
+            sources=env_sources(ctx),
+            retry_lock_s=wait,
+        ).check_files()
         core = load_core(ctx).settings
         try:
             rows, interrupted = run_async(

@@ -35,6 +35,23 @@ def config_source(ctx: typer.Context) -> str:
     return str(path) if path is not None else "defaults"
 
 
+def env_sources(ctx: typer.Context) -> dict[str, str]:
+    """The services settings set by an environment variable: dotted key (as in
+    services.json) -> the variable, so that an error about one names the variable, not a
+    config file that does not hold it."""
+    from homeops.core.cli.common import domain_context
+
+    config = domain_context(ctx).config
+    if config is None:
+        return {}
+    found = {}
+    for key, source in config.domain("services").sources.items():
+        kind, _, name = source.partition(":")
+        if kind == "env":
+            found[key.removeprefix("services.")] = name
+    return found
+
+
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
     """Run a flow to completion on a fresh event loop."""
     import asyncio

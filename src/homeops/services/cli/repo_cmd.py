@@ -22,12 +22,18 @@ def register(app: typer.Typer) -> None:
 
 def _repo(ctx: typer.Context, name: str, retry_lock: str | None = None) -> Any:  # noqa: ANN401
     from homeops.core.cli.common import duration_flag
-    from homeops.services.cli.common import config_source, svc_settings
+    from homeops.services.cli.common import config_source, env_sources, svc_settings
     from homeops.services.repo import Repo, repo_name
 
     chosen = repo_name(name)
     wait = None if retry_lock is None else duration_flag("--retry-lock", retry_lock)
-    return Repo.of(svc_settings(ctx), chosen, source=config_source(ctx), retry_lock_s=wait)
+    return Repo.of(
+        svc_settings(ctx),
+        chosen,
+        source=config_source(ctx),
+        sources=env_sources(ctx),
+        retry_lock_s=wait,
+    )
 
 
 def init_command(

@@ -78,7 +78,7 @@ def restore_command(
 
     from homeops.core.cli.common import duration_flag, json_errors, load_core
     from homeops.core.errors import UsageError
-    from homeops.services.cli.common import config_source, run_async, svc_settings
+    from homeops.services.cli.common import config_source, env_sources, run_async, svc_settings
     from homeops.services.render import renderer_for
     from homeops.services.repo import Repo, repo_name
     from homeops.services.restore_flow import NOT_CONFIRMED, is_snapshot_id
@@ -100,8 +100,11 @@ def restore_command(
         if target is not None and not target.strip():
             raise UsageError("--target: empty; give the directory to restore into")
         wait = None if retry_lock is None else duration_flag("--retry-lock", retry_lock)
-        # Refuse an unconfigured repository here (exit 2), before a job is stored.
-        Repo.of(settings, chosen, source=config_source(ctx), retry_lock_s=wait)
+        # Refuse an unconfigured repository, or a password file that is a FIFO ..., here
+        # (exit 2, naming the file or variable it came from), before a job is stored.
+        Repo.of(
+            settings, chosen, source=config_source(ctx), sources=env_sources(ctx), retry_lock_s=wait
+        ).check_files()
         payload = {
             "repo": chosen,
             "service": service,
