@@ -6,13 +6,13 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
+from homeops.core.artifacts import parse_rfc3339
 from homeops.services.restic import KeepPolicy
 from homeops.services.retention import (
     KnownSnapshot,
     known_from_results,
     local_repository,
     nothing_to_forget,
-    parse_ts,
     utc_offsets,
 )
 
@@ -231,8 +231,8 @@ def test_known_from_results_keeps_only_complete_records() -> None:
     assert only == KnownSnapshot(
         "1a2b3c4d",
         ("app",),
-        parse_ts(str(good["started_at"])),
-        parse_ts(str(good["finished_at"])),
+        parse_rfc3339(str(good["started_at"])),
+        parse_rfc3339(str(good["finished_at"])),
         (3600, 7200),
     )
     for odd in (None, [3600], [3600, "x"], [True, 0], [0, 100 * 3600], "3600"):

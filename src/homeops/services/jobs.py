@@ -49,9 +49,9 @@ repository, without calling restic)::
                 "post": {...}},         # only the hooks that ran
       "forget": {"ran": true, "dry_run": false, "kept": 10, "removed": 1,
                  "error": null,         # a failed forget: state partial, and a warning
-                 "skipped": null}       # why it did not run: empty policy, a tag clash,
-                                        #   or "nothing to remove: ..." (the ledger proves
-                                        #   it; services/retention.py)
+                 "skipped": null}       # why it did not run: an empty policy, or
+                                        #   "nothing to remove: ..." (the ledger proves it;
+                                        #   services/retention.py)
     }
 
 A failed job has no result (the core stores none for a failure): its state is ``failed``,

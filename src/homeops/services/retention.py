@@ -8,8 +8,8 @@ ledger, their tags and times are known, and restic's policy can be checked here:
 alone (keep-daily N, keep-weekly N, keep-monthly N) keeps every snapshot of the service, forget
 would remove nothing and is skipped. Anything not known for sure (a snapshot file no job
 recorded, a snapshot taken across a midnight, a remote repository whose files cannot be
-listed cheaply) means: run forget. A wrong "skip" could only keep a snapshot until the next
-backup's forget; it never removes one.
+listed cheaply) means: run forget. A skip never removes a snapshot: what it could get wrong
+is only keeping one longer.
 
 restic's rules (internal/restic/snapshot_policy.go): snapshots newest first; a rule with a
 count left keeps a snapshot whose bucket (daily: year-month-day; weekly: ISO year and week;
@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from homeops.core.artifacts import parse_rfc3339
 from homeops.services.restic import KeepPolicy, is_local_location
 
 _HEX: Final = re.compile(r"^[0-9a-f]{8,64}$")
@@ -85,14 +86,6 @@ def local_repository(location: str | None) -> str | None:
     return path if path.startswith("/") else None
 
 
-def parse_ts(text: str) -> float:
-    """An RFC 3339 time with its offset (``...Z``, as job results hold) as epoch seconds."""
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        raise ValueError(f"time without a zone: {text!r}")
-    return moment.timestamp()
-
-
 def known_from_results(results: Iterable[Mapping[str, Any]], repo: str) -> list[KnownSnapshot]:
     """The snapshots in ``repo`` that succeeded ``services.backup`` jobs recorded (their
     results, schema in services/jobs.py); entries without an id, tags or times are left out
@@ -110,7 +103,7 @@ def known_from_results(results: Iterable[Mapping[str, Any]], repo: str) -> list[
         if not (isinstance(started, str) and isinstance(finished, str)):
             continue
         try:
-            earliest, latest = parse_ts(started), parse_ts(finished)
+            earliest, latest = parse_rfc3339(started), parse_rfc3339(finished)
         except ValueError:
             continue
         if earliest <= latest:
